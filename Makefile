@@ -1,0 +1,32 @@
+# rtlab: every target bootstraps .venv from pyproject.toml on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TRANSPORT ?= websocket
+HOST ?= 127.0.0.1
+PORT ?= 8080
+EXP ?= baseline
+
+.PHONY: venv test serve demo run-experiment clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "rtlab needs Python >= 3.11 ($(PYTHON) is older)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,notebooks]'
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: $(STAMP)
+	$(PY) -m servers --transport $(TRANSPORT) --host $(HOST) --port $(PORT)
+
+run-experiment: $(STAMP)
+	@echo "The experiment runner is coming (issue: make run-experiment). Until then: make serve, make test."
+
+clean:
+	rm -rf $(VENV) .pytest_cache

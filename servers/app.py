@@ -1,0 +1,110 @@
+"""The app factory: common routes, the transport registry, and a runner shared by the CLI and the tests."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from aiohttp import web
+
+from . import long_polling, short_polling, websocket
+from .broker import Broker, MemoryBroker
+from .config import ServerConfig
+from .core import ChatCore, parse_post, validate_room
+from .http import BROKER, CONFIG, error_middleware, int_param, json_text, messages_json, read_json
+
+# Adding a transport: one module with add_routes(app, config), and one line here.
+TRANSPORTS: dict[str, Callable[[web.Application, ServerConfig], None]] = {
+    "short-polling": short_polling.add_routes,
+    "long-polling": long_polling.add_routes,
+    "websocket": websocket.add_routes,
+}
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    body = {
+        "status": "ok",
+        "transports": list(config.transports),
+        "broker": request.app[BROKER].name,
+        "compression": {"websocket_permessage_deflate": config.ws_compress, "http": False},
+    }
+    return json_text(200, json.dumps(body))
+
+
+async def handle_post(request: web.Request) -> web.Response:
+    room = validate_room(request.match_info["room"])
+    user, text, sent_at = parse_post(await read_json(request), request.app[CONFIG].limits.text_chars)
+    message = await request.app[BROKER].post(room, user, text, sent_at)
+    return json_text(201, message.json)
+
+
+async def handle_history(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    room = validate_room(request.match_info["room"])
+    before = int_param(request, "before", None, 0, 2**53)
+    limit = int_param(request, "limit", config.history_limit_default, 1, config.limits.page)
+    messages = await request.app[BROKER].history(room, before, limit)
+    return json_text(200, f'{{"messages":{messages_json(messages)}}}')
+
+
+def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Application:
+    """Build the app for `config.transports` over one broker (by default in memory over a new core)."""
+    if broker is None:
+        broker = MemoryBroker(ChatCore(config.limits))
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[BROKER] = broker
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_post("/rooms/{room}/messages", handle_post)
+    app.router.add_get("/rooms/{room}/history", handle_history)
+    for name in config.transports:
+        TRANSPORTS[name](app, config)
+
+    async def broker_ctx(app: web.Application):
+        await broker.start()
+        yield
+        await broker.close()
+
+    app.cleanup_ctx.append(broker_ctx)
+    return app
+
+
+def runner_options(config: ServerConfig) -> dict:
+    """Options for web.run_app / web.AppRunner, the same in the CLI and in tests."""
+    return {
+        # Cancel a handler when its client goes away, so abandoned long polls are not held.
+        "handler_cancellation": True,
+        "access_log": web.access_logger if config.access_log else None,
+        "shutdown_timeout": config.shutdown_timeout_s,
+    }
+
+
+@dataclass
+class RunningServer:
+    runner: web.AppRunner
+    app: web.Application
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(config: ServerConfig, broker: Broker | None = None) -> RunningServer:
+    """Start the app on config.host:config.port (port 0 picks a free one); call stop() when done."""
+    app = create_app(config, broker)
+    runner = web.AppRunner(app, **runner_options(config))
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return RunningServer(runner, app, config.host, sock.getsockname()[1])

@@ -1,0 +1,123 @@
+"""HTTP plumbing shared by every transport: typed app keys, query parsing, JSON bodies, error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+
+from aiohttp import web
+
+from .broker import Broker
+from .config import ServerConfig
+from .core import ChatError, InvalidInput, Message, Page, TooLarge, Unavailable
+
+log = logging.getLogger("rtlab.server")
+
+BROKER = web.AppKey("broker", Broker)
+CONFIG = web.AppKey("config", ServerConfig)
+
+_INT_RE = re.compile(r"[0-9]{1,15}")
+_NUMBER_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+# The one place where domain errors meet HTTP.
+_STATUS_FOR = {InvalidInput: 400, TooLarge: 413, Unavailable: 503}
+
+
+def status_for(error: ChatError) -> int:
+    for kind, status in _STATUS_FOR.items():
+        if isinstance(error, kind):
+            return status
+    return 400
+
+
+def json_text(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return json_text(status, json.dumps({"error": message}), headers)
+
+
+def messages_json(messages: tuple[Message, ...]) -> str:
+    return "[" + ",".join(m.json for m in messages) + "]"
+
+
+def page_json(page: Page) -> str:
+    truncated = "true" if page.truncated else "false"
+    return f'{{"messages":{messages_json(page.messages)},"last_id":{page.last_id},"truncated":{truncated}}}'
+
+
+def query_value(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise InvalidInput(f"{name} given more than once")
+    return values[0] if values else None
+
+
+def int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """Parse a decimal integer query parameter in [low, high]; absent gives `default`."""
+    raw = query_value(request, name)
+    if raw is None:
+        return default
+    if not _INT_RE.fullmatch(raw) or not low <= int(raw) <= high:
+        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def seconds_param(request: web.Request, name: str, cap: float) -> float | None:
+    """Parse a non-negative decimal number of seconds; values above `cap` are capped to it."""
+    raw = query_value(request, name)
+    if raw is None:
+        return None
+    if not _NUMBER_RE.fullmatch(raw):
+        raise InvalidInput(f"{name} must be a non-negative number of seconds")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise InvalidInput(f"{name} must be a non-negative number of seconds")
+    return min(value, cap)
+
+
+async def read_json(request: web.Request) -> object:
+    """Read the body (bounded by the app's client_max_size, else 413) and decode it as JSON."""
+    body = await request.read()
+    if not body:
+        raise InvalidInput("request body must be a JSON object")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput("request body is not valid UTF-8") from None
+    except ValueError:
+        raise InvalidInput("request body is not valid JSON") from None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Turn every failure into JSON `{"error": ...}`; never a traceback, never a dead server."""
+    try:
+        return await handler(request)
+    except ChatError as error:
+        return error_response(status_for(error), str(error))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, _describe(request, exc), _keep_headers(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal server error")
+
+
+def _describe(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        transports = ", ".join(request.app[CONFIG].transports)
+        return f"no route for {request.method} {request.path} on this server (transports: {transports})"
+    if exc.status == 405:
+        return f"method {request.method} not allowed on {request.path}; allowed: {exc.headers.get('Allow', '')}"
+    if exc.status == 413:
+        return f"request body larger than {request.app[CONFIG].max_body_bytes} bytes"
+    return exc.reason
+
+
+def _keep_headers(exc: web.HTTPException) -> dict[str, str] | None:
+    return {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
