@@ -1,0 +1,109 @@
+"""Shared test fixtures: a time unit CI can scale, real servers on free ports, required services."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import pytest
+
+from servers.app import RunningServer, start_server
+from servers.config import ServerConfig
+
+# Every timeout in the tests is a multiple of UNIT seconds; a slow machine sets RTLAB_TIMEOUT_SCALE.
+UNIT = float(os.environ.get("RTLAB_TIMEOUT_SCALE", "1"))
+REQUIRE_ALL = os.environ.get("RTLAB_REQUIRE_ALL") == "1"
+TRANSPORTS = ("short-polling", "long-polling", "websocket")
+
+
+def require_binary(name: str, path: str | None = None) -> str:
+    """Return the path of a service binary; skip (or fail under RTLAB_REQUIRE_ALL=1) when missing."""
+    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
+    if found:
+        return found
+    reason = f"{name} is not installed (apt-get install {name}); .ci/run installs it"
+    if REQUIRE_ALL:
+        pytest.fail(f"RTLAB_REQUIRE_ALL=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+async def app_server():
+    """Start servers in this event loop: `await app_server(transports, **config_overrides)`."""
+    started: list[RunningServer] = []
+
+    async def start(transports: tuple[str, ...] | str, **overrides) -> RunningServer:
+        if isinstance(transports, str):
+            transports = (transports,)
+        config = replace(ServerConfig(transports=tuple(transports), port=0), **overrides)
+        server = await start_server(config)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    url: str
+    log_path: str
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self, timeout: float = 10 * UNIT) -> int:
+        """SIGTERM the server and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def spawn_server(args: list[str], log_path: str, timeout: float = 15 * UNIT) -> ServerProcess:
+    """Run `python -m servers ARGS --port 0` and wait for the line that gives its URL."""
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servers", *args, "--port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log.seek(0)
+        match = re.search(r"on (http://\S+)", log.read())
+        if match:
+            return ServerProcess(proc, match.group(1), log_path)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    log.seek(0)
+    raise RuntimeError(f"server did not start: {log.read()}")
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    """Start `python -m servers` subprocesses: `server_process("websocket", *extra_args)`."""
+    started: list[ServerProcess] = []
+
+    def start(transport: str, *extra: str) -> ServerProcess:
+        server = spawn_server(["--transport", transport, *extra], str(tmp_path / f"server-{len(started)}.log"))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
