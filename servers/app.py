@@ -50,6 +50,10 @@ async def handle_history(request: web.Request) -> web.Response:
     return json_text(200, f'{{"messages":{messages_json(messages)}}}')
 
 
+async def handle_absent(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
+
+
 def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Application:
     """Build the app for `config.transports` over one broker (by default in memory over a new core)."""
     if broker is None:
@@ -62,6 +66,9 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     app.router.add_get("/rooms/{room}/history", handle_history)
     for name in config.transports:
         TRANSPORTS[name](app, config)
+    if not short_polling.poll_route_mounted(app):
+        # POST shares the path, so aiohttp would say 405; the contract says this transport is absent: 404.
+        app.router.add_get("/rooms/{room}/messages", handle_absent)
 
     async def broker_ctx(app: web.Application):
         await broker.start()

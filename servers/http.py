@@ -90,6 +90,8 @@ async def read_json(request: web.Request) -> object:
         raise InvalidInput("request body is not valid UTF-8") from None
     except ValueError:
         raise InvalidInput("request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidInput("request body is nested too deeply") from None
 
 
 @web.middleware

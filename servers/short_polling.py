@@ -32,6 +32,10 @@ async def handle_poll(request: web.Request) -> web.Response:
     return json_text(200, page_json(page))
 
 
+def poll_route_mounted(app: web.Application) -> bool:
+    return bool(app.get(_POLL_ROUTE))
+
+
 def mount_poll_route(app: web.Application) -> None:
     """Add the poll route once, whichever polling transport asks first."""
     if not app.get(_POLL_ROUTE):

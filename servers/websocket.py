@@ -174,6 +174,8 @@ async def _on_text(broker: Broker, config: ServerConfig, room: str, member: Memb
             body = json.loads(data)
         except ValueError:
             raise InvalidInput("frame is not valid JSON") from None
+        except RecursionError:
+            raise InvalidInput("frame is nested too deeply") from None
         if not isinstance(body, dict):
             raise InvalidInput("frame must be a JSON object")
         kind = body.pop("type", None)

@@ -1,0 +1,79 @@
+"""`python -m servers` as a real process: starts on a free port, serves, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aiohttp
+import pytest
+
+from conftest import TRANSPORTS, UNIT
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5 * UNIT) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_serves_then_exits_0_on_sigterm(server_process, transport):
+    server = server_process(transport)
+    assert server.url.startswith("http://127.0.0.1:")  # loopback by default
+    assert get_json(f"{server.url}/healthz")["transports"] == [transport]
+    req = urllib.request.Request(
+        f"{server.url}/rooms/cli/messages", data=b'{"user": "ann", "text": "hi"}', method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5 * UNIT) as resp:
+        assert resp.status == 201
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 5 * UNIT
+
+
+def test_sigterm_closes_websockets_with_1001_and_answers_held_polls(server_process):
+    server = server_process("all")
+
+    async def scenario() -> tuple[int | None, dict, float]:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{server.url}/rooms/bye/ws")
+            poll = asyncio.create_task(session.get(f"{server.url}/rooms/bye/messages?since=0&wait=30"))
+            await asyncio.sleep(0.5 * UNIT)  # let the poll be held
+            started = time.monotonic()
+            server.proc.send_signal(15)
+            msg = await ws.receive(timeout=5 * UNIT)
+            assert msg.type == aiohttp.WSMsgType.CLOSE
+            resp = await asyncio.wait_for(poll, 5 * UNIT)
+            page = await resp.json()
+            await ws.close()
+            return ws.close_code, page, time.monotonic() - started
+
+    close_code, page, elapsed = asyncio.run(scenario())
+    assert close_code == 1001
+    assert page == {"messages": [], "last_id": 0, "truncated": False}
+    assert elapsed < 5 * UNIT
+    assert server.proc.wait(5 * UNIT) == 0
+
+
+def test_cli_help_lists_the_limits():
+    out = subprocess.run([sys.executable, "-m", "servers", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--transport", "--host", "--port", "--history", "--max-body-bytes", "--max-ws-message-bytes",
+                 "--long-poll-max-wait", "--ws-send-queue", "--ws-compress"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--transport", "carrier-pigeon"], "invalid choice"),
+        (["--transport", "websocket", "--history", "0"], "--history must be at least 1"),
+        (["--transport", "websocket", "--port", "70000"], "--port must be from 0 to 65535"),
+    ],
+)
+def test_cli_rejects_bad_flags(args, message):
+    proc = subprocess.run([sys.executable, "-m", "servers", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr
