@@ -39,6 +39,10 @@ def parse_args(argv: list[str] | None) -> ServerConfig:
         help="negotiate permessage-deflate",
     )
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=defaults.access_log)
+    p.add_argument(
+        "--metrics", action=argparse.BooleanOptionalAction, default=defaults.metrics,
+        help="count wire bytes and chat events and serve GET /metrics (off only to measure what it costs)",
+    )
     a = p.parse_args(argv)
     for name in ("history", "max_rooms", "max_text_chars", "max_body_bytes", "max_ws_message_bytes", "ws_send_queue"):
         if getattr(a, name) < 1:
@@ -60,6 +64,7 @@ def parse_args(argv: list[str] | None) -> ServerConfig:
         ws_heartbeat_s=a.ws_heartbeat,
         ws_compress=a.ws_compress,
         access_log=a.access_log,
+        metrics=a.metrics,
     )
 
 

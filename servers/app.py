@@ -9,7 +9,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import long_polling, short_polling, websocket
+from . import long_polling, metrics, short_polling, websocket
 from .broker import Broker, MemoryBroker
 from .config import ServerConfig
 from .core import ChatCore, parse_post, validate_room
@@ -38,6 +38,7 @@ async def handle_post(request: web.Request) -> web.Response:
     room = validate_room(request.match_info["room"])
     user, text, sent_at = parse_post(await read_json(request), request.app[CONFIG].limits.text_chars)
     message = await request.app[BROKER].post(room, user, text, sent_at)
+    metrics.tally_of(request).messages_accepted += 1
     return json_text(201, message.json)
 
 
@@ -58,17 +59,24 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     """Build the app for `config.transports` over one broker (by default in memory over a new core)."""
     if broker is None:
         broker = MemoryBroker(ChatCore(config.limits))
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    meter = metrics.Meter(config) if config.metrics else None
+    middlewares = [meter.middleware, error_middleware] if meter else [error_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[BROKER] = broker
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_post("/rooms/{room}/messages", handle_post)
     app.router.add_get("/rooms/{room}/history", handle_history)
+    routes_of: dict[str, list] = {}  # which transport added which routes, for the metrics' labels
     for name in config.transports:
+        known = len(app.router.routes())
         TRANSPORTS[name](app, config)
+        routes_of[name] = list(app.router.routes())[known:]
     if not short_polling.poll_route_mounted(app):
         # POST shares the path, so aiohttp would say 405; the contract says this transport is absent: 404.
         app.router.add_get("/rooms/{room}/messages", handle_absent)
+    if meter:
+        meter.install(app, routes_of, app.get(long_polling.LONG_POLL_HUB), app.get(websocket.WS_HUB))
 
     async def broker_ctx(app: web.Application):
         await broker.start()
@@ -107,7 +115,8 @@ class RunningServer:
 async def start_server(config: ServerConfig, broker: Broker | None = None) -> RunningServer:
     """Start the app on config.host:config.port (port 0 picks a free one); call stop() when done."""
     app = create_app(config, broker)
-    runner = web.AppRunner(app, **runner_options(config))
+    runner_class = metrics.MeteredAppRunner if config.metrics else web.AppRunner
+    runner = runner_class(app, **runner_options(config))
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -25,6 +25,7 @@ class ServerConfig:
     ws_compress: bool = False  # permessage-deflate; off unless asked for, reported by /healthz
     shutdown_timeout_s: float = 3.0
     access_log: bool = False  # logging a line per request costs about as much as the request
+    metrics: bool = True  # count wire bytes and chat events, serve /metrics; off only to measure its cost
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.transports if t not in TRANSPORT_NAMES]

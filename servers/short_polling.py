@@ -9,6 +9,7 @@ from aiohttp import web
 from .config import ServerConfig
 from .core import InvalidInput, Page, validate_room
 from .http import BROKER, CONFIG, int_param, json_text, page_json, seconds_param
+from .metrics import tally_of
 
 # Set by the long-polling transport when it is mounted: hold(room, since, limit, wait_s) -> Page.
 Holder = Callable[[str, int, int, float], Awaitable[Page]]
@@ -29,6 +30,11 @@ async def handle_poll(request: web.Request) -> web.Response:
     else:
         wait = seconds_param(request, "wait", config.long_poll_max_wait_s) or 0.0
         page = await holder(room, since, limit, wait)
+    tally = tally_of(request)
+    tally.polls += 1
+    tally.messages_delivered += len(page.messages)
+    if not page.messages:
+        tally.empty_polls += 1
     return json_text(200, page_json(page))
 
 

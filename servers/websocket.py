@@ -13,6 +13,7 @@ from .broker import Broker
 from .config import ServerConfig
 from .core import ChatError, InvalidInput, Message, parse_post, validate_room
 from .http import BROKER, CONFIG, int_param
+from .metrics import NULL_TALLY, Tally, tally_of
 
 log = logging.getLogger("rtlab.server")
 
@@ -34,10 +35,11 @@ def error_frame(error: str) -> str:
 class Member:
     """One open WebSocket: a bounded send queue drained by its own writer task."""
 
-    __slots__ = ("ws", "queue", "last_id", "writer", "closing")
+    __slots__ = ("ws", "queue", "last_id", "writer", "closing", "tally")
 
-    def __init__(self, ws: web.WebSocketResponse, queue_size: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, queue_size: int, tally: Tally = NULL_TALLY) -> None:
         self.ws = ws
+        self.tally = tally  # where its accepted and delivered messages are counted
         self.queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue(queue_size)
         self.last_id = 0  # newest message id sent to this member
         self.writer: asyncio.Task | None = None
@@ -62,8 +64,10 @@ class Member:
                 for message in page.messages:
                     await self.ws.send_str(message_frame(message))
                     self.last_id = message.id
+                    self.tally.messages_delivered += 1
                 if not page.messages or self.last_id >= page.last_id:
                     break
+        tally = self.tally
         while True:
             message_id, frame = await self.queue.get()
             if message_id and message_id <= self.last_id:
@@ -71,6 +75,7 @@ class Member:
             await self.ws.send_str(frame)
             if message_id:
                 self.last_id = message_id
+                tally.messages_delivered += 1
 
 
 class WebSocketHub:
@@ -86,6 +91,11 @@ class WebSocketHub:
     @property
     def members(self) -> int:
         return sum(len(m) for m in self._rooms.values())
+
+    def queued_frames(self) -> tuple[int, int]:
+        """Return the frames waiting in all send queues and in the fullest one (read when /metrics is scraped)."""
+        depths = [member.queue.qsize() for members in self._rooms.values() for member in members]
+        return sum(depths), max(depths, default=0)
 
     def join(self, room: str, member: Member) -> None:
         members = self._rooms.get(room)
@@ -146,7 +156,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         raise InvalidInput("this route needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
     await ws.prepare(request)
 
-    member = Member(ws, config.ws_send_queue)
+    member = Member(ws, config.ws_send_queue, tally_of(request))
     hub.join(room, member)  # before reading the backlog, so nothing posted meanwhile is missed
     member.writer = asyncio.get_running_loop().create_task(
         member.write(request.app[BROKER], room, since, config.limits.page)
@@ -183,6 +193,7 @@ async def _on_text(broker: Broker, config: ServerConfig, room: str, member: Memb
             raise InvalidInput('type must be "send"')
         user, text, sent_at = parse_post(body, config.limits.text_chars)
         await broker.post(room, user, text, sent_at)  # the sender hears its own message through fan-out
+        member.tally.messages_accepted += 1
     except ChatError as error:
         member.offer(0, error_frame(str(error)))
 

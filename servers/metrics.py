@@ -1,0 +1,467 @@
+"""Instrumentation: exact wire bytes per connection, chat counters and event-loop lag, served at /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+from typing import Any, Iterable, Protocol
+
+from aiohttp import web, web_protocol
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .config import TRANSPORT_NAMES, ServerConfig
+
+COMMON = "common"  # routes every transport shares (POST, history, healthz) when several are mounted
+UNMATCHED = "unmatched"  # the `route` label of requests no route matched (404, 405, a malformed request line)
+METRICS_PATH = "/metrics"
+# The 0.0.4 text format is what generate_latest() writes and what every Prometheus version reads.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LOOP_LAG_INTERVAL_S = 0.1
+LOOP_LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Tally:
+    """Plain integer counters for one transport label, read only when /metrics is scraped.
+
+    Hot paths add to these attributes directly: an integer add is the whole cost, no lock, no label lookup.
+    """
+
+    __slots__ = (
+        "label",
+        "wire_received_bytes",
+        "wire_sent_bytes",
+        "connections_opened",
+        "connections_open",
+        "requests",
+        "messages_accepted",
+        "messages_delivered",
+        "polls",
+        "empty_polls",
+    )
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.wire_received_bytes = 0
+        self.wire_sent_bytes = 0
+        self.connections_opened = 0
+        self.connections_open = 0
+        self.requests: dict[str, int] = {}  # "GET /rooms/{room}/messages" -> count
+        self.messages_accepted = 0
+        self.messages_delivered = 0
+        self.polls = 0
+        self.empty_polls = 0
+
+
+class LagHistogram:
+    """Event-loop lag in buckets of LOOP_LAG_BUCKETS_S (plus +Inf), as plain counts."""
+
+    __slots__ = ("counts", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LOOP_LAG_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+
+    def observe(self, lag_s: float) -> None:
+        self.counts[bisect.bisect_left(LOOP_LAG_BUCKETS_S, lag_s)] += 1
+        self.sum_s += lag_s
+
+
+# Where handlers count when instrumentation is off: absorbs the adds, never exported.
+NULL_TALLY = Tally("off")
+TALLY = web.RequestKey("rtlab_tally", Tally)
+
+
+def tally_of(request: web.Request) -> Tally:
+    """Return the counters of the transport label this request was routed to."""
+    return request.get(TALLY, NULL_TALLY)
+
+
+class MeteredTransport(asyncio.Transport):
+    """A connection's transport that counts every byte written to it; also the connection's byte ledger.
+
+    Bytes are added to `tally`, the label of the request the connection is serving. Between requests
+    (`tally` is None) bytes wait in `pending_*` and go to the next request's label once it is routed,
+    so a request's head, read before routing, is counted with that request.
+    """
+
+    __slots__ = ("_transport", "tally", "last", "opened_as", "pending_in", "pending_out")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+        self.tally: Tally | None = None  # the label being served now; None between requests
+        self.last: Tally | None = None  # the label of the latest routed request
+        self.opened_as: Tally | None = None  # the label this connection is counted under
+        self.pending_in = 0
+        self.pending_out = 0
+
+    def write(self, data: Any) -> None:
+        self._transport.write(data)
+        tally = self.tally
+        if tally is None:
+            self.pending_out += len(data)
+        else:
+            tally.wire_sent_bytes += len(data)
+
+    def writelines(self, list_of_data: Iterable[Any]) -> None:
+        chunks = list_of_data if isinstance(list_of_data, (list, tuple)) else list(list_of_data)
+        self._transport.writelines(chunks)
+        size = sum(map(len, chunks))
+        tally = self.tally
+        if tally is None:
+            self.pending_out += size
+        else:
+            tally.wire_sent_bytes += size
+
+    # Everything else is the real transport's.
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+
+class MeteredRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's per-connection protocol, counting bytes received and wrapping the transport to count bytes sent."""
+
+    __slots__ = ("_meter", "_wire")
+
+    def __init__(self, manager: web.Server, meter: Meter, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._meter = meter
+        self._wire: MeteredTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._wire = MeteredTransport(transport)  # type: ignore[arg-type]
+        super().connection_made(self._wire)
+
+    def data_received(self, data: bytes) -> None:
+        wire = self._wire
+        if wire is not None:
+            tally = wire.tally
+            if tally is None:
+                wire.pending_in += len(data)
+            else:
+                tally.wire_received_bytes += len(data)
+        super().data_received(data)
+
+    def routed(self, tally: Tally) -> None:
+        """Serve `tally`'s label from now on; the bytes read and written since the last request are its."""
+        wire = self._wire
+        if wire is None:
+            return
+        wire.tally = wire.last = tally
+        if wire.pending_in:
+            tally.wire_received_bytes += wire.pending_in
+            wire.pending_in = 0
+        if wire.pending_out:
+            tally.wire_sent_bytes += wire.pending_out
+            wire.pending_out = 0
+        if wire.opened_as is None and tally is not self._meter.excluded:
+            wire.opened_as = tally
+            tally.connections_opened += 1
+            tally.connections_open += 1
+
+    async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            # The response is written; what arrives next is the next request's.
+            if self._wire is not None:
+                self._wire.tally = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            self._meter.connection_closed(wire)
+
+
+class MeteredServer(web.Server):
+    """aiohttp's protocol factory, handing out metered protocols."""
+
+    def __init__(self, meter: Meter, base: web.Server) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self._meter = meter
+
+    def __call__(self) -> MeteredRequestHandler:
+        return MeteredRequestHandler(self, self._meter, loop=self._loop, **self._kwargs)
+
+
+class MeteredAppRunner(web.AppRunner):
+    """An AppRunner whose connections count their bytes into the app's Meter."""
+
+    async def _make_server(self) -> web.Server:
+        return MeteredServer(self.app[METER], await super()._make_server())
+
+
+class _LongPollHub(Protocol):
+    held: int
+
+
+class _WebSocketHub(Protocol):
+    overflow_closes: int
+
+    def queued_frames(self) -> tuple[int, int]: ...
+
+
+class Meter:
+    """One app's instrumentation: counters per transport label, its own Prometheus registry, /metrics.
+
+    Labels: on a server with one transport every request is labelled with it (POST and history
+    included: they are part of what that transport costs). With several transports mounted, each
+    route is labelled with the transport that mounted it, the shared routes with "common", and the
+    poll route, shared by both polling transports, by the request: one asking to be held (wait > 0)
+    is "long-polling", any other "short-polling". /metrics itself is counted nowhere.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        transports = config.transports
+        self.single = transports[0] if len(transports) == 1 else None
+        labels = (self.single,) if self.single else (*transports, COMMON)
+        self.tallies = {label: Tally(label) for label in labels}
+        self.default = self.tallies[self.single or COMMON]  # requests no route claims, connections never routed
+        self.excluded = Tally("metrics")  # /metrics requests and their bytes; never exported
+        if self.single:
+            self.mode = self.single
+        elif set(transports) == set(TRANSPORT_NAMES):
+            self.mode = "all"
+        else:
+            self.mode = "+".join(transports)
+        self.loop_lag = LagHistogram()
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(self))
+        self.long_poll_hub: _LongPollHub | None = None
+        self.ws_hub: _WebSocketHub | None = None
+        self._routes: dict[Any, tuple[Tally | None, str]] = {}  # route -> (tally, or None: split by wait; key)
+        self._owner: dict[Any, str] = {}
+        self._metrics_route: Any = None
+        self.middleware = self._make_middleware()
+
+    def install(
+        self,
+        app: web.Application,
+        routes_of: dict[str, list[Any]],
+        long_poll_hub: _LongPollHub | None = None,
+        ws_hub: _WebSocketHub | None = None,
+    ) -> None:
+        """Mount /metrics and the loop-lag watcher; `routes_of` maps each transport to the routes it added.
+
+        The app must also be built with `self.middleware` first in its middlewares and be run by
+        MeteredAppRunner, or no bytes are counted.
+        """
+        app[METER] = self
+        self.long_poll_hub = long_poll_hub
+        self.ws_hub = ws_hub
+        self._owner = {route: name for name, routes in routes_of.items() for route in routes}
+        self._metrics_route = app.router.add_get(METRICS_PATH, self.handle_metrics, allow_head=False)
+        app.on_startup.append(self._index_routes)  # by then every route exists
+        app.cleanup_ctx.append(self._watch_loop_lag)
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    def connection_closed(self, wire: MeteredTransport) -> None:
+        """Settle a closed connection: bytes never claimed by a request go to its last label."""
+        tally = wire.last or self.default
+        tally.wire_received_bytes += wire.pending_in
+        tally.wire_sent_bytes += wire.pending_out
+        wire.pending_in = wire.pending_out = 0
+        if wire.opened_as is not None:
+            wire.opened_as.connections_open -= 1
+        elif wire.last is None:
+            # It carried no routed request (a malformed one, or none at all): still a connection.
+            self.default.connections_opened += 1
+
+    async def _index_routes(self, app: web.Application) -> None:
+        both_polls = "short-polling" in self.tallies and "long-polling" in self.tallies
+        for route in app.router.routes():
+            key = f"{route.method} {route.resource.canonical if route.resource else '?'}"
+            if route is self._metrics_route:
+                self._routes[route] = (self.excluded, key)
+                continue
+            owner = self._owner.get(route)
+            if self.single:
+                tally: Tally | None = self.default
+            elif owner is None:
+                tally = self.tallies[COMMON]
+            elif owner in ("short-polling", "long-polling") and both_polls:
+                tally = None
+            else:
+                tally = self.tallies[owner]
+            self._routes[route] = (tally, key)
+
+    def _make_middleware(self):
+        routes = self._routes
+        default = self.default
+        short = self.tallies.get("short-polling")
+        long = self.tallies.get("long-polling")
+
+        @web.middleware
+        async def metrics_middleware(request: web.Request, handler):
+            entry = routes.get(request.match_info.route)
+            if entry is None:
+                tally, key = default, UNMATCHED
+            else:
+                tally, key = entry
+                if tally is None:
+                    tally = long if _asks_to_wait(request) else short
+            protocol = request.protocol
+            if isinstance(protocol, MeteredRequestHandler):
+                protocol.routed(tally)
+            requests = tally.requests
+            requests[key] = requests.get(key, 0) + 1
+            request[TALLY] = tally
+            return await handler(request)
+
+        return metrics_middleware
+
+    async def _watch_loop_lag(self, app: web.Application):
+        task = asyncio.get_running_loop().create_task(self._measure_loop_lag())
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    async def _measure_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        observe = self.loop_lag.observe
+        while True:
+            due = loop.time() + LOOP_LAG_INTERVAL_S
+            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+            observe(max(0.0, loop.time() - due))
+
+
+def _asks_to_wait(request: web.Request) -> bool:
+    raw = request.query.get("wait")
+    if not raw:
+        return False
+    try:
+        return float(raw) > 0
+    except ValueError:
+        return False  # the handler answers 400; count it as a short poll
+
+
+METER = web.AppKey("meter", Meter)
+
+
+# (family, name, help, Tally attribute): the per-label figures, exported in this order.
+_PER_LABEL = (
+    (CounterMetricFamily, "rtlab_wire_received_bytes",
+     "TCP payload bytes received: request heads and bodies, WebSocket handshakes and frames.", "wire_received_bytes"),
+    (CounterMetricFamily, "rtlab_wire_sent_bytes",
+     "TCP payload bytes written: response heads and bodies, WebSocket frames.", "wire_sent_bytes"),
+    (CounterMetricFamily, "rtlab_connections_opened",
+     "Connections opened, counted under the label of their first request.", "connections_opened"),
+    (GaugeMetricFamily, "rtlab_connections_open",
+     "Connections open that have carried a request, under the label of their first.", "connections_open"),
+    (CounterMetricFamily, "rtlab_messages_accepted",
+     "Chat messages stored, from an HTTP POST or a WebSocket send frame.", "messages_accepted"),
+    (CounterMetricFamily, "rtlab_messages_delivered",
+     "Chat messages written to clients: in poll responses and as WebSocket message frames.", "messages_delivered"),
+    (CounterMetricFamily, "rtlab_polls", "Poll responses, short or long.", "polls"),
+    (CounterMetricFamily, "rtlab_empty_polls", "Poll responses that carried no message.", "empty_polls"),
+)
+
+
+class _Collector:
+    """Turns the tallies into Prometheus families at scrape time, so counting never takes a lock."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+
+    def collect(self):
+        meter = self.meter
+        tallies = list(meter.tallies.values())
+        for kind, name, doc, attribute in _PER_LABEL:
+            family = kind(name, doc, labels=["transport"])
+            for t in tallies:
+                family.add_metric([t.label], getattr(t, attribute))
+            yield family
+
+        requests = CounterMetricFamily(
+            "rtlab_requests", "HTTP requests by route, WebSocket upgrades included.", labels=["transport", "route"]
+        )
+        for t in tallies:
+            for route, count in sorted(t.requests.items()):
+                requests.add_metric([t.label, route], count)
+        yield requests
+
+        lag = meter.loop_lag
+        histogram = HistogramMetricFamily(
+            "rtlab_event_loop_lag_seconds",
+            f"How late a task scheduled every {LOOP_LAG_INTERVAL_S} s woke, past its due time.",
+            labels=["transport"],
+        )
+        cumulative = list(itertools.accumulate(lag.counts))
+        buckets = [(repr(bound), n) for bound, n in zip(LOOP_LAG_BUCKETS_S, cumulative)]
+        histogram.add_metric([meter.mode], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
+        yield histogram
+
+        if meter.long_poll_hub is not None:
+            yield _one("rtlab_long_polls_held", "Long polls being held now.", "long-polling", meter.long_poll_hub.held)
+        if meter.ws_hub is not None:
+            frames, deepest = meter.ws_hub.queued_frames()
+            yield _one("rtlab_ws_send_queue_frames", "Frames waiting in all WebSocket send queues.", "websocket", frames)
+            yield _one(
+                "rtlab_ws_send_queue_max_frames", "Frames waiting in the fullest WebSocket send queue.", "websocket", deepest
+            )
+            yield _one(
+                "rtlab_ws_overflow_closes",
+                "WebSockets closed with 1013 because their send queue was full.",
+                "websocket",
+                meter.ws_hub.overflow_closes,
+                CounterMetricFamily,
+            )
+
+
+def _one(name: str, doc: str, label: str, value: float, kind=GaugeMetricFamily):
+    family = kind(name, doc, labels=["transport"])
+    family.add_metric([label], value)
+    return family
