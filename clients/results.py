@@ -1,0 +1,199 @@
+"""What a load run measures beyond Locust's own stats: µs delivery latency, completeness, generator health."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hdrh.histogram import HdrHistogram
+
+from .completeness import Counts, ReceiverTracker
+from .profile import Profile
+
+LATENCY_LOWEST_US = 1
+LATENCY_HIGHEST_US = 3_600_000_000  # one hour; anything slower is recorded as one hour and counted
+LATENCY_SIGNIFICANT_FIGURES = 3
+# Above this share of one core, the generator itself is the bottleneck and its latencies measure it.
+GENERATOR_SATURATION_PERCENT = 90.0
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def new_latency_histogram() -> HdrHistogram:
+    return HdrHistogram(LATENCY_LOWEST_US, LATENCY_HIGHEST_US, LATENCY_SIGNIFICANT_FIGURES)
+
+
+@dataclass
+class TransportResults:
+    """Deliveries and receivers of one transport in one run."""
+
+    transport: str
+    histogram: HdrHistogram = field(default_factory=new_latency_histogram)  # measured deliveries, µs
+    deliveries_warmup: int = 0  # deliveries received during warm-up: in Locust, not in the histogram
+    latencies_clamped: int = 0  # below 0 or above LATENCY_HIGHEST_US, recorded at the edge
+    trackers: list[ReceiverTracker] = field(default_factory=list)
+
+    @property
+    def deliveries_measured(self) -> int:
+        return self.histogram.get_total_count()
+
+    def completeness(self) -> Counts:
+        return sum((tracker.counts() for tracker in self.trackers), Counts())
+
+    def as_dict(self) -> dict:
+        return {
+            "receivers": len(self.trackers),
+            **self.completeness().as_dict(),
+            "deliveries_measured": self.deliveries_measured,
+            "deliveries_warmup": self.deliveries_warmup,
+            "latencies_clamped": self.latencies_clamped,
+        }
+
+
+class RunResults:
+    """Everything one Locust run records for rtlab; `write()` saves it beside Locust's CSVs.
+
+    The run starts when Locust starts the test; the first `profile.warmup_s` seconds are warm-up.
+    """
+
+    def __init__(self, profile: Profile, started_at: float) -> None:
+        self.profile = profile
+        self.started_at = started_at
+        self.measure_from = started_at + profile.warmup_s
+        self.transports: dict[str, TransportResults] = {}
+        self.cpu_samples: list[tuple[float, float]] = []  # (seconds since start, % of one core)
+        self.sends = 0
+        self.send_lag_max_s = 0.0  # how far behind its schedule the generator sent, at worst
+
+    def in_warmup(self, now: float) -> bool:
+        return now < self.measure_from
+
+    def for_transport(self, transport: str) -> TransportResults:
+        results = self.transports.get(transport)
+        if results is None:
+            results = self.transports[transport] = TransportResults(transport)
+        return results
+
+    def add_receiver(self, transport: str, since: int) -> ReceiverTracker:
+        """Start tracking a receiver that joined after id `since`; feed it every id it receives."""
+        tracker = ReceiverTracker(since)
+        self.for_transport(transport).trackers.append(tracker)
+        return tracker
+
+    def record_delivery(self, transport: str, latency_s: float, now: float) -> bool:
+        """Record one delivery latency; return False when it fell in the warm-up (not in the histogram)."""
+        results = self.for_transport(transport)
+        if self.in_warmup(now):
+            results.deliveries_warmup += 1
+            return False
+        latency_us = round(latency_s * 1e6)
+        if not 0 <= latency_us <= LATENCY_HIGHEST_US:
+            results.latencies_clamped += 1
+            latency_us = min(max(latency_us, 0), LATENCY_HIGHEST_US)
+        results.histogram.record_value(latency_us)
+        return True
+
+    def record_send(self, lag_s: float) -> None:
+        """Record one send that went out `lag_s` after it was due."""
+        self.sends += 1
+        self.send_lag_max_s = max(self.send_lag_max_s, lag_s)
+
+    def record_cpu(self, percent_of_one_core: float, now: float) -> None:
+        self.cpu_samples.append((round(now - self.started_at, 3), round(percent_of_one_core, 1)))
+
+    def generator(self) -> dict:
+        """Summarise the generator's own CPU use; `saturated` when any measured second exceeded 90 %."""
+        after_warmup = [p for t, p in self.cpu_samples if t >= self.profile.warmup_s]
+        judged = after_warmup or [p for _, p in self.cpu_samples]
+        over = [p for p in judged if p > GENERATOR_SATURATION_PERCENT]
+        return {
+            "cpu_percent_of_one_core_mean": round(sum(judged) / len(judged), 1) if judged else None,
+            "cpu_percent_of_one_core_max": max(judged) if judged else None,
+            "seconds_over_threshold": len(over),
+            "seconds_judged": len(judged),
+            "saturation_threshold_percent": GENERATOR_SATURATION_PERCENT,
+            "saturated": bool(over),
+            "sends": self.sends,
+            "send_lag_max_ms": round(self.send_lag_max_s * 1000, 3),
+            "cpu_samples": [list(sample) for sample in self.cpu_samples],
+        }
+
+    def summary_lines(self) -> list[str]:
+        """Return the human summary printed at the end of a run."""
+        lines = []
+        for name, results in sorted(self.transports.items()):
+            h = results.histogram
+            if results.deliveries_measured:
+                pct = " ".join(f"p{p:g} {h.get_value_at_percentile(p) / 1000:.3f}" for p in PERCENTILES)
+                latency = f"delivery latency ms {pct} max {h.get_max_value() / 1000:.3f}"
+            else:
+                latency = "no delivery measured"
+            lines.append(
+                f"rtlab {name}: {results.deliveries_measured} deliveries measured "
+                f"({results.deliveries_warmup} in {self.profile.warmup_s:g} s warm-up); {latency}"
+            )
+            c = results.completeness()
+            verdict = "complete" if c.lost == 0 and c.duplicates == 0 else "INCOMPLETE"
+            lines.append(
+                f"rtlab {name}: completeness over {len(results.trackers)} receivers: received {c.received}, "
+                f"lost {c.lost}, duplicates {c.duplicates}, out of order {c.out_of_order} ({verdict})"
+            )
+        g = self.generator()
+        cpu = (
+            f"CPU mean {g['cpu_percent_of_one_core_mean']:.0f} % max {g['cpu_percent_of_one_core_max']:.0f} % of one core"
+            if g["seconds_judged"]
+            else "CPU not sampled"
+        )
+        lag = f"{g['sends']} sends, at worst {g['send_lag_max_ms']:.1f} ms behind schedule"
+        if g["saturated"]:
+            lines.append(
+                f"rtlab generator: SATURATED: above {GENERATOR_SATURATION_PERCENT:g} % of one core for "
+                f"{g['seconds_over_threshold']} of {g['seconds_judged']} s; {cpu}; {lag}. "
+                "Latencies from this run measure the load generator, not the server."
+            )
+        else:
+            lines.append(f"rtlab generator: ok; {cpu}; {lag}")
+        return lines
+
+    def write(self, directory: Path, prefix: str = "") -> list[Path]:
+        """Write the histogram, completeness and generator files into `directory`; return their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, results in sorted(self.transports.items()):
+            hdr = directory / f"{prefix}deliver_latency_{name}.hdr"
+            hdr.write_text(results.histogram.encode().decode("ascii") + "\n")
+            hgrm = directory / f"{prefix}deliver_latency_{name}.hgrm"
+            buffer = io.BytesIO()
+            if results.deliveries_measured:
+                results.histogram.output_percentile_distribution(buffer, 1000)  # µs -> ms
+            hgrm.write_bytes(buffer.getvalue())
+            written += [hdr, hgrm]
+        completeness = directory / f"{prefix}completeness.json"
+        completeness.write_text(json.dumps(self._completeness_doc(), indent=2) + "\n")
+        generator = directory / f"{prefix}generator.json"
+        generator.write_text(json.dumps(self.generator(), indent=2) + "\n")
+        return written + [completeness, generator]
+
+    def _completeness_doc(self) -> dict:
+        return {
+            "started_at": self.started_at,
+            "warmup_s": self.profile.warmup_s,
+            "profile": self.profile.as_dict(),
+            "transports": {name: results.as_dict() for name, results in sorted(self.transports.items())},
+        }
+
+
+def output_place(out_dir: str | None, csv_prefix: str | None) -> tuple[Path, str] | None:
+    """Where rtlab's files go: `out_dir` when given, else beside Locust's CSVs with their prefix, else nowhere."""
+    if out_dir:
+        return Path(out_dir), ""
+    if csv_prefix:
+        path = Path(csv_prefix)
+        return path.parent, f"{path.name}_"
+    return None
+
+
+def read_histogram(path: str | Path) -> HdrHistogram:
+    """Load a `deliver_latency_*.hdr` file (values in microseconds)."""
+    return HdrHistogram.decode(Path(path).read_text().strip())
