@@ -36,7 +36,7 @@ def same(actual: object, expected: object) -> bool:
             isinstance(actual[k], float) if k == "ts" else same(actual[k], expected[k]) for k in expected
         )
     if isinstance(expected, list) and isinstance(actual, list):
-        return len(actual) == len(expected) and all(same(a, e) for a, e in zip(actual, expected))
+        return len(actual) == len(expected) and all(same(a, e) for a, e in zip(actual, expected, strict=False))
     return actual == expected
 
 

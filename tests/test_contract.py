@@ -24,7 +24,7 @@ class Receiver:
         self._task: asyncio.Task | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
 
-    async def __aenter__(self) -> "Receiver":
+    async def __aenter__(self) -> Receiver:
         self._task = asyncio.create_task(self._run())
         await asyncio.wait_for(self.ready.wait(), 5 * UNIT)
         return self
