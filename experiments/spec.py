@@ -1,0 +1,185 @@
+"""Experiment files: load and validate `experiments/<name>.toml`, expand its sweep into points."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients.profile import KEYS as PROFILE_KEYS
+from clients.profile import Profile, ProfileError, profile_from_dict
+from servers.config import TRANSPORT_NAMES
+
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server")
+
+# Server settings an experiment may fix; recorded in the manifest so a run says how it was configured.
+SERVER_KEYS: dict[str, tuple[type, ...]] = {
+    "ws_compress": (bool,),
+    "history": (int,),
+    "ws_send_queue": (int,),
+    "long_poll_max_wait_s": (int, float),
+    "metrics": (bool,),
+}
+
+QUICK_DURATION_S = 8
+QUICK_WARMUP_S = 2.0
+
+
+class SpecError(ValueError):
+    """An experiment file that must not start; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    transports: tuple[str, ...]
+    repeats: int
+    processes: int  # Locust worker processes; 1 runs Locust in one process
+    profile: Profile
+    sweep: dict[str, tuple] = field(default_factory=dict)
+    server: dict[str, object] = field(default_factory=dict)
+    source: str = ""
+
+    def points(self) -> list[Point]:
+        """Every sweep combination × repeat × transport, in run order (transports innermost)."""
+        keys = list(self.sweep)
+        combos = list(itertools.product(*(self.sweep[k] for k in keys))) or [()]
+        out = []
+        for values in combos:
+            swept = dict(zip(keys, values, strict=True))
+            profile = self.profile.replace(**swept)
+            for repeat in range(1, self.repeats + 1):
+                for transport in self.transports:
+                    out.append(Point(transport, repeat, swept, profile))
+        return out
+
+    def quick(self) -> Experiment:
+        """The same experiment with short durations, for a smoke run."""
+        def shorten(p: Profile) -> Profile:
+            duration = min(p.duration_s, QUICK_DURATION_S)
+            return p.replace(duration_s=duration, warmup_s=min(p.warmup_s, QUICK_WARMUP_S, duration / 4))
+
+        return dataclasses.replace(self, profile=shorten(self.profile), sweep={
+            k: v for k, v in self.sweep.items() if k not in ("duration_s", "warmup_s")
+        })
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "transports": list(self.transports),
+            "repeats": self.repeats,
+            "processes": self.processes,
+            "profile": self.profile.as_dict(),
+            "sweep": {k: list(v) for k, v in self.sweep.items()},
+            "server": dict(self.server),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Point:
+    transport: str
+    repeat: int
+    swept: dict[str, object]
+    profile: Profile
+
+    @property
+    def slug(self) -> str:
+        """A folder name built from the parameters, e.g. `users=200/websocket-r1`."""
+        params = ",".join(f"{k}={v}" for k, v in self.swept.items()) or "point"
+        return f"{params}/{self.transport}-r{self.repeat}"
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; raise SpecError naming the file and the key."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such experiment file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: not valid TOML: {error}") from None
+    return experiment_from_dict(data, str(path))
+
+
+def experiment_from_dict(data: dict, source: str) -> Experiment:
+    def fail(key: str, problem: str) -> SpecError:
+        return SpecError(f"{source}: {key}: {problem}")
+
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise fail(unknown[0], f"unknown key; the keys are {', '.join(TOP_KEYS)}")
+    for key in ("name", "transports", "profile"):
+        if key not in data:
+            raise fail(key, "missing")
+
+    name = data["name"]
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise fail("name", "must match ^[A-Za-z0-9_-]{1,64}$")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", "must be a string")
+
+    transports = data["transports"]
+    if not isinstance(transports, list) or not transports:
+        raise fail("transports", f"must be a non-empty list of {', '.join(TRANSPORT_NAMES)}")
+    for t in transports:
+        if t not in TRANSPORT_NAMES:
+            raise fail("transports", f"unknown transport {t!r}; choose from {', '.join(TRANSPORT_NAMES)}")
+    if len(set(transports)) != len(transports):
+        raise fail("transports", "lists a transport twice")
+
+    repeats = _int(data.get("repeats", 1), 1, 100, lambda p: fail("repeats", p))
+    processes = _int(data.get("processes", 1), 1, 64, lambda p: fail("processes", p))
+
+    try:
+        profile = profile_from_dict(data["profile"], f"{source}: [profile]")
+    except ProfileError as error:
+        raise SpecError(str(error)) from None
+
+    sweep_data = data.get("sweep", {})
+    if not isinstance(sweep_data, dict):
+        raise fail("sweep", "must be a table of lists")
+    sweep: dict[str, tuple] = {}
+    for key, values in sweep_data.items():
+        if key not in PROFILE_KEYS:
+            raise fail(f"sweep.{key}", f"not a profile key; the keys are {', '.join(PROFILE_KEYS)}")
+        if not isinstance(values, list) or not values:
+            raise fail(f"sweep.{key}", "must be a non-empty list")
+        if len(set(map(repr, values))) != len(values):
+            raise fail(f"sweep.{key}", "lists a value twice")
+        for value in values:
+            try:
+                profile.replace(**{key: value})
+            except (ProfileError, TypeError) as error:
+                raise fail(f"sweep.{key}", str(error)) from None
+        sweep[key] = tuple(values)
+
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise fail("server", "must be a table")
+    for key, value in server.items():
+        if key not in SERVER_KEYS:
+            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join(SERVER_KEYS)}")
+        kinds = SERVER_KEYS[key]
+        if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+            raise fail(f"server.{key}", f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        if not isinstance(value, bool) and value <= 0:
+            raise fail(f"server.{key}", f"must be positive, got {value!r}")
+
+    return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source)
+
+
+def _int(value: object, low: int, high: int, fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise fail(f"must be from {low} to {high}, got {value}")
+    return value
