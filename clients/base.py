@@ -1,0 +1,199 @@
+"""The surface every transport client shares: join a room after an id, send, hand each message to a callback, close.
+
+Clients know nothing about Locust. They report each operation to a `Report` callback, which
+Locust users turn into request events and scripts may simply collect. They are synchronous and
+run under gevent (call `gevent.monkey.patch_all()` first; Locust does): a client receives in a
+greenlet of its own while its owner sends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Protocol
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.monkey
+from geventhttpclient import HTTPClient
+
+Message = dict[str, Any]  # as the server sends it: id, room, user, text, sent_at, ts
+OnMessage = Callable[[Message, float], None]  # (message, received_at in unix seconds)
+
+
+class Report(Protocol):
+    """Called once per operation; `response_time_ms` is how long it took, `exception` why it failed."""
+
+    def __call__(
+        self,
+        request_type: str,
+        name: str,
+        response_time_ms: float,
+        response_length: int,
+        exception: BaseException | None = None,
+    ) -> None: ...
+
+
+def ignore_report(
+    request_type: str, name: str, response_time_ms: float, response_length: int, exception: BaseException | None = None
+) -> None:
+    return None
+
+
+class ClientError(Exception):
+    """The server answered, but not as the contract says (status, body, frame)."""
+
+
+class JsonHttp:
+    """One keep-alive HTTP/1.1 connection (geventhttpclient), as a browser holds per concurrent request."""
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self._client = HTTPClient(
+            host, port, connection_timeout=timeout_s, network_timeout=timeout_s, concurrency=1
+        )
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """Send one request and read the whole answer; return (status, body)."""
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        response = self._client.request(method, path, body=body, headers=headers)
+        try:
+            return response.status_code, bytes(response.read())
+        finally:
+            response.release()
+
+    @staticmethod
+    def decode(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ClientError(f"answer is not JSON: {body[:200]!r}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class Backoff:
+    """Bound a retry loop: sleep a little longer after each consecutive failure, give up after `attempts`."""
+
+    def __init__(self, attempts: int = 8, first_s: float = 0.05, max_s: float = 1.0) -> None:
+        self.attempts = attempts
+        self.first_s = first_s
+        self.max_s = max_s
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def retry(self) -> bool:
+        """Count a failure; sleep and return True when another attempt is allowed, else False."""
+        self.failures += 1
+        if self.failures >= self.attempts:
+            return False
+        gevent.sleep(min(self.first_s * 2 ** (self.failures - 1), self.max_s))
+        return True
+
+
+class ChatClient(ABC):
+    """One chat member's connection(s) to one server, for one transport.
+
+    Use: `latest_id(room)` (optional), `join(room, since)`, then `send(...)` as often as wanted,
+    and finally `close()`. Every message received after `since` is passed to `on_message` with the
+    time it arrived, from the client's receiving greenlet: the callback must not block.
+    """
+
+    transport: ClassVar[str]
+
+    def __init__(
+        self,
+        base_url: str,
+        on_message: OnMessage,
+        report: Report = ignore_report,
+        *,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if not gevent.monkey.is_module_patched("socket"):
+            raise RuntimeError("rtlab clients run under gevent: call gevent.monkey.patch_all() first (Locust does)")
+        url = urlsplit(base_url)
+        if url.scheme != "http" or not url.hostname:
+            raise ValueError(f"base_url must look like http://127.0.0.1:8080, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.host = url.hostname
+        self.port = url.port or 80
+        self.on_message = on_message
+        self.report = report
+        self.timeout_s = timeout_s
+        self.room: str | None = None
+        self.last_id = 0  # newest id handed to on_message (or the join point)
+        self.closed = False
+        self._receiver: gevent.Greenlet | None = None
+
+    @classmethod
+    def options(cls, profile) -> dict:
+        """Return the constructor keywords this transport takes from a load profile (clients.profile.Profile)."""
+        return {}
+
+    def latest_id(self, room: str) -> int:
+        """Return the id of the newest message in `room` (0 when empty), read from the history endpoint."""
+        http = JsonHttp(self.host, self.port, self.timeout_s)
+        try:
+            started = time.perf_counter()
+            try:
+                status, body = http.request("GET", f"/rooms/{room}/history?limit=1")
+                if status != 200:
+                    raise ClientError(f"history answered {status}: {body[:200]!r}")
+                messages = http.decode(body)["messages"]
+            except Exception as error:
+                self.report("HISTORY", self.transport, ms_since(started), 0, error)
+                raise
+            self.report("HISTORY", self.transport, ms_since(started), len(body))
+            return messages[-1]["id"] if messages else 0
+        finally:
+            http.close()
+
+    def join(self, room: str, since: int) -> None:
+        """Start receiving every message of `room` after id `since`; return once the client is listening."""
+        if self.room is not None:
+            raise RuntimeError("this client has joined a room already")
+        self.room = room
+        self.last_id = since
+        self._connect()
+        self._receiver = gevent.spawn(self._receive)
+
+    @abstractmethod
+    def send(self, user: str, text: str, sent_at: float | None = None) -> None:
+        """Post one message to the joined room; `sent_at` defaults to now.
+
+        The SEND latency reported is measured from `sent_at`, so pass the time the send was *due*:
+        a sender that fell behind then cannot hide the delay that made it late.
+        """
+
+    def close(self) -> None:
+        """Stop receiving and release every connection; safe to call more than once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._receiver is not None:
+            self._receiver.kill(block=True, timeout=self.timeout_s)
+        self._disconnect()
+
+    def deliver(self, message: Message, received_at: float) -> None:
+        """Hand one received message to the owner and remember the newest id (the resume point)."""
+        message_id = message.get("id")
+        if isinstance(message_id, int) and message_id > self.last_id:
+            self.last_id = message_id
+        self.on_message(message, received_at)
+
+    def _connect(self) -> None:
+        """Open what join needs before the receiver starts (a WebSocket); nothing by default."""
+
+    @abstractmethod
+    def _receive(self) -> None:
+        """Receive until closed, calling `deliver` for each message; bounded by Backoff on errors."""
+
+    @abstractmethod
+    def _disconnect(self) -> None: ...
+
+
+def ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

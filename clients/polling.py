@@ -1,0 +1,92 @@
+"""The half short and long polling share: poll on one HTTP connection, post on another."""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import abstractmethod
+
+import gevent
+
+from .base import Backoff, ChatClient, ClientError, JsonHttp, OnMessage, Report, ignore_report, ms_since
+
+
+class PollingClient(ChatClient):
+    """Keeps one poll outstanding on its own connection while sends go out on another, as a browser's
+    two concurrent fetches would; so a held long poll never delays a send."""
+
+    page_limit = 1000  # the server's largest page; a full page means more is waiting
+
+    def __init__(self, base_url: str, on_message: OnMessage, report: Report = ignore_report, *, timeout_s: float = 10.0):
+        super().__init__(base_url, on_message, report, timeout_s=timeout_s)
+        self._send_http = JsonHttp(self.host, self.port, timeout_s)
+        self._poll_http: JsonHttp | None = None
+
+    @abstractmethod
+    def _poll_query(self) -> str:
+        """The query string of the next poll, after `since=`."""
+
+    def _poll_timeout_s(self) -> float:
+        return self.timeout_s
+
+    def _pause(self, poll_started: float) -> None:
+        """Wait before the next poll (perf_counter clock); not at all by default."""
+
+    def send(self, user: str, text: str, sent_at: float | None = None) -> None:
+        if self.room is None:
+            raise RuntimeError("join a room before sending")
+        if sent_at is None:
+            sent_at = time.time()
+        body = json.dumps({"user": user, "text": text, "sent_at": sent_at}).encode()
+        try:
+            status, answer = self._send_http.request("POST", f"/rooms/{self.room}/messages", body)
+            if status != 201:
+                raise ClientError(f"send answered {status}: {answer[:200]!r}")
+        except Exception as error:
+            self.report("SEND", self.transport, (time.time() - sent_at) * 1000, 0, error)
+            return
+        self.report("SEND", self.transport, (time.time() - sent_at) * 1000, len(answer))
+
+    def _connect(self) -> None:
+        self._poll_http = JsonHttp(self.host, self.port, self._poll_timeout_s())
+
+    def _receive(self) -> None:
+        backoff = Backoff()
+        while not self.closed:
+            started = time.perf_counter()
+            try:
+                status, body = self._poll_http.request("GET", f"/rooms/{self.room}/messages?since={self.last_id}{self._poll_query()}")
+                if status != 200:
+                    raise ClientError(f"poll answered {status}: {body[:200]!r}")
+                page = JsonHttp.decode(body)
+                messages = page["messages"]
+            except Exception as error:
+                self.report("POLL", self.transport, ms_since(started), 0, error)
+                if not backoff.retry():
+                    self.report("RECEIVE", self.transport, 0, 0, ClientError(f"gave up after {backoff.failures} failed polls"))
+                    return
+                continue
+            received_at = time.time()
+            backoff.reset()
+            if page.get("truncated"):
+                name = f"{self.transport} (truncated)"  # the id gap also shows up as lost in completeness
+            elif messages:
+                name = self.transport
+            else:
+                name = f"{self.transport} (empty)"
+            self.report("POLL", name, ms_since(started), len(body))
+            for message in messages:
+                self.deliver(message, received_at)
+            if len(messages) < self.page_limit:
+                self._pause(started)
+
+    def _disconnect(self) -> None:
+        for http in (self._poll_http, self._send_http):
+            if http is not None:
+                http.close()
+
+
+def sleep_until(deadline_perf_s: float) -> None:
+    remaining = deadline_perf_s - time.perf_counter()
+    if remaining > 0:
+        gevent.sleep(remaining)

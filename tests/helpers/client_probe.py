@@ -1,0 +1,85 @@
+"""Drive two clients of one transport outside Locust and print what they saw, as JSON (run as a subprocess:
+it monkey-patches with gevent, which the pytest process must not)."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+
+import gevent  # noqa: E402
+
+from clients import client_class  # noqa: E402
+from clients.completeness import ReceiverTracker  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("transport")
+    p.add_argument("url")
+    p.add_argument("--room", default="probe")
+    p.add_argument("--messages", type=int, default=5, help="messages each member sends")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for every message")
+    p.add_argument("--poll-interval", type=float, default=0.1)
+    p.add_argument("--wait", type=float, default=5.0)
+    a = p.parse_args(argv)
+
+    cls = client_class(a.transport)
+    options = {"short-polling": {"poll_interval_s": a.poll_interval}, "long-polling": {"wait_s": a.wait}}.get(a.transport, {})
+    reports: Counter[str] = Counter()
+    failures: list[str] = []
+
+    def report(request_type, name, response_time_ms, response_length, exception=None):
+        reports[f"{request_type} {name}"] += 1
+        if exception is not None:
+            failures.append(f"{request_type} {name}: {exception!r}")
+
+    members = {}
+    for user in ("alice", "bob"):
+        state = {"messages": [], "tracker": None}
+
+        def on_message(message, received_at, state=state):
+            state["messages"].append(message)
+            state["tracker"].observe(message["id"])
+
+        client = cls(a.url, on_message, report, **options)
+        since = client.latest_id(a.room)
+        state["tracker"] = ReceiverTracker(since)
+        state["since"] = since
+        client.join(a.room, since)
+        members[user] = (client, state)
+
+    for i in range(a.messages):
+        for user, (client, _) in members.items():
+            client.send(user, f"{user} says {i}", sent_at=time.time())
+        gevent.sleep(0.02)
+
+    deadline = time.monotonic() + a.timeout
+    expected = 2 * a.messages
+    while time.monotonic() < deadline:
+        # A lost message never arrives: stop once the newest id is in, whatever came before it.
+        if all(s["tracker"].last_id >= s["since"] + expected and s["tracker"].received >= expected - 1 for _, s in members.values()):
+            break
+        gevent.sleep(0.05)
+    gevent.sleep(0.2)  # let anything duplicated arrive too
+    for client, _ in members.values():
+        client.close()
+
+    print(json.dumps({
+        user: {
+            "since": s["since"],
+            "ids": [m["id"] for m in s["messages"]],
+            "users": sorted({m["user"] for m in s["messages"]}),
+            **s["tracker"].counts().as_dict(),
+        }
+        for user, (_, s) in members.items()
+    } | {"reports": dict(reports), "failures": failures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Each transport's client against a real server, outside Locust. The clients need gevent's monkey-patching,
+which must not happen in this process (other tests run asyncio servers here), so a helper script drives them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import TRANSPORTS, UNIT
+from helpers.processes import HELPERS, dropping_server
+
+MESSAGES = 5  # per member; two members
+
+
+def probe(transport: str, url: str, *extra: str) -> dict:
+    """Run tests/helpers/client_probe.py: two members join one room, each sends MESSAGES, both listen."""
+    result = subprocess.run(
+        [sys.executable, str(HELPERS / "client_probe.py"), transport, url, "--messages", str(MESSAGES),
+         "--timeout", str(5 * UNIT), *extra],
+        capture_output=True, text=True, timeout=60 * UNIT,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_member_receives_every_message_once_in_order(transport, server_process):
+    server = server_process(transport)
+    seen = probe(transport, server.url)
+    assert seen["failures"] == []
+    for member in ("alice", "bob"):
+        got = seen[member]
+        assert got["since"] == 0
+        assert got["ids"] == list(range(1, 2 * MESSAGES + 1))
+        assert got["users"] == ["alice", "bob"]  # each member also receives its own messages
+        assert (got["lost"], got["duplicates"], got["out_of_order"]) == (0, 0, 0)
+    reports = seen["reports"]
+    assert reports[f"SEND {transport}"] == 2 * MESSAGES  # WebSocket: counted when the echo arrives
+    assert reports[f"HISTORY {transport}"] == 2
+    if transport == "websocket":
+        assert reports["CONNECT websocket"] == 2
+    else:
+        assert reports.get(f"POLL {transport}", 0) > 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_member_joining_late_starts_after_the_newest_id(transport, server_process):
+    server = server_process(transport)
+    probe(transport, server.url)  # room "probe" now holds 2 * MESSAGES messages
+    seen = probe(transport, server.url)
+    for member in ("alice", "bob"):
+        assert seen[member]["since"] == 2 * MESSAGES
+        assert seen[member]["ids"] == list(range(2 * MESSAGES + 1, 4 * MESSAGES + 1))
+        assert seen[member]["lost"] == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_message_the_server_drops_is_counted_lost(transport, tmp_path):
+    server = dropping_server(transport, tmp_path / "server.log", 15 * UNIT, drop_id=3)
+    try:
+        seen = probe(transport, server.url, "--timeout", str(2 * UNIT))
+    finally:
+        server.stop()
+    for member in ("alice", "bob"):
+        assert 3 not in seen[member]["ids"]
+        assert seen[member]["lost"] == 1
+        assert seen[member]["duplicates"] == 0
