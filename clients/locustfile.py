@@ -1,0 +1,302 @@
+"""Locust users for every transport: one chat behaviour, one client per transport, DELIVER latency and completeness."""
+
+import locust  # noqa: F401  first: Locust monkey-patches with gevent on import, before anything opens a socket
+
+import logging
+import os
+import random
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import count
+from typing import ClassVar
+
+import gevent
+import psutil
+from locust import User, constant, events, task
+from locust.env import Environment
+from locust.stats import CSV_STATS_INTERVAL_SEC
+
+# Locust puts this file's directory first on sys.path while it imports us, and there
+# clients/websocket.py would shadow the websocket-client package. Import that package with the
+# directory stepped aside, then put it back: Locust deletes sys.path[0] when we return.
+_here = os.path.dirname(os.path.abspath(__file__))
+_stepped_aside = sys.path.pop(0) if sys.path and os.path.abspath(sys.path[0]) == _here else None
+try:
+    import websocket  # noqa: F401  websocket-client, now in sys.modules for clients.websocket
+finally:
+    if _stepped_aside is not None:
+        sys.path.insert(0, _stepped_aside)
+
+from clients.base import ChatClient, Message  # noqa: E402
+from clients.completeness import Arrival, ReceiverTracker  # noqa: E402
+from clients.long_polling import LongPollingClient  # noqa: E402
+from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile  # noqa: E402
+from clients.results import RunResults, output_place  # noqa: E402
+from clients.schedule import SendSchedule, message_text  # noqa: E402
+from clients.short_polling import ShortPollingClient  # noqa: E402
+from clients.websocket import WebSocketClient  # noqa: E402
+
+log = logging.getLogger("rtlab.locust")
+
+WARMUP_SUFFIX = " [warm-up]"
+CPU_SAMPLE_INTERVAL_S = 1.0
+
+
+class MessagesLost(Exception):
+    """Ids after the receiver's join point never arrived (a gap in a room's contiguous ids)."""
+
+
+class DuplicateMessage(Exception):
+    """An id arrived twice, or one the receiver had already declared it had."""
+
+
+@dataclass
+class Run:
+    """The state of the test Locust is running now: created on test_start, written out on test_stop."""
+
+    profile: Profile
+    results: RunResults
+    members: count = field(default_factory=count)  # hands out member indexes: room and user name
+    cpu_sampler: gevent.Greenlet | None = None
+
+
+class _Current:
+    run: Run | None = None
+    profile: Profile | None = None  # loaded at init, so a bad file stops Locust before anything starts
+
+
+current = _Current()
+
+
+# ---- Locust plumbing: options, profile, run start and end ---------------------------------------------------------
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    # Not --profile: Locust has that option already (it groups test runs).
+    parser.add_argument(
+        "--rtlab-profile",
+        default=os.environ.get("RTLAB_PROFILE", str(DEFAULT_PROFILE_PATH)),
+        help="TOML load profile (env RTLAB_PROFILE; default clients/default_profile.toml)",
+        include_in_web_ui=False,
+    )
+    parser.add_argument(
+        "--rtlab-out",
+        default=os.environ.get("RTLAB_OUT", ""),
+        help="directory for deliver_latency_*.hdr, completeness.json, generator.json "
+        "(env RTLAB_OUT; default: beside --csv files, with their prefix)",
+        include_in_web_ui=False,
+    )
+
+
+@events.init.add_listener
+def refresh_event_loop_clock(environment: Environment, **_kwargs) -> None:
+    # gevent's loop caches "now" and only refreshes it when it turns. Locust's imports (and ours)
+    # run without turning it, so on a busy machine the cached time can be seconds old when Locust
+    # arms its --run-time timer next, and a 3 s run ends at once. Refresh it before that happens.
+    gevent.get_hub().loop.update_now()
+
+
+@events.init.add_listener
+def load_profile_once(environment: Environment, **_kwargs) -> None:
+    options = environment.parsed_options
+    path = getattr(options, "rtlab_profile", None) or os.environ.get("RTLAB_PROFILE") or DEFAULT_PROFILE_PATH
+    try:
+        current.profile = load_profile(path)
+    except ProfileError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+    # Locust's own run options come from the profile unless given on the command line.
+    if options is not None:
+        if getattr(options, "num_users", None) is None:
+            options.num_users = current.profile.users
+        if getattr(options, "spawn_rate", None) is None:
+            options.spawn_rate = current.profile.spawn_rate
+        if getattr(options, "run_time", None) is None:
+            options.run_time = current.profile.duration_s
+
+
+@events.test_start.add_listener
+def start_run(environment: Environment, **_kwargs) -> None:
+    profile = current.profile or load_profile(DEFAULT_PROFILE_PATH)
+    run = Run(profile, RunResults(profile, time.time()))
+    run.cpu_sampler = gevent.spawn(sample_cpu, run.results)
+    current.run = run
+
+
+@events.test_stop.add_listener
+def finish_run(environment: Environment, **_kwargs) -> None:
+    run, current.run = current.run, None
+    if run is None:
+        return
+    if run.cpu_sampler is not None:
+        run.cpu_sampler.kill(block=False)
+    for line in run.results.summary_lines():
+        print(line, flush=True)
+    options = environment.parsed_options
+    csv_prefix = getattr(options, "csv_prefix", None)
+    place = output_place(getattr(options, "rtlab_out", None), csv_prefix)
+    if place is not None:
+        for path in run.results.write(*place):
+            log.info("rtlab wrote %s", path)
+    if csv_prefix:
+        # Locust rewrites its CSVs once a second and not again at exit, so the last second would be
+        # missing and the CSV's DELIVER count would fall short of the histogram's. Let it write once more.
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
+
+
+def sample_cpu(results: RunResults) -> None:
+    """Record this process's CPU use, in % of one core, once a second until killed at test_stop."""
+    process = psutil.Process()
+    process.cpu_percent(None)  # the first reading only starts the interval
+    while True:
+        gevent.sleep(CPU_SAMPLE_INTERVAL_S)
+        results.record_cpu(process.cpu_percent(None), time.time())
+
+
+# ---- Users: an abstract one per transport owns the client; the chat behaviour is written once -----------------------
+
+
+class ClientUser(User):
+    """Owns one transport client and turns each of its operations into a Locust request event."""
+
+    abstract = True
+    client_class: ClassVar[type[ChatClient]]
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self.transport = self.client_class.transport
+        options = self.client_class.options(current.profile) if current.profile else {}
+        self.client = self.client_class(self.host, self.on_message, self.report, **options)
+
+    def report(
+        self,
+        request_type: str,
+        name: str,
+        response_time_ms: float,
+        response_length: int,
+        exception: BaseException | None = None,
+    ) -> None:
+        run = current.run
+        if run is not None and run.results.in_warmup(time.time()):
+            name += WARMUP_SUFFIX
+        self.environment.events.request.fire(
+            request_type=request_type,
+            name=name,
+            response_time=response_time_ms,
+            response_length=response_length,
+            exception=exception,
+            context={},
+        )
+
+    def on_message(self, message: Message, received_at: float) -> None:
+        """Called for every message the client receives; the chat behaviour decides what it means."""
+
+
+class ShortPollingUser(ClientUser):
+    abstract = True
+    client_class = ShortPollingClient
+
+
+class LongPollingUser(ClientUser):
+    abstract = True
+    client_class = LongPollingClient
+
+
+class WebSocketUser(ClientUser):
+    abstract = True
+    client_class = WebSocketClient
+
+
+class ChatMember(ClientUser):
+    """A chat member: joins its room at the newest id, receives everything after it, sends on schedule.
+
+    Sends are open loop: each is due at a time the SendSchedule fixed in advance and carries that
+    time as `sent_at`, so a member held up by a slow server sends late but is measured from when
+    it should have sent. DELIVER = receive time - sent_at, for messages from other members.
+    """
+
+    abstract = True
+    wait_time = constant(0)  # the schedule does the waiting
+
+    def on_start(self) -> None:
+        run = current.run
+        if run is None:
+            raise RuntimeError("no run in progress: rtlab users start from Locust's test_start")
+        self.run = run
+        index = next(run.members)
+        self.user_name = f"member-{index}"
+        self.room = run.profile.room_for(index)
+        self.sequence = 0
+        rng = random.Random()
+        self.seed_text = "".join(rng.choices(string.ascii_letters + string.digits, k=64))
+        self.tracker: ReceiverTracker | None = None
+        try:
+            since = self.client.latest_id(self.room)
+            self.tracker = run.results.add_receiver(self.transport, since)
+            self.schedule = SendSchedule(run.profile.messages_per_second, run.profile.arrival, time.time(), rng)
+            self.client.join(self.room, since)
+        except Exception:
+            self.client.close()  # Locust skips on_stop when on_start fails
+            raise
+
+    @task
+    def send_when_due(self) -> None:
+        due = self.schedule.next()
+        if due == float("inf"):  # messages_per_second = 0: listen only
+            gevent.sleep(1.0)
+            return
+        delay = due - time.time()
+        if delay > 0:
+            gevent.sleep(delay)
+        self.run.results.record_send(max(0.0, time.time() - due))
+        text = message_text(self.seed_text, self.sequence, self.run.profile.message_bytes)
+        self.sequence += 1
+        self.client.send(self.user_name, text, sent_at=due)
+
+    def on_message(self, message: Message, received_at: float) -> None:
+        tracker = self.tracker
+        if tracker is None:  # a message before on_start finished joining cannot happen; be safe
+            return
+        arrival, missing = tracker.observe(message["id"])
+        if arrival is Arrival.GAP:
+            # Reported when seen, so the web UI shows it at once; if the ids turn up later,
+            # completeness.json counts them out of order instead.
+            for _ in range(missing):
+                self.report("LOST", self.transport, 0, 0, MessagesLost(f"id gap in {self.room}"))
+        elif arrival is Arrival.DUPLICATE:
+            self.report("DUPLICATE", self.transport, 0, 0, DuplicateMessage(f"id seen twice in {self.room}"))
+        sent_at = message.get("sent_at")
+        if message.get("user") == self.user_name or not isinstance(sent_at, (int, float)):
+            return
+        latency_s = received_at - sent_at
+        run = self.run
+        if run.results.record_delivery(self.transport, latency_s, received_at):
+            name = self.transport
+        else:
+            name = self.transport + WARMUP_SUFFIX
+        self.environment.events.request.fire(
+            request_type="DELIVER",
+            name=name,
+            response_time=latency_s * 1000,
+            response_length=len(message.get("text", "")),
+            exception=None,
+            context={},
+        )
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+
+class ShortPollingMember(ChatMember, ShortPollingUser):
+    pass
+
+
+class LongPollingMember(ChatMember, LongPollingUser):
+    pass
+
+
+class WebSocketMember(ChatMember, WebSocketUser):
+    pass
