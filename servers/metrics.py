@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from aiohttp import web, web_protocol
 from prometheus_client import CollectorRegistry, generate_latest
@@ -78,6 +78,13 @@ def tally_of(request: web.Request) -> Tally:
     return request.get(TALLY, NULL_TALLY)
 
 
+class ClientLedger(Protocol):
+    """Bytes of one client, across every connection and request it makes (see Meter.client_of)."""
+
+    bytes_in: int
+    bytes_out: int
+
+
 class MeteredTransport(asyncio.Transport):
     """A connection's transport that counts every byte written to it; also the connection's byte ledger.
 
@@ -86,7 +93,7 @@ class MeteredTransport(asyncio.Transport):
     so a request's head, read before routing, is counted with that request.
     """
 
-    __slots__ = ("_transport", "tally", "last", "opened_as", "pending_in", "pending_out")
+    __slots__ = ("_transport", "tally", "last", "opened_as", "pending_in", "pending_out", "client")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()
@@ -96,6 +103,7 @@ class MeteredTransport(asyncio.Transport):
         self.opened_as: Tally | None = None  # the label this connection is counted under
         self.pending_in = 0
         self.pending_out = 0
+        self.client: ClientLedger | None = None  # who sent the request being served, when it says
 
     def write(self, data: Any) -> None:
         self._transport.write(data)
@@ -104,6 +112,8 @@ class MeteredTransport(asyncio.Transport):
             self.pending_out += len(data)
         else:
             tally.wire_sent_bytes += len(data)
+            if self.client is not None:
+                self.client.bytes_out += len(data)
 
     def writelines(self, list_of_data: Iterable[Any]) -> None:
         chunks = list_of_data if isinstance(list_of_data, (list, tuple)) else list(list_of_data)
@@ -114,6 +124,8 @@ class MeteredTransport(asyncio.Transport):
             self.pending_out += size
         else:
             tally.wire_sent_bytes += size
+            if self.client is not None:
+                self.client.bytes_out += size
 
     # Everything else is the real transport's.
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -181,14 +193,20 @@ class MeteredRequestHandler(web_protocol.RequestHandler):
                 wire.pending_in += len(data)
             else:
                 tally.wire_received_bytes += len(data)
+                if wire.client is not None:
+                    wire.client.bytes_in += len(data)
         super().data_received(data)
 
-    def routed(self, tally: Tally) -> None:
-        """Serve `tally`'s label from now on; the bytes read and written since the last request are its."""
+    def routed(self, tally: Tally, client: ClientLedger | None = None) -> None:
+        """Serve `tally`'s label (and `client`) from now on; the bytes since the last request are theirs."""
         wire = self._wire
         if wire is None:
             return
         wire.tally = wire.last = tally
+        wire.client = client
+        if client is not None:
+            client.bytes_in += wire.pending_in
+            client.bytes_out += wire.pending_out
         if wire.pending_in:
             tally.wire_received_bytes += wire.pending_in
             wire.pending_in = 0
@@ -207,6 +225,7 @@ class MeteredRequestHandler(web_protocol.RequestHandler):
             # The response is written; what arrives next is the next request's.
             if self._wire is not None:
                 self._wire.tally = None
+                self._wire.client = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
@@ -280,7 +299,14 @@ class Meter:
         self._routes: dict[Any, tuple[Tally | None, str]] = {}  # route -> (tally, or None: split by wait; key)
         self._owner: dict[Any, str] = {}
         self._metrics_route: Any = None
+        self._unlabelled: set[Any] = set()  # routes counted nowhere, like /metrics (see exclude)
+        # Set by a caller that wants bytes per client too (the demo page): request -> its ledger, or None.
+        self.client_of: Callable[[web.Request], ClientLedger | None] | None = None
         self.middleware = self._make_middleware()
+
+    def exclude(self, routes: Iterable[Any]) -> None:
+        """Count `routes` nowhere, like /metrics: instruments of the lab, not traffic of a transport."""
+        self._unlabelled.update(routes)
 
     def install(
         self,
@@ -321,7 +347,7 @@ class Meter:
         both_polls = "short-polling" in self.tallies and "long-polling" in self.tallies
         for route in app.router.routes():
             key = f"{route.method} {route.resource.canonical if route.resource else '?'}"
-            if route is self._metrics_route:
+            if route is self._metrics_route or route in self._unlabelled:
                 self._routes[route] = (self.excluded, key)
                 continue
             owner = self._owner.get(route)
@@ -352,7 +378,8 @@ class Meter:
                     tally = long if _asks_to_wait(request) else short
             protocol = request.protocol
             if isinstance(protocol, MeteredRequestHandler):
-                protocol.routed(tally)
+                client_of = self.client_of
+                protocol.routed(tally, client_of(request) if client_of is not None else None)
             requests = tally.requests
             requests[key] = requests.get(key, 0) + 1
             request[TALLY] = tally
