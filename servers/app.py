@@ -9,7 +9,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import long_polling, metrics, short_polling, websocket
+from . import demo, long_polling, metrics, short_polling, websocket
 from .broker import Broker, MemoryBroker
 from .config import ServerConfig
 from .core import ChatCore, parse_post, validate_room
@@ -77,6 +77,9 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
         app.router.add_get("/rooms/{room}/messages", handle_absent)
     if meter:
         meter.install(app, routes_of, app.get(long_polling.LONG_POLL_HUB), app.get(websocket.WS_HUB))
+    if set(config.transports) == set(TRANSPORTS):
+        # The teaching page at / shows one room over every transport, so it needs them all (docs/demo.md).
+        demo.add_routes(app, config)
 
     async def broker_ctx(app: web.Application):
         await broker.start()

@@ -1,0 +1,199 @@
+"""End-to-end tests of the teaching demo page in Debian's Chromium, driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import UNIT, require_binary, spawn_server
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e '.[dev]')")
+expect = sync_api.expect
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "demo.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TRANSPORTS = ("short-polling", "long-polling", "websocket")
+WAIT_MS = 10_000 * UNIT
+MARKUP = ("<img src=x onerror=alert(1)>", "<script>alert(1)</script>")
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    server = spawn_server(["--transport", "all"], str(tmp_path_factory.mktemp("demo") / "server.log"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = require_binary("chromium", "/usr/bin/chromium")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page with every console error, uncaught exception and dialog recorded."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", lambda msg: self.errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def pane(self, transport: str):
+        return self.page.locator(f"#pane-{transport}")
+
+    def send(self, transport: str, text: str) -> None:
+        box = self.pane(transport).locator("form.send input[name=text]")
+        box.fill(text)
+        box.press("Enter")
+
+    def texts(self, transport: str) -> list[str]:
+        return self.pane(transport).locator(".messages .text").all_text_contents()
+
+    def number(self, transport: str, stat: str) -> int:
+        return int(self.pane(transport).locator(f".stat-{stat}").text_content().replace(",", ""))
+
+
+@pytest.fixture
+def open_demo(browser, demo_server, request):
+    """Open the demo on a fresh page in a room of its own; wait until every pane has joined."""
+    contexts = []
+
+    def open_(viewport=(1360, 900), room: str | None = None) -> Watched:
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        contexts.append(context)
+        watched = Watched(context.new_page())
+        room = room or re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:64]
+        watched.page.goto(f"{demo_server.url}/?room={room}")
+        expect(watched.pane("websocket").locator(".status")).to_contain_text("connection open", timeout=WAIT_MS)
+        for transport in ("short-polling", "long-polling"):
+            expect(watched.pane(transport).locator(".stat-requests")).not_to_have_text("0", timeout=WAIT_MS)
+        return watched
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def test_page_loads_without_console_errors(open_demo):
+    demo = open_demo()
+    page = demo.page
+    assert demo.pane("short-polling").locator(".explain").text_content().strip()
+    for transport in TRANSPORTS:
+        expect(demo.pane(transport).locator(".wire li").first).to_be_visible(timeout=WAIT_MS)
+    page.click("button[data-view=charts]")
+    expect(page.locator("#view-charts")).to_be_visible()
+    expect(page.locator("#view-panes")).to_be_hidden()
+    page.wait_for_timeout(1500 * UNIT)  # at least one chart sample
+    page.click("button[data-view=panes]")
+    expect(page.locator("#view-panes")).to_be_visible()
+    assert demo.errors == [] and demo.dialogs == []
+
+
+def test_a_message_from_any_pane_reaches_every_pane(open_demo):
+    demo = open_demo()
+    before = {t: demo.pane(t).locator(".wire li").count() for t in TRANSPORTS}
+    requests_before = demo.number("short-polling", "requests")
+
+    demo.send("websocket", "hello from the socket")
+    for transport in TRANSPORTS:
+        expect(demo.pane(transport).locator(".messages .text")).to_have_text(["hello from the socket"], timeout=WAIT_MS)
+    demo.send("short-polling", "and back by polling")
+    expect(demo.pane("websocket").locator(".messages .text")).to_have_text(
+        ["hello from the socket", "and back by polling"], timeout=WAIT_MS
+    )
+    expect(demo.pane("long-polling").locator(".messages .text").last).to_have_text("and back by polling", timeout=WAIT_MS)
+
+    # Counters and wire logs moved: polls and the POST, the socket's frames both ways, latencies.
+    assert demo.number("short-polling", "requests") > requests_before
+    expect(demo.pane("websocket").locator(".stat-frames")).to_have_text(re.compile(r"^1 / [2-9]"), timeout=WAIT_MS)
+    for transport in TRANSPORTS:
+        assert demo.pane(transport).locator(".wire li").count() > before[transport]
+        expect(demo.pane(transport).locator(".stat-latency")).to_have_text(re.compile(r"ms / .*ms"), timeout=WAIT_MS)
+        # The server counts this pane's bytes exactly (metrics are on by default).
+        expect(demo.pane(transport).locator(".stat-exact-out")).to_have_text(re.compile(r"^[0-9,.]+ k?B$"), timeout=WAIT_MS)
+    assert demo.pane("websocket").locator(".wire li").filter(has_text="frame send").count() == 1
+    assert demo.errors == [] and demo.dialogs == []
+
+
+def test_markup_in_messages_is_shown_as_text_and_never_runs(open_demo):
+    demo = open_demo()
+    demo.send("websocket", MARKUP[0])
+    demo.send("short-polling", MARKUP[1])
+    for transport in TRANSPORTS:
+        texts = demo.pane(transport).locator(".messages .text")
+        expect(texts).to_have_count(2, timeout=WAIT_MS)
+        assert sorted(texts.all_text_contents()) == sorted(MARKUP)
+        assert demo.pane(transport).locator(".messages img, .messages script").count() == 0
+    demo.page.wait_for_timeout(500 * UNIT)  # an onerror would have fired by now
+    assert demo.dialogs == [] and demo.errors == []
+    # And if someone ever writes markup from a string, the policy refuses it.
+    refused = demo.page.evaluate(
+        "() => { try { document.body.insertAdjacentHTML('beforeend', '<b>x</b>'); return 'allowed'; }"
+        " catch (error) { return error.name; } }"
+    )
+    assert refused == "TypeError"
+
+
+def test_pause_stops_polling_and_a_burst_arrives_batched(open_demo):
+    demo = open_demo()
+    short = demo.pane("short-polling")
+    short.locator(".poll-interval").select_option("500")
+    short.locator(".pause").click()
+    expect(short.locator(".status")).to_have_text("paused")
+    demo.page.wait_for_timeout(300 * UNIT)  # a poll in flight when paused may still land
+    paused_at = demo.number("short-polling", "requests")
+    demo.pane("websocket").locator(".burst").click()  # 20 messages while short polling is paused
+    expect(demo.pane("websocket").locator(".messages .text")).to_have_count(20, timeout=WAIT_MS)
+    demo.page.wait_for_timeout(700 * UNIT)
+    assert demo.number("short-polling", "requests") == paused_at
+    short.locator(".pause").click()  # resume: one poll carries the whole burst
+    expect(short.locator(".messages .text")).to_have_count(20, timeout=WAIT_MS)
+    expect(short.locator(".wire li").filter(has_text="20 msgs")).to_have_count(1, timeout=WAIT_MS)
+    expect(demo.pane("long-polling").locator(".messages .text")).to_have_count(20, timeout=WAIT_MS)
+    assert demo.errors == [] and demo.dialogs == []
+
+
+def test_screenshot_of_a_short_conversation(open_demo, tmp_path):
+    """Save a screenshot; RTLAB_UPDATE_SCREENSHOT=1 also writes it to docs/demo.png for the README."""
+    demo = open_demo(viewport=(1400, 1060), room="lobby")
+    for transport, text in (
+        ("websocket", "hi all, I'm on a WebSocket"),
+        ("short-polling", "I only hear you when I ask"),
+        ("long-polling", "and I wait for you to answer"),
+        ("websocket", "look how little my wire log says"),
+    ):
+        demo.send(transport, text)
+        for other in TRANSPORTS:
+            expect(demo.pane(other).locator(".messages .text").last).to_have_text(text, timeout=WAIT_MS)
+    demo.page.wait_for_timeout(4000 * UNIT)  # let the idle traffic show: two more short polls
+    demo.page.locator("body").click(position={"x": 5, "y": 5})  # no focus ring in the picture
+    path = tmp_path / "demo.png"
+    demo.page.screenshot(path=str(path))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(data) < 400_000
+    if os.environ.get("RTLAB_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(path, SCREENSHOT)
+    assert demo.errors == [] and demo.dialogs == []
