@@ -25,6 +25,11 @@ test: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m servers --transport $(TRANSPORT) --host $(HOST) --port $(PORT)
 
+# The teaching page (docs/demo.md): every transport on one port, the page at /.
+demo: $(STAMP)
+	@echo "rtlab demo: open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the server)"
+	$(PY) -m servers --transport all --host $(HOST) --port $(PORT)
+
 run-experiment: $(STAMP)
 	@echo "The experiment runner is coming (issue: make run-experiment). Until then: make serve, make test."
 
