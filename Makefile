@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 EXP ?= baseline
 
-.PHONY: venv test serve demo run-experiment clean
+.PHONY: venv test serve demo locust run-experiment clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ serve: $(STAMP)
 demo: $(STAMP)
 	@echo "rtlab demo: open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the server)"
 	$(PY) -m servers --transport all --host $(HOST) --port $(PORT)
+
+# The server for TRANSPORT on a free port and the Locust web UI on 127.0.0.1:8089 with the default
+# profile (RTLAB_PROFILE=path to use another); the server stops when Locust exits (Ctrl-C).
+locust: $(STAMP)
+	$(PY) -m clients --transport $(TRANSPORT) --serve
 
 run-experiment: $(STAMP)
 	@echo "The experiment runner is coming (issue: make run-experiment). Until then: make serve, make test."

@@ -75,6 +75,9 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "servers", "--transport", transport, "--host", "127.0.0.1", "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # Its own session: Ctrl-C in the terminal reaches Locust, which then stops its users and
+            # writes its summary while the server still serves; the server is stopped after that.
+            start_new_session=True,
         )
         self.url = self._wait_for_url()
         # Keep draining its output so the server never blocks on a full pipe.
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         if not a.headless:
             print(f"rtlab: Locust web UI on http://{a.web_host}:{a.web_port}; Ctrl-C to stop", file=sys.stderr, flush=True)
         locust = subprocess.Popen(command)
+        # A SIGTERM for us (e.g. from the experiment runner) is one for Locust, which then shuts down cleanly.
+        signal.signal(signal.SIGTERM, lambda signum, frame: locust.send_signal(signal.SIGTERM))
         try:
             return locust.wait()
         except KeyboardInterrupt:
