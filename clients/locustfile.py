@@ -63,6 +63,7 @@ class Run:
 
 
 class _Current:
+    environment: Environment | None = None
     run: Run | None = None
     profile: Profile | None = None  # loaded at init, so a bad file stops Locust before anything starts
 
@@ -101,6 +102,7 @@ def refresh_event_loop_clock(environment: Environment, **_kwargs) -> None:
 
 @events.init.add_listener
 def load_profile_once(environment: Environment, **_kwargs) -> None:
+    current.environment = environment
     options = environment.parsed_options
     path = getattr(options, "rtlab_profile", None) or os.environ.get("RTLAB_PROFILE") or DEFAULT_PROFILE_PATH
     try:
@@ -145,6 +147,22 @@ def finish_run(environment: Environment, **_kwargs) -> None:
         # Locust rewrites its CSVs once a second and not again at exit, so the last second would be
         # missing and the CSV's DELIVER count would fall short of the histogram's. Let it write once more.
         gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
+
+
+@events.reset_stats.add_listener
+def reset_histograms(**_kwargs) -> None:
+    # Keep the histogram counting what Locust counts when its stats are reset (web UI, --reset-stats).
+    # Completeness is not reset: a receiver's stream goes on, and a loss before the reset is still a loss.
+    if current.run is not None:
+        current.run.results.reset_deliveries()
+
+
+@events.spawning_complete.add_listener
+def reset_histograms_with_locust(user_count: int, **_kwargs) -> None:
+    # Locust's --reset-stats resets its stats here without firing reset_stats.
+    environment = current.environment
+    if environment is not None and environment.reset_stats:
+        reset_histograms()
 
 
 def sample_cpu(results: RunResults) -> None:

@@ -94,6 +94,13 @@ class RunResults:
         results.histogram.record_value(latency_us)
         return True
 
+    def reset_deliveries(self) -> None:
+        """Forget the deliveries recorded so far (Locust's stats were reset); receivers keep counting."""
+        for results in self.transports.values():
+            results.histogram.reset()
+            results.deliveries_warmup = 0
+            results.latencies_clamped = 0
+
     def record_send(self, lag_s: float) -> None:
         """Record one send that went out `lag_s` after it was due."""
         self.sends += 1

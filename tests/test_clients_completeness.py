@@ -77,3 +77,4 @@ def test_counts_add_up_over_receivers():
 def test_a_negative_join_point_is_refused():
     with pytest.raises(ValueError):
         ReceiverTracker(since=-1)
+

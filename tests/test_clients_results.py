@@ -1,0 +1,95 @@
+"""Unit tests of what a run records beside Locust: the µs histogram, warm-up, completeness totals, generator health."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clients.profile import DEFAULT_PROFILE_PATH, load_profile
+from clients.results import LATENCY_HIGHEST_US, RunResults, output_place, read_histogram
+
+
+def new_results(warmup_s: float = 1.0) -> RunResults:
+    return RunResults(load_profile(DEFAULT_PROFILE_PATH).replace(warmup_s=warmup_s), started_at=100.0)
+
+
+def test_deliveries_in_the_warmup_stay_out_of_the_histogram():
+    results = new_results(warmup_s=1.0)
+    assert results.record_delivery("websocket", 0.002, now=100.5) is False
+    assert results.record_delivery("websocket", 0.000_250, now=101.0) is True
+    ws = results.for_transport("websocket")
+    assert (ws.deliveries_measured, ws.deliveries_warmup) == (1, 1)
+    # Microseconds: 250 µs is kept as such, not rounded to 0 ms.
+    assert ws.histogram.get_value_at_percentile(100) == 250
+
+
+def test_out_of_range_latencies_are_clamped_and_counted():
+    results = new_results(warmup_s=0)
+    results.record_delivery("websocket", -0.5, now=100.0)
+    results.record_delivery("websocket", 10_000.0, now=100.0)
+    ws = results.for_transport("websocket")
+    assert ws.deliveries_measured == 2 and ws.latencies_clamped == 2
+    assert ws.histogram.get_max_value() >= LATENCY_HIGHEST_US * 0.999
+
+
+def test_completeness_adds_up_over_receivers():
+    results = new_results()
+    a = results.add_receiver("long-polling", since=0)
+    b = results.add_receiver("long-polling", since=5)
+    for i in (1, 2, 4):
+        a.observe(i)
+    for i in (6, 6, 7):
+        b.observe(i)
+    totals = results.for_transport("long-polling").as_dict()
+    assert totals["receivers"] == 2
+    assert (totals["received"], totals["lost"], totals["duplicates"]) == (6, 1, 1)
+
+
+def test_resetting_deliveries_keeps_receivers_counting():
+    results = new_results(warmup_s=1.0)
+    results.add_receiver("websocket", since=0).observe(2)  # id 1 lost
+    results.record_delivery("websocket", 0.001, now=100.5)
+    results.record_delivery("websocket", 0.002, now=102.0)
+    results.reset_deliveries()
+    ws = results.for_transport("websocket")
+    assert (ws.deliveries_measured, ws.deliveries_warmup) == (0, 0)
+    assert ws.completeness().lost == 1
+
+
+def test_a_generator_above_90_percent_after_warmup_is_flagged():
+    results = new_results(warmup_s=2.0)
+    results.record_cpu(99.0, now=101.0)  # during warm-up: ramping up is allowed to be busy
+    results.record_cpu(40.0, now=103.0)
+    assert results.generator()["saturated"] is False
+    results.record_cpu(95.0, now=104.0)
+    generator = results.generator()
+    assert generator["saturated"] is True
+    assert (generator["seconds_over_threshold"], generator["seconds_judged"]) == (1, 2)
+    assert any("SATURATED" in line for line in results.summary_lines())
+
+
+def test_the_summary_says_incomplete_on_any_loss():
+    results = new_results()
+    results.add_receiver("short-polling", since=0).observe(3)
+    (line,) = [line for line in results.summary_lines() if "completeness" in line]
+    assert "lost 2" in line and "INCOMPLETE" in line
+
+
+def test_files_land_in_the_out_dir_or_beside_the_csvs(tmp_path):
+    assert output_place(str(tmp_path), "x/locust") == (tmp_path, "")
+    assert output_place(None, str(tmp_path / "run1")) == (tmp_path, "run1_")
+    assert output_place("", None) is None
+    results = new_results(warmup_s=0)
+    results.add_receiver("websocket", since=0).observe(1)
+    results.record_delivery("websocket", 0.003, now=100.0)
+    written = results.write(*output_place(None, str(tmp_path / "run1")))
+    assert sorted(p.name for p in written) == [
+        "run1_completeness.json",
+        "run1_deliver_latency_websocket.hdr",
+        "run1_deliver_latency_websocket.hgrm",
+        "run1_generator.json",
+    ]
+    assert read_histogram(tmp_path / "run1_deliver_latency_websocket.hdr").get_total_count() == 1
+    doc = json.loads(Path(tmp_path / "run1_completeness.json").read_text())
+    assert doc["transports"]["websocket"]["deliveries_measured"] == 1
+    assert doc["profile"]["users"] == 50
