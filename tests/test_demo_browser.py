@@ -178,7 +178,7 @@ def test_pause_stops_polling_and_a_burst_arrives_batched(open_demo):
 
 def test_screenshot_of_a_short_conversation(open_demo, tmp_path):
     """Save a screenshot; RTLAB_UPDATE_SCREENSHOT=1 also writes it to docs/demo.png for the README."""
-    demo = open_demo(viewport=(1400, 1060), room="lobby")
+    demo = open_demo(viewport=(1400, 1090), room="lobby")
     for transport, text in (
         ("websocket", "hi all, I'm on a WebSocket"),
         ("short-polling", "I only hear you when I ask"),
