@@ -1,5 +1,7 @@
 """Locust users for every transport: one chat behaviour, one client per transport, DELIVER latency and completeness."""
 
+# ruff: noqa: I001  (locust is imported first on purpose; sorting would move it)
+
 import locust  # noqa: F401  first: Locust monkey-patches with gevent on import, before anything opens a socket
 
 import logging
@@ -29,14 +31,14 @@ finally:
     if _stepped_aside is not None:
         sys.path.insert(0, _stepped_aside)
 
-from clients.base import ChatClient, Message  # noqa: E402
-from clients.completeness import Arrival, ReceiverTracker  # noqa: E402
-from clients.long_polling import LongPollingClient  # noqa: E402
-from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile  # noqa: E402
-from clients.results import RunResults, output_place  # noqa: E402
-from clients.schedule import SendSchedule, message_text  # noqa: E402
-from clients.short_polling import ShortPollingClient  # noqa: E402
-from clients.websocket import WebSocketClient  # noqa: E402
+from clients.base import ChatClient, Message
+from clients.completeness import Arrival, ReceiverTracker
+from clients.long_polling import LongPollingClient
+from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
+from clients.results import RunResults, output_place
+from clients.schedule import SendSchedule, message_text
+from clients.short_polling import ShortPollingClient
+from clients.websocket import WebSocketClient
 
 log = logging.getLogger("rtlab.locust")
 

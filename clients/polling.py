@@ -8,7 +8,16 @@ from abc import abstractmethod
 
 import gevent
 
-from .base import Backoff, ChatClient, ClientError, JsonHttp, OnMessage, Report, ignore_report, ms_since
+from .base import (
+    Backoff,
+    ChatClient,
+    ClientError,
+    JsonHttp,
+    OnMessage,
+    Report,
+    ignore_report,
+    ms_since,
+)
 
 
 class PollingClient(ChatClient):

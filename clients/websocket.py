@@ -9,7 +9,15 @@ from collections import OrderedDict
 
 import websocket  # websocket-client
 
-from .base import Backoff, ChatClient, ClientError, OnMessage, Report, ignore_report, ms_since
+from .base import (
+    Backoff,
+    ChatClient,
+    ClientError,
+    OnMessage,
+    Report,
+    ignore_report,
+    ms_since,
+)
 
 
 class WebSocketClient(ChatClient):
@@ -52,7 +60,7 @@ class WebSocketClient(ChatClient):
         key = (user, sent_at)
         self._pending[key] = None
         if len(self._pending) > self.max_pending_sends:
-            (old_user, old_sent_at), _ = self._pending.popitem(last=False)
+            (_, old_sent_at), _ = self._pending.popitem(last=False)
             self.report("SEND", self.transport, (time.time() - old_sent_at) * 1000, 0, ClientError("no echo"))
         try:
             ws.send(json.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at}))

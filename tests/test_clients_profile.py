@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from clients.profile import DEFAULT_PROFILE_PATH, KEYS, Profile, ProfileError, load_profile, profile_from_dict
+from clients.profile import (
+    DEFAULT_PROFILE_PATH,
+    KEYS,
+    Profile,
+    ProfileError,
+    load_profile,
+    profile_from_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -19,7 +20,7 @@ def take(schedule: SendSchedule, n: int) -> list[float]:
 def test_fixed_arrivals_are_evenly_spaced_after_a_random_phase():
     times = take(SendSchedule(4.0, "fixed", 100.0, random.Random(1)), 50)
     assert 100.0 <= times[0] < 100.25
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap == pytest.approx(0.25) for gap in gaps)
 
 
@@ -31,7 +32,7 @@ def test_fixed_phases_differ_between_members():
 def test_poisson_gaps_are_exponential_with_the_right_mean():
     rate = 5.0
     times = take(SendSchedule(rate, "poisson", 0.0, random.Random(7)), 20_000)
-    gaps = [times[0]] + [b - a for a, b in zip(times, times[1:])]
+    gaps = [times[0]] + [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= 0 for gap in gaps)
     assert statistics.fmean(gaps) == pytest.approx(1 / rate, rel=0.03)
     # For an exponential distribution the standard deviation equals the mean.

@@ -5,16 +5,16 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
+import argparse
+import json
+import sys
+import time
+from collections import Counter
 
-import gevent  # noqa: E402
+import gevent
 
-from clients import client_class  # noqa: E402
-from clients.completeness import ReceiverTracker  # noqa: E402
+from clients import client_class
+from clients.completeness import ReceiverTracker
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ class UrlProcess:
 
     def __init__(self, args: list[str], log_path: Path, timeout_s: float) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "w+")
+        self._log = open(log_path, "w+")  # noqa: SIM115  open for the process's life, closed in stop()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, text=True)
         self.url = self._wait_for_url(timeout_s)
 
