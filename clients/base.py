@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
 from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 import gevent
