@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from . import TRANSPORTS, locust_user_class
 from .profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-SERVER_START_TIMEOUT_S = 15.0
+SERVER_START_TIMEOUT_S = 15.0  # from spawning the server to its URL line
 SERVER_STOP_TIMEOUT_S = 10.0
 
 
@@ -79,28 +78,28 @@ class Server:
             # writes its summary while the server still serves; the server is stopped after that.
             start_new_session=True,
         )
-        self.url = self._wait_for_url()
-        # Keep draining its output so the server never blocks on a full pipe.
-        threading.Thread(target=self._relay, daemon=True).start()
+        self.url: str | None = None
+        self._seen: list[str] = []
+        self._listening = threading.Event()
+        # One reader for the server's whole life: it finds the URL line, then relays the rest, so
+        # the server never blocks on a full pipe.
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._listening.wait(SERVER_START_TIMEOUT_S) or self.url is None:
+            self.stop()
+            raise RuntimeError("the server did not start:\n" + "".join(self._seen))
 
-    def _wait_for_url(self) -> str:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()  # the server prints its URL line first and flushes it
-            if not line:
-                break
-            seen.append(line)
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if self.url is not None:
+                sys.stderr.write(f"[server] {line}")
+                continue
+            sys.stderr.write(line)
+            self._seen.append(line)
             match = re.search(r" on (http://\S+)", line)
             if match:
-                print(line.rstrip(), file=sys.stderr, flush=True)
-                return match.group(1)
-        self.stop()
-        raise RuntimeError("the server did not start:\n" + "".join(seen))
-
-    def _relay(self) -> None:
-        for line in self.proc.stdout:
-            sys.stderr.write(f"[server] {line}")
+                self.url = match.group(1)
+                self._listening.set()
+        self._listening.set()  # the server exited: stop waiting
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -119,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as error:
         print(f"python -m clients: {error}", file=sys.stderr)
         return 2
-    server = Server(a.transport) if a.serve else None
+    try:
+        server = Server(a.transport) if a.serve else None
+    except RuntimeError as error:
+        print(f"python -m clients: {error}", file=sys.stderr)
+        return 1
     try:
         command = locust_command(a, profile, server.url if server else a.host)
         if not a.headless:
