@@ -104,7 +104,9 @@ async def handle_client_bytes(request: web.Request) -> web.Response:
     raw = query_value(request, "ids") or ""
     ids = raw.split(",") if raw else []
     if len(ids) > MAX_IDS_PER_ASK or not all(CLIENT_RE.fullmatch(i) for i in ids):
-        raise InvalidInput(f"ids must be 1 to {MAX_IDS_PER_ASK} client ids matching ^[A-Za-z0-9_-]{{1,64}}$, comma-separated")
+        raise InvalidInput(
+            f"ids must be 1 to {MAX_IDS_PER_ASK} client ids matching ^[A-Za-z0-9_-]{{1,64}}$, comma-separated"
+        )
     ledgers = request.app.get(CLIENT_LEDGERS)
     clients: dict[str, Any] = {}
     if ledgers is not None:

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import re
-import struct
 from pathlib import Path
 from types import SimpleNamespace
 

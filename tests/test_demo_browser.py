@@ -1,4 +1,4 @@
-"""End-to-end tests of the teaching demo page in Debian's Chromium, driven by Playwright (never a downloaded browser)."""
+"""The teaching demo page end to end, in Debian's Chromium driven by Playwright (never a downloaded browser)."""
 
 from __future__ import annotations
 
@@ -58,9 +58,13 @@ class Watched:
         self.page = page
         self.errors: list[str] = []
         self.dialogs: list[str] = []
-        page.on("console", lambda msg: self.errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("dialog", self._dialog)
+
+    def _console(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(f"console.error: {message.text}")
 
     def _dialog(self, dialog) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -129,7 +133,8 @@ def test_a_message_from_any_pane_reaches_every_pane(open_demo):
     expect(demo.pane("websocket").locator(".messages .text")).to_have_text(
         ["hello from the socket", "and back by polling"], timeout=WAIT_MS
     )
-    expect(demo.pane("long-polling").locator(".messages .text").last).to_have_text("and back by polling", timeout=WAIT_MS)
+    last_long_poll = demo.pane("long-polling").locator(".messages .text").last
+    expect(last_long_poll).to_have_text("and back by polling", timeout=WAIT_MS)
 
     # Counters and wire logs moved: polls and the POST, the socket's frames both ways, latencies.
     assert demo.number("short-polling", "requests") > requests_before
@@ -138,7 +143,8 @@ def test_a_message_from_any_pane_reaches_every_pane(open_demo):
         assert demo.pane(transport).locator(".wire li").count() > before[transport]
         expect(demo.pane(transport).locator(".stat-latency")).to_have_text(re.compile(r"ms / .*ms"), timeout=WAIT_MS)
         # The server counts this pane's bytes exactly (metrics are on by default).
-        expect(demo.pane(transport).locator(".stat-exact-out")).to_have_text(re.compile(r"^[0-9,.]+ k?B$"), timeout=WAIT_MS)
+        exact_sent = demo.pane(transport).locator(".stat-exact-out")
+        expect(exact_sent).to_have_text(re.compile(r"^[0-9,.]+ k?B$"), timeout=WAIT_MS)
     assert demo.pane("websocket").locator(".wire li").filter(has_text="frame send").count() == 1
     assert demo.errors == [] and demo.dialogs == []
 
