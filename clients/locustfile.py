@@ -44,6 +44,7 @@ log = logging.getLogger("rtlab.locust")
 
 WARMUP_SUFFIX = " [warm-up]"
 CPU_SAMPLE_INTERVAL_S = 1.0
+MAX_CPU_SAMPLES = 7 * 24 * 3600 / CPU_SAMPLE_INTERVAL_S  # the longest run a profile allows
 
 
 class MessagesLost(Exception):
@@ -171,7 +172,7 @@ def sample_cpu(results: RunResults) -> None:
     """Record this process's CPU use, in % of one core, once a second until killed at test_stop."""
     process = psutil.Process()
     process.cpu_percent(None)  # the first reading only starts the interval
-    while True:
+    for _ in range(int(MAX_CPU_SAMPLES)):
         gevent.sleep(CPU_SAMPLE_INTERVAL_S)
         results.record_cpu(process.cpu_percent(None), time.time())
 
