@@ -4,6 +4,7 @@
 
 import locust  # noqa: F401  first: Locust monkey-patches with gevent on import, before anything opens a socket
 
+import json
 import logging
 import os
 import random
@@ -129,6 +130,12 @@ def start_run(environment: Environment, **_kwargs) -> None:
     run = Run(profile, RunResults(profile, time.time()))
     run.cpu_sampler = gevent.spawn(sample_cpu, run.results)
     current.run = run
+    place = output_place(getattr(environment.parsed_options, "rtlab_out", None), None)
+    if place is not None:
+        # The experiment runner times its warm-up and measured window from this moment.
+        place[0].mkdir(parents=True, exist_ok=True)
+        marker = {"t_unix_s": run.results.started_at, "t_mono_s": time.monotonic()}
+        (place[0] / "started.json").write_text(json.dumps(marker) + "\n")
 
 
 @events.test_stop.add_listener
