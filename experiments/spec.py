@@ -91,9 +91,10 @@ class Point:
 
     @property
     def slug(self) -> str:
-        """A folder name built from the parameters, e.g. `users=200/websocket-r1`."""
-        params = ",".join(f"{k}={v}" for k, v in self.swept.items()) or "point"
-        return f"{params}/{self.transport}-r{self.repeat}"
+        """A folder built from the parameters, e.g. `users=200/websocket-r1` (`websocket-r1` with no sweep)."""
+        run = f"{self.transport}-r{self.repeat}"
+        params = ",".join(f"{k}={v}" for k, v in self.swept.items())
+        return f"{params}/{run}" if params else run
 
 
 def load_experiment(path: str | Path) -> Experiment:

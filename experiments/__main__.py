@@ -1,0 +1,65 @@
+"""`python -m experiments run FILE [--quick] [--out DIR]`: run an experiment and print the comparison."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from .spec import SpecError, load_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments", description="Run rtlab experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment file: every transport under the same profile")
+    run.add_argument("file", help="experiments/<name>.toml, or just <name>")
+    run.add_argument("--quick", action="store_true", help="short durations: a smoke run")
+    run.add_argument("--out", default=str(ROOT / "results"), help="where runs are written")
+    run.add_argument("--quiet", action="store_true", help="no live progress")
+    show = sub.add_parser("show", help="print the comparison table of a finished run")
+    show.add_argument("run_dir", nargs="?", default=str(ROOT / "results" / "latest"))
+    return p.parse_args(argv)
+
+
+def resolve(file: str) -> Path:
+    path = Path(file)
+    if not path.suffix and not path.exists():
+        path = ROOT / "experiments" / f"{file}.toml"
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.command == "show":
+        from .report import print_table
+
+        print_table(Path(a.run_dir))
+        return 0
+    try:
+        experiment = load_experiment(resolve(a.file))
+    except SpecError as error:
+        print(f"python -m experiments: {error}", file=sys.stderr)
+        return 2
+    from .report import print_table
+    from .runner import run_experiment
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt  # so SIGTERM, like Ctrl-C, runs every `finally` and stops every process
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        run_dir = run_experiment(experiment, Path(a.out), a.quick, a.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: every process was stopped; partial results are kept", file=sys.stderr)
+        return 130
+    print_table(run_dir)
+    print(f"results: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Print a run's comparison table across transports, from its summary.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = (
+    ("delivered", "delivered", "{:,.0f}"),
+    ("lost", "lost", "{:,.0f}"),
+    ("duplicates", "dup", "{:,.0f}"),
+    ("latency_p50_ms", "p50 ms", "{:,.1f}"),
+    ("latency_p99_ms", "p99 ms", "{:,.1f}"),
+    ("latency_max_ms", "max ms", "{:,.1f}"),
+    ("bytes_per_delivered", "B/delivered", "{:,.0f}"),
+    ("server_cpu_us_per_delivered", "CPU µs/delivered", "{:,.1f}"),
+    ("server_rss_peak_mb", "RSS MB", "{:,.1f}"),
+    ("generator_cpu_peak", "gen CPU", "{:.0%}"),
+)
+
+
+def read_summary(run_dir: Path) -> list[dict]:
+    with open(run_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cell(value: str, fmt: str) -> str:
+    try:
+        return fmt.format(float(value))
+    except (TypeError, ValueError):
+        return value or "—"
+
+
+def print_table(run_dir: Path, console: Console | None = None) -> None:
+    rows = read_summary(run_dir)
+    console = console or Console()
+    if not rows:
+        console.print(f"{run_dir}: no point finished")
+        return
+    swept = list(json.loads((run_dir / "manifest.json").read_text())["experiment"]["sweep"])
+    table = Table(title=f"rtlab {run_dir.resolve().name}", title_justify="left")
+    for name in ["transport", *swept, "repeat"]:
+        table.add_column(name)
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for row in rows:
+        saturated = row.get("generator_saturated") == "True"
+        values = [row["transport"], *(row[c] for c in swept), row["repeat"]]
+        values += [cell(row.get(key, ""), fmt) for key, _, fmt in COLUMNS]
+        if saturated:
+            values[-1] += " SATURATED"
+        table.add_row(*values)
+    console.print(table)
+

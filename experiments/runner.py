@@ -1,0 +1,345 @@
+"""Run an experiment: for every point, the same lifecycle on fresh processes, raw files kept, then a summary.
+
+server (pinned to one CPU) → /healthz → Locust headless (pinned to the others) + resource sampler →
+/metrics scraped at the end of the warm-up and at the end of the measured window → everything stopped
+in `finally`, so Ctrl-C or a crash leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .spec import Experiment, Point
+from .summary import SUMMARY_COLUMNS, summarize_point
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+# How long after its scheduled end a Locust run may take to write its files before it is killed.
+LOCUST_GRACE_S = 60.0
+SERVER_FLAGS = {
+    "ws_compress": lambda v: ["--ws-compress" if v else "--no-ws-compress"],
+    "history": lambda v: ["--history", str(v)],
+    "ws_send_queue": lambda v: ["--ws-send-queue", str(v)],
+    "long_poll_max_wait_s": lambda v: ["--long-poll-max-wait", str(v)],
+    "metrics": lambda v: ["--metrics" if v else "--no-metrics"],
+}
+
+
+@dataclass
+class Pinning:
+    """Which CPUs the server and the load generator run on; recorded in the manifest."""
+
+    server: list[int]
+    generator: list[int]
+
+    @classmethod
+    def choose(cls) -> Pinning:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls(cpus, cpus)  # one CPU: they share it, and the manifest says so
+        return cls(cpus[:1], cpus[1:])
+
+
+@dataclass
+class Processes:
+    """Every process a point started, so `stop_all` can end them whatever happened."""
+
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str], log: Path, cpus: list[int] | None, **kwargs) -> subprocess.Popen:
+        def pin() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=pin, start_new_session=True, cwd=ROOT, **kwargs,
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        """SIGTERM every process group (Locust's workers included), then SIGKILL what is left."""
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            # Kill the whole group even when the leader exited: a child may have outlived it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.wait()
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def wait_for_url(log: Path, proc: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r" on (http://\S+)", log.read_text())
+        if match:
+            return match.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"the server did not start; its log:\n{log.read_text()}")
+
+
+def wait_healthy(url: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.loads(http_get(f"{url}/healthz"))
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def delivered_total(metrics_text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("rtlab_messages_delivered_total")
+    )
+
+
+def write_profile(point: Point, path: Path) -> None:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in point.profile.as_dict().items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Display:
+    """Live progress: the point, its elapsed time and the current delivery rate (rich when available)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+        self._printed: tuple[int, str] | None = None
+        self._live = None
+        if not quiet and sys.stdout.isatty():
+            from rich.live import Live
+
+            self._live = Live(refresh_per_second=4, transient=True)
+            self._live.start()
+
+    def update(self, index: int, point: Point, phase: str, elapsed_s: float, rate: float | None) -> None:
+        rate_text = f"{rate:,.0f} deliveries/s" if rate is not None else "—"
+        line = (f"[{index}/{self.total}] {point.slug}  {phase:<8} {elapsed_s:5.0f}/{point.profile.duration_s} s"
+                f"  {rate_text}")
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(line))
+        elif not self.quiet and self._printed != (index, phase):
+            self._printed = (index, phase)  # without a terminal: one line per phase, not a stream
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+
+def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path, pinning: Pinning,
+              display: Display) -> dict:
+    """Run one transport at one point on fresh processes; return what the summary needs to find its files."""
+    point_dir.mkdir(parents=True, exist_ok=True)
+    write_profile(point, point_dir / "profile.toml")
+    procs = Processes()
+    server_flags = [flag for key, value in experiment.server.items() for flag in SERVER_FLAGS[key](value)]
+    window: dict[str, float] = {}
+    try:
+        server_log = point_dir / "server.log"
+        server = procs.start(
+            "server",
+            [sys.executable, "-m", "servers", "--transport", point.transport, "--host", "127.0.0.1", "--port", "0",
+             "--no-access-log", *server_flags],
+            server_log, pinning.server,
+        )
+        url = wait_for_url(server_log, server, SERVER_START_TIMEOUT_S)
+        health = wait_healthy(url, SERVER_START_TIMEOUT_S)
+
+        extra = ["--", "--processes", str(experiment.processes)] if experiment.processes > 1 else []
+        started = time.monotonic()
+        locust = procs.start(
+            "locust",
+            [sys.executable, "-m", "clients", "--transport", point.transport, "--host", url,
+             "--profile", str(point_dir / "profile.toml"), "--headless", "--out", str(point_dir), *extra],
+            point_dir / "locust.log", pinning.generator,
+        )
+        procs.start(
+            "sampler",
+            [sys.executable, "-m", "experiments.sampler", "--pid", str(server.pid), "--label", "server",
+             "--pid", str(locust.pid), "--label", "generator", "--children", "--out", str(point_dir / "resources.csv"),
+             "--max-duration", str(point.profile.duration_s + LOCUST_GRACE_S)],
+            point_dir / "sampler.log", None,
+        )
+
+        test_start = started + startup_delay(point_dir, started)
+        measure_from = test_start + point.profile.warmup_s
+        measure_to = test_start + point.profile.duration_s - 0.5  # before Locust stops its users
+        last_total, last_t, next_rate_at, rate = None, None, 0.0, None
+        for _ in range(int((point.profile.duration_s + LOCUST_GRACE_S) * 10)):  # bounded
+            now = time.monotonic()
+            if locust.poll() is not None:
+                break
+            if "before" not in window and now >= measure_from:
+                (point_dir / "metrics_before.txt").write_text(http_get(f"{url}/metrics"))
+                window["before"] = time.monotonic()
+            if "after" not in window and now >= measure_to:
+                (point_dir / "metrics_after.txt").write_text(http_get(f"{url}/metrics"))
+                window["after"] = time.monotonic()
+            if now >= next_rate_at and now < measure_to:
+                next_rate_at = now + 1.0
+                total = delivered_total(http_get(f"{url}/metrics"))
+                if last_total is not None and now > last_t:
+                    rate = (total - last_total) / (now - last_t)
+                last_total, last_t = total, now
+            phase = "warm-up" if now < measure_from else ("measure" if now < measure_to else "finish")
+            display.update(index, point, phase, now - test_start, rate)
+            time.sleep(0.1)
+        if locust.poll() is None:
+            locust.wait(LOCUST_GRACE_S)
+        if "after" not in window:
+            raise RuntimeError(f"Locust ended before the measured window did; see {point_dir / 'locust.log'}")
+        if locust.returncode not in (0, 1):  # 1: Locust saw failures (losses are failures); still a result
+            raise RuntimeError(f"Locust exited with {locust.returncode}; see {point_dir / 'locust.log'}")
+    finally:
+        procs.stop_all()
+    return {
+        "health": health,
+        "window_mono_s": [window["before"], window["after"]],
+        "server_exit": server.returncode,
+    }
+
+
+def startup_delay(point_dir: Path, started: float, timeout: float = 30.0) -> float:
+    """Seconds from launching Locust to its test start, read from the marker the locustfile writes."""
+    marker = point_dir / "started.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.exists():
+            with contextlib.suppress(ValueError, KeyError):
+                return json.loads(marker.read_text())["t_mono_s"] - started
+        time.sleep(0.05)
+    raise RuntimeError(f"Locust did not start its test within {timeout:.0f} s; see {point_dir / 'locust.log'}")
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("aiohttp", "locust", "websocket-client", "geventhttpclient", "prometheus-client", "psutil"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: bool = False) -> Path:
+    """Run every point of `experiment`; write results/<UTC timestamp>-<name>/ and point results/latest at it."""
+    if quick:
+        experiment = experiment.quick()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = out_root / f"{stamp}-{experiment.name}"
+    run_dir.mkdir(parents=True)
+    pinning = Pinning.choose()
+    manifest = {
+        "name": experiment.name,
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(git("status", "--porcelain")),
+        "versions": versions(),
+        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "pinning": {"server_cpus": pinning.server, "generator_cpus": pinning.generator},
+        "quick": quick,
+        "experiment": experiment.as_dict(),
+        "started_at": utc_now(),
+        "ended_at": None,
+        "points": [],
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    points = experiment.points()
+    display = Display(len(points), quiet)
+    rows = []
+    try:
+        for index, point in enumerate(points, 1):
+            point_dir = run_dir / point.slug
+            info = run_point(experiment, point, index, point_dir, pinning, display)
+            row = summarize_point(point, point_dir, info["window_mono_s"], experiment.sweep)
+            rows.append(row)
+            manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
+                                       "swept": point.swept, "healthz": info["health"],
+                                       "window_mono_s": info["window_mono_s"]})
+            write_json(run_dir / "manifest.json", manifest)
+    finally:
+        display.close()
+        manifest["ended_at"] = utc_now()
+        write_json(run_dir / "manifest.json", manifest)
+        write_summary(run_dir / "summary.csv", rows, list(experiment.sweep))
+        point_latest(out_root, run_dir)
+    return run_dir
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_summary(path: Path, rows: list[dict], swept: list[str]) -> None:
+    columns = ["transport", "repeat", *swept, *SUMMARY_COLUMNS]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def point_latest(out_root: Path, run_dir: Path) -> None:
+    latest = out_root / "latest"
+    tmp = out_root / f".latest-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, latest)

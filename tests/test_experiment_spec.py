@@ -1,0 +1,117 @@
+"""Experiment files: every shipped file loads; every kind of bad file is refused naming file and key."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments.spec import SpecError, load_experiment
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GOOD = """
+name = "tiny"
+description = "a test"
+transports = ["short-polling", "websocket"]
+repeats = 2
+
+[profile]
+users = 4
+spawn_rate = 4
+rooms = 2
+messages_per_second = 1.0
+message_bytes = 20
+arrival = "fixed"
+poll_interval_s = 0.5
+long_poll_wait_s = 5
+duration_s = 10
+warmup_s = 2
+
+[sweep]
+users = [4, 8]
+"""
+
+
+def write(tmp_path, text: str) -> pathlib.Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_experiments_load(path):
+    experiment = load_experiment(path)
+    assert experiment.points()
+    assert experiment.name == path.stem
+
+
+def test_points_cover_sweep_repeats_and_transports(tmp_path):
+    experiment = load_experiment(write(tmp_path, GOOD))
+    points = experiment.points()
+    assert len(points) == 2 * 2 * 2
+    assert {(p.swept["users"], p.repeat, p.transport) for p in points} == {
+        (u, r, t) for u in (4, 8) for r in (1, 2) for t in ("short-polling", "websocket")
+    }
+    assert all(p.profile.users == p.swept["users"] for p in points)
+    assert len({p.slug for p in points}) == len(points)
+
+
+def test_quick_shortens_durations(tmp_path):
+    quick = load_experiment(write(tmp_path, GOOD.replace("duration_s = 10", "duration_s = 600"))).quick()
+    assert quick.profile.duration_s <= 8 and quick.profile.warmup_s < quick.profile.duration_s
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (("repeats = 2", "repeats = 2\ncolour = 'red'"), "colour"),
+        (('name = "tiny"', 'name = "no spaces allowed"'), "name"),
+        (('name = "tiny"\n', ""), "name"),
+        (('transports = ["short-polling", "websocket"]', 'transports = ["smoke-signals"]'), "transports"),
+        (('transports = ["short-polling", "websocket"]', "transports = []"), "transports"),
+        (('transports = ["short-polling", "websocket"]', 'transports = ["websocket", "websocket"]'), "transports"),
+        (("repeats = 2", "repeats = 0"), "repeats"),
+        (("repeats = 2", 'repeats = "two"'), "repeats"),
+        (("users = 4\n", "users = -4\n"), "users"),
+        (("users = 4\n", 'users = "many"\n'), "users"),
+        (("users = 4\n", "users = 4\nfriends = 3\n"), "friends"),
+        (('arrival = "fixed"', 'arrival = "bursty"'), "arrival"),
+        (("warmup_s = 2", "warmup_s = 20"), "warmup_s"),
+        (("spawn_rate = 4", ""), "spawn_rate"),
+        (("users = [4, 8]", "users = []"), "sweep.users"),
+        (("users = [4, 8]", "users = 4"), "sweep.users"),
+        (("users = [4, 8]", "users = [4, 1]"), "sweep.users"),  # 1 user cannot fill 2 rooms
+        (("users = [4, 8]", "volume = [1, 2]"), "sweep.volume"),
+        (("[sweep]", "[server]\nws_compress = 'yes'\n[sweep]"), "server.ws_compress"),
+        (("[sweep]", "[server]\nthreads = 4\n[sweep]"), "server.threads"),
+        (("[profile]", "[profile]\n[profile]"), "not valid TOML"),
+    ],
+)
+def test_bad_files_name_the_key(tmp_path, change, key):
+    old, new = change
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as error:
+        load_experiment(path)
+    assert str(path) in str(error.value) and key in str(error.value)
+
+
+def test_cli_exits_2_before_starting_anything(tmp_path):
+    path = write(tmp_path, GOOD.replace("repeats = 2", "repeats = 0"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments", "run", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "repeats" in proc.stderr and str(path) in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exits_2_for_a_missing_file(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments", "run", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2 and "no such experiment file" in proc.stderr
