@@ -1,0 +1,88 @@
+"""The resource sampler: right CPU seconds for a process that burns a known amount, and it stops by itself."""
+
+from __future__ import annotations
+
+import csv
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
+from conftest import UNIT
+from experiments.figures import read_samples
+from experiments.sampler import FIELDS, sample
+
+BURN_CPU_S = 0.5
+# Burn CPU until the process has used BURN_CPU_S, report its own user + system seconds, then wait
+# (using no CPU) until stdin closes.
+BURNER = f"""
+import os, sys, time
+while time.process_time() < {BURN_CPU_S}:
+    sum(i * i for i in range(10_000))
+t = os.times()
+print(t.user + t.system, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sampler_reads_the_cpu_a_process_burned_and_stops_when_it_exits(tmp_path):
+    out = tmp_path / "samples.csv"
+    burner = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sampler = subprocess.Popen(
+        [sys.executable, "-m", "experiments.sampler", "--pid", str(burner.pid), "--label", "burner",
+         "--out", str(out), "--hz", "20", "--max-duration", str(60 * UNIT)],
+    )
+    try:
+        self_reported_cpu_s = float(burner.stdout.readline())
+        burned_at = time.monotonic()
+        # Let the sampler take a reading after the burn, then let the burner exit.
+        deadline = time.monotonic() + 10 * UNIT
+        while not any(float(row["t_mono_s"]) > burned_at for row in _rows(out)):
+            assert time.monotonic() < deadline, "the sampler wrote no row after the burn"
+            time.sleep(0.05)
+        burner.stdin.close()
+        burner.wait(10 * UNIT)
+        assert sampler.wait(10 * UNIT) == 0  # it stops by itself once its target has gone
+    finally:
+        for proc in (burner, sampler):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    rows = _rows(out)
+    assert tuple(rows[0].keys()) == FIELDS
+    assert {row["label"] for row in rows} == {"burner"} and {row["pid"] for row in rows} == {str(burner.pid)}
+    times = [float(row["t_mono_s"]) for row in rows]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    last = rows[-1]
+    sampled_cpu_s = float(last["cpu_user_s"]) + float(last["cpu_system_s"])
+    # The kernel reports user and system time in clock ticks (10 ms each), each rounded down.
+    assert BURN_CPU_S - 0.02 <= sampled_cpu_s <= BURN_CPU_S + 0.5
+    assert abs(sampled_cpu_s - self_reported_cpu_s) <= 0.02, (sampled_cpu_s, self_reported_cpu_s)
+    assert int(last["rss_bytes"]) > 1_000_000 and int(last["threads"]) >= 1 and int(last["fds"]) >= 3
+
+    samples = read_samples(out)["burner"]
+    assert samples.cpu_s == sampled_cpu_s - (float(rows[0]["cpu_user_s"]) + float(rows[0]["cpu_system_s"]))
+
+
+def test_sampler_counts_the_tcp_connections_of_a_server(server_process):
+    server = server_process("websocket")
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 5 * UNIT
+        while (reading := sample(psutil.Process(server.proc.pid)))["tcp_connections"] != 3:
+            assert time.monotonic() < deadline, reading
+            time.sleep(0.02)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _rows(path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
