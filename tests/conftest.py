@@ -107,3 +107,14 @@ def server_process(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real `redis-server` on a free loopback port (experiments.cluster.RedisServer), stopped afterwards."""
+    binary = require_binary("redis-server")
+    from experiments.cluster import RedisServer
+
+    server = RedisServer(tmp_path / "redis", binary=binary).start(10 * UNIT)
+    yield server
+    server.stop()
