@@ -9,8 +9,8 @@ import signal
 import sys
 
 from .app import TRANSPORTS, start_server
-from .config import ServerConfig
-from .core import Limits
+from .config import BROKER_SCHEMES, ServerConfig
+from .core import Limits, Unavailable
 
 
 def parse_args(argv: list[str] | None) -> ServerConfig:
@@ -43,7 +43,14 @@ def parse_args(argv: list[str] | None) -> ServerConfig:
         "--metrics", action=argparse.BooleanOptionalAction, default=defaults.metrics,
         help="count wire bytes and chat events and serve GET /metrics (off only to measure what it costs)",
     )
+    p.add_argument(
+        "--broker", default=defaults.broker_url,
+        help="memory (this process only) or redis://host:port/db: rooms, ids and history shared by every instance",
+    )
+    p.add_argument("--instance", default=defaults.instance, help="a name for this instance, reported by /healthz")
     a = p.parse_args(argv)
+    if a.broker != "memory" and not a.broker.startswith(BROKER_SCHEMES):
+        p.error("--broker must be memory or a redis://host:port/db URL")
     for name in ("history", "max_rooms", "max_text_chars", "max_body_bytes", "max_ws_message_bytes", "ws_send_queue"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -65,6 +72,8 @@ def parse_args(argv: list[str] | None) -> ServerConfig:
         ws_compress=a.ws_compress,
         access_log=a.access_log,
         metrics=a.metrics,
+        broker_url=a.broker,
+        instance=a.instance,
     )
 
 
@@ -75,7 +84,8 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"rtlab serving {', '.join(config.transports)} on {server.url}", flush=True)
+    broker = "" if config.broker_url == "memory" else f" (broker {config.broker_url})"
+    print(f"rtlab serving {', '.join(config.transports)} on {server.url}{broker}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -89,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(config))
     except OSError as error:  # e.g. the port is taken
         print(f"rtlab: cannot serve on {config.host}:{config.port}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except Unavailable as error:  # e.g. Redis unreachable at start
+        print(f"rtlab: {error}", file=sys.stderr)
         return 1
     return 0
 

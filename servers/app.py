@@ -9,7 +9,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import demo, long_polling, metrics, short_polling, websocket
+from . import admin, demo, long_polling, metrics, short_polling, websocket
 from .broker import Broker, MemoryBroker
 from .config import ServerConfig
 from .core import ChatCore, parse_post, validate_room
@@ -25,13 +25,20 @@ TRANSPORTS: dict[str, Callable[[web.Application, ServerConfig], None]] = {
 
 async def handle_healthz(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
+    broker = request.app[BROKER]
+    draining = admin.draining(request.app)
     body = {
-        "status": "ok",
+        # A draining instance answers 503, so the balancer's health check takes it out of rotation.
+        "status": "draining" if draining else "ok",
         "transports": list(config.transports),
-        "broker": request.app[BROKER].name,
+        "broker": broker.name,
         "compression": {"websocket_permessage_deflate": config.ws_compress, "http": False},
     }
-    return json_text(200, json.dumps(body))
+    if config.instance:
+        body["instance"] = config.instance
+    if hasattr(broker, "state"):
+        body[broker.name] = broker.state()  # e.g. the Redis link: connected, reconnects, last outage
+    return json_text(503 if draining else 200, json.dumps(body))
 
 
 async def handle_post(request: web.Request) -> web.Response:
@@ -55,10 +62,19 @@ async def handle_absent(request: web.Request) -> web.Response:
     raise web.HTTPNotFound()
 
 
+def make_broker(config: ServerConfig) -> Broker:
+    """Return the broker `config.broker_url` names: in memory over a new core, or Redis shared by instances."""
+    if config.broker_url == "memory":
+        return MemoryBroker(ChatCore(config.limits))
+    from .redis_broker import RedisBroker  # imported only when used
+
+    return RedisBroker(config.broker_url, config.limits)
+
+
 def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Application:
-    """Build the app for `config.transports` over one broker (by default in memory over a new core)."""
+    """Build the app for `config.transports` over one broker (by default the one config.broker_url names)."""
     if broker is None:
-        broker = MemoryBroker(ChatCore(config.limits))
+        broker = make_broker(config)
     meter = metrics.Meter(config) if config.metrics else None
     middlewares = [meter.middleware, error_middleware] if meter else [error_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
@@ -67,6 +83,7 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_post("/rooms/{room}/messages", handle_post)
     app.router.add_get("/rooms/{room}/history", handle_history)
+    admin.add_routes(app, config)
     routes_of: dict[str, list] = {}  # which transport added which routes, for the metrics' labels
     for name in config.transports:
         known = len(app.router.routes())

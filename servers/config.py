@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .core import Limits
 
 TRANSPORT_NAMES = ("short-polling", "long-polling", "websocket")
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +27,12 @@ class ServerConfig:
     shutdown_timeout_s: float = 3.0
     access_log: bool = False  # logging a line per request costs about as much as the request
     metrics: bool = True  # count wire bytes and chat events, serve /metrics; off only to measure its cost
+    broker_url: str = "memory"  # "memory" (this process only) or redis://host:port/db (shared by instances)
+    instance: str = ""  # a name for this instance, reported by /healthz (which instance answered)
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.transports if t not in TRANSPORT_NAMES]
         if unknown or not self.transports:
             raise ValueError(f"unknown transport {unknown[0] if unknown else '(none)'}; choose from {TRANSPORT_NAMES}")
+        if self.broker_url != "memory" and not self.broker_url.startswith(BROKER_SCHEMES):
+            raise ValueError(f"broker must be memory or a redis://host:port/db URL, got {self.broker_url!r}")

@@ -149,7 +149,7 @@ class RedisBroker:
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
-    async def start(self, timeout_s: float = 5.0) -> None:
+    async def start(self, timeout_s: float = 2.0) -> None:
         """Connect, load the scripts and start the subscriber; raise Unavailable when Redis stays unreachable."""
         # Commands retry briefly, so a pooled connection that a Redis restart left dead is replaced
         # transparently. (A post retried after Redis ran it but before its answer arrived would be stored

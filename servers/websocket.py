@@ -11,7 +11,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .broker import Broker
 from .config import ServerConfig
-from .core import ChatError, InvalidInput, Message, parse_post, validate_room
+from .core import ChatError, InvalidInput, Message, Unavailable, parse_post, validate_room
 from .http import BROKER, CONFIG, int_param
 from .metrics import NULL_TALLY, Tally, tally_of
 
@@ -87,6 +87,7 @@ class WebSocketHub:
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._closers: set[asyncio.Task] = set()
         self.overflow_closes = 0
+        self.closing: tuple[int, str] | None = None  # set by close_all: later members are closed the same way
 
     @property
     def members(self) -> int:
@@ -132,6 +133,8 @@ class WebSocketHub:
         task.add_done_callback(self._closers.discard)
 
     async def close_all(self, code: int, reason: str) -> None:
+        """Close every member with `code` (1001 shutdown, 1012 drain), and every member that joins later."""
+        self.closing = (code, reason)
         for members in tuple(self._rooms.values()):
             for member in tuple(members):
                 self.close_soon(member, code, reason)
@@ -154,10 +157,14 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise InvalidInput("this route needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
+    if hub.closing is not None:
+        raise Unavailable("this instance is shutting down or draining: connect again (through the balancer)")
     await ws.prepare(request)
 
     member = Member(ws, config.ws_send_queue, tally_of(request))
     hub.join(room, member)  # before reading the backlog, so nothing posted meanwhile is missed
+    if hub.closing is not None:  # close_all ran while the upgrade was being answered
+        hub.close_soon(member, *hub.closing)
     member.writer = asyncio.get_running_loop().create_task(
         member.write(request.app[BROKER], room, since, config.limits.page)
     )
