@@ -9,6 +9,7 @@ greenlet of its own while its owner sends.
 from __future__ import annotations
 
 import json
+import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -75,23 +76,49 @@ class JsonHttp:
 
 
 class Backoff:
-    """Bound a retry loop: sleep a little longer after each consecutive failure, give up after `attempts`."""
+    """Bound a retry loop: jittered exponential sleeps, at most `attempts` consecutive failures and `budget_s`
+    seconds of failing.
 
-    def __init__(self, attempts: int = 8, first_s: float = 0.05, max_s: float = 1.0) -> None:
+    The jitter (each sleep drawn between half and all of the exponential step) spreads the members a
+    drained or crashed server drops, so they do not all come back in the same millisecond.
+    """
+
+    def __init__(
+        self,
+        attempts: int = 12,
+        first_s: float = 0.05,
+        max_s: float = 2.0,
+        budget_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.attempts = attempts
         self.first_s = first_s
         self.max_s = max_s
+        self.budget_s = budget_s
         self.failures = 0
+        self.failing_since: float | None = None  # perf_counter() of the first failure of this streak
+        self._rng = rng or random.Random()
 
     def reset(self) -> None:
+        """Forget every failure: the connection delivered again."""
         self.failures = 0
+        self.failing_since = None
+
+    def recovered(self) -> None:
+        """A reconnect succeeded: restart the time budget, but keep counting failures until data flows, so a
+        server that accepts and drops at once is still given up on."""
+        self.failing_since = None
 
     def retry(self) -> bool:
         """Count a failure; sleep and return True when another attempt is allowed, else False."""
+        now = time.perf_counter()
+        if self.failing_since is None:
+            self.failing_since = now
         self.failures += 1
-        if self.failures >= self.attempts:
+        if self.failures >= self.attempts or now - self.failing_since >= self.budget_s:
             return False
-        gevent.sleep(min(self.first_s * 2 ** (self.failures - 1), self.max_s))
+        step = min(self.first_s * 2 ** (self.failures - 1), self.max_s)
+        gevent.sleep(step * self._rng.uniform(0.5, 1.0))
         return True
 
 
@@ -126,6 +153,8 @@ class ChatClient(ABC):
         self.timeout_s = timeout_s
         self.room: str | None = None
         self.last_id = 0  # newest id handed to on_message (or the join point)
+        # Called with a send's sent_at once the server accepted it (201, or the WebSocket echo); optional.
+        self.on_send_accepted: Callable[[float], None] | None = None
         self.closed = False
         self._receiver: gevent.Greenlet | None = None
 

@@ -1,8 +1,10 @@
-"""Completeness of one receiver's stream: lost, duplicated and out-of-order message ids; pure, no I/O."""
+"""Completeness: lost, duplicated and out-of-order ids per receiver; a senders' ledger of what should arrive; pure."""
 
 from __future__ import annotations
 
+import bisect
 import enum
+import math
 from dataclasses import dataclass
 
 
@@ -90,3 +92,104 @@ class ReceiverTracker:
 
     def counts(self) -> Counts:
         return Counts(self.received, self.lost, self.duplicates, self.out_of_order)
+
+
+class LedgerReceiver:
+    """One receiver's side of the ledger: the others' messages it got, by whole second of their sent_at,
+    counting only those sent at or after it joined."""
+
+    __slots__ = ("room", "user", "transport", "joined_at", "by_second")
+
+    def __init__(self, room: str, user: str, transport: str, joined_at: float) -> None:
+        self.room = room
+        self.user = user
+        self.transport = transport
+        self.joined_at = joined_at
+        self.by_second: dict[int, int] = {}
+
+    def observe(self, user: object, sent_at: object) -> None:
+        if user == self.user or isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+            return
+        if sent_at >= self.joined_at:
+            second = math.floor(sent_at)
+            self.by_second[second] = self.by_second.get(second, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    expected: int = 0  # the others' accepted sends a receiver should have had (sent after it joined, before the cutoff)
+    received: int = 0  # of those, how many it got (a duplicate counts twice: the id tracker counts duplicates)
+    missing: int = 0  # per receiver, expected - received when positive, added up
+
+    def __add__(self, other: LedgerTotals) -> LedgerTotals:
+        return LedgerTotals(
+            self.expected + other.expected, self.received + other.received, self.missing + other.missing
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {"ledger_expected": self.expected, "ledger_received": self.received, "ledger_missing": self.missing}
+
+
+class DeliveryLedger:
+    """Completeness from the senders' side, independent of the server's ids.
+
+    The id tracker trusts the server's numbering: when instances number a room each on their own (the
+    naive architecture: round robin over in-memory brokers), every member sees contiguous ids from its
+    instance and misses the others' messages unnoticed. The ledger does not ask the server: each send
+    the server accepted is recorded with its room, sender and sent_at; each receiver counts the others'
+    messages it got. A receiver should have every message of its room sent after it joined by anyone
+    else and accepted; `totals(cutoff)` compares, leaving out messages sent after `cutoff` (still in
+    flight when the run ended). sent_at and the join time must come from one clock (one machine, or
+    clocks in sync): docs/scaling.md.
+    """
+
+    def __init__(self) -> None:
+        self.sends: dict[str, list[tuple[float, str]]] = {}  # room -> (sent_at, user) of accepted sends
+        self.receivers: list[LedgerReceiver] = []
+
+    def record_send(self, room: str, user: str, sent_at: float) -> None:
+        self.sends.setdefault(room, []).append((sent_at, user))
+
+    def add_receiver(self, room: str, user: str, transport: str, joined_at: float) -> LedgerReceiver:
+        receiver = LedgerReceiver(room, user, transport, joined_at)
+        self.receivers.append(receiver)
+        return receiver
+
+    def totals(self, cutoff_s: int) -> dict[str, LedgerTotals]:
+        """Return the totals per transport, counting messages sent before the whole second `cutoff_s`."""
+        rooms = {room: sorted(t for t, _ in sends if t < cutoff_s) for room, sends in self.sends.items()}
+        own: dict[tuple[str, str], list[float]] = {}
+        for room, sends in self.sends.items():
+            for t, user in sends:
+                if t < cutoff_s:
+                    own.setdefault((room, user), []).append(t)
+        for times in own.values():
+            times.sort()
+        totals: dict[str, LedgerTotals] = {}
+        for r in self.receivers:
+            room_times = rooms.get(r.room, [])
+            own_times = own.get((r.room, r.user), [])
+            expected = (len(room_times) - bisect.bisect_left(room_times, r.joined_at)) - (
+                len(own_times) - bisect.bisect_left(own_times, r.joined_at)
+            )
+            received = sum(n for second, n in r.by_second.items() if second < cutoff_s)
+            line = LedgerTotals(expected, received, max(0, expected - received))
+            totals[r.transport] = totals.get(r.transport, LedgerTotals()) + line
+        return totals
+
+    def to_wire(self) -> dict:
+        """A JSON-able copy, to send from a Locust worker to its master."""
+        return {
+            "sends": {room: [[t, user] for t, user in sends] for room, sends in self.sends.items()},
+            "receivers": [
+                [r.room, r.user, r.transport, r.joined_at, list(r.by_second.items())] for r in self.receivers
+            ],
+        }
+
+    def merge_wire(self, data: dict) -> None:
+        """Add a worker's ledger (to_wire) to this one."""
+        for room, sends in data.get("sends", {}).items():
+            self.sends.setdefault(room, []).extend((t, user) for t, user in sends)
+        for room, user, transport, joined_at, by_second in data.get("receivers", []):
+            receiver = self.add_receiver(room, user, transport, joined_at)
+            receiver.by_second = {int(second): n for second, n in by_second}

@@ -19,6 +19,7 @@ import gevent
 import psutil
 from locust import User, constant, events, task
 from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 # Locust puts this file's directory first on sys.path while it imports us, and there
@@ -33,7 +34,7 @@ finally:
         sys.path.insert(0, _stepped_aside)
 
 from clients.base import ChatClient, Message
-from clients.completeness import Arrival, ReceiverTracker
+from clients.completeness import Arrival, LedgerReceiver, ReceiverTracker
 from clients.long_polling import LongPollingClient
 from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 from clients.results import RunResults, output_place
@@ -44,6 +45,7 @@ from clients.websocket import WebSocketClient
 log = logging.getLogger("rtlab.locust")
 
 WARMUP_SUFFIX = " [warm-up]"
+RESULTS_MESSAGE = "rtlab_results"  # a Locust worker's RunResults, sent to the master at test_stop
 CPU_SAMPLE_INTERVAL_S = 1.0
 MAX_CPU_SAMPLES = 7 * 24 * 3600 / CPU_SAMPLE_INTERVAL_S  # the longest run a profile allows
 
@@ -56,6 +58,11 @@ class DuplicateMessage(Exception):
     """An id arrived twice, or one the receiver had already declared it had."""
 
 
+class NeverArrived(Exception):
+    """A message another member of the room sent (and the server accepted) after this member joined never
+    reached it: the senders' ledger (clients.completeness.DeliveryLedger) counts what the ids cannot see."""
+
+
 @dataclass
 class Run:
     """The state of the test Locust is running now: created on test_start, written out on test_stop."""
@@ -64,6 +71,7 @@ class Run:
     results: RunResults
     members: count = field(default_factory=count)  # hands out member indexes: room and user name
     cpu_sampler: gevent.Greenlet | None = None
+    worker_stops: list[float] = field(default_factory=list)  # when each Locust worker stopped (master only)
 
 
 class _Current:
@@ -131,7 +139,7 @@ def start_run(environment: Environment, **_kwargs) -> None:
     run.cpu_sampler = gevent.spawn(sample_cpu, run.results)
     current.run = run
     place = output_place(getattr(environment.parsed_options, "rtlab_out", None), None)
-    if place is not None:
+    if place is not None and not isinstance(environment.runner, WorkerRunner):
         # The experiment runner times its warm-up and measured window from this moment.
         place[0].mkdir(parents=True, exist_ok=True)
         marker = {"t_unix_s": run.results.started_at, "t_mono_s": time.monotonic()}
@@ -145,6 +153,15 @@ def finish_run(environment: Environment, **_kwargs) -> None:
         return
     if run.cpu_sampler is not None:
         run.cpu_sampler.kill(block=False)
+    now = time.time()
+    if isinstance(environment.runner, WorkerRunner):
+        # The master writes the files, from every worker's results: send ours before Locust tells it we stopped.
+        environment.runner.send_message(RESULTS_MESSAGE, {"stopped_at": now, "results": run.results.to_wire()})
+        return
+    # On a master, its workers stopped before it fires test_stop (it polls them once a second): time the
+    # ledger's cutoff from the first of them to stop.
+    run.results.finish(min(run.worker_stops, default=now))
+    report_never_arrived(environment, run)
     for line in run.results.summary_lines():
         print(line, flush=True)
     options = environment.parsed_options
@@ -157,6 +174,33 @@ def finish_run(environment: Environment, **_kwargs) -> None:
         # Locust rewrites its CSVs once a second and not again at exit, so the last second would be
         # missing and the CSV's DELIVER count would fall short of the histogram's. Let it write once more.
         gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
+
+
+def report_never_arrived(environment: Environment, run: Run) -> None:
+    """Fire one LOST failure per message the senders' ledger says never arrived, so Locust's stats show it."""
+    for transport, totals in run.results.ledger_totals().items():
+        for _ in range(totals.missing):
+            environment.events.request.fire(
+                request_type="LOST", name=f"{transport} (never arrived)", response_time=0, response_length=0,
+                exception=NeverArrived("a message of the room never reached this member"), context={},
+            )
+
+
+@events.init.add_listener
+def collect_worker_results(environment: Environment, **_kwargs) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(RESULTS_MESSAGE, merge_worker_results)
+
+
+def merge_worker_results(environment: Environment, msg, **_kwargs) -> None:
+    run = current.run
+    if run is None:
+        log.warning("rtlab: results from a worker arrived after the run ended; ignored")
+        return
+    worker = environment.runner.get_worker_index(msg.node_id) if isinstance(environment.runner, MasterRunner) else 0
+    run.results.merge_wire(msg.data["results"], label=f"worker-{worker}")
+    run.worker_stops.append(msg.data["stopped_at"])
+    run.results.processes = len(run.worker_stops)
 
 
 @events.reset_stats.add_listener
@@ -208,6 +252,8 @@ class ClientUser(User):
         exception: BaseException | None = None,
     ) -> None:
         run = current.run
+        if run is not None and request_type == "RECONNECT":
+            run.results.record_reconnect(self.transport, response_time_ms, exception is None)
         if run is not None and run.results.in_warmup(time.time()):
             name += WARMUP_SUFFIX
         self.environment.events.request.fire(
@@ -255,17 +301,25 @@ class ChatMember(ClientUser):
             raise RuntimeError("no run in progress: rtlab users start from Locust's test_start")
         self.run = run
         index = next(run.members)
-        self.user_name = f"member-{index}"
+        runner = self.environment.runner
+        # Locust workers number their members from 0 each: the worker's index keeps names unique in a room.
+        worker = f"w{runner.worker_index}-" if isinstance(runner, WorkerRunner) else ""
+        self.user_name = f"member-{worker}{index}"
         self.room = run.profile.room_for(index)
         self.sequence = 0
         rng = random.Random()
         self.seed_text = "".join(rng.choices(string.ascii_letters + string.digits, k=64))
         self.tracker: ReceiverTracker | None = None
+        self.ledger: LedgerReceiver | None = None
+        room, user = self.room, self.user_name
+        self.client.on_send_accepted = lambda sent_at: run.results.record_accepted(room, user, sent_at)
         try:
             since = self.client.latest_id(self.room)
             self.tracker = run.results.add_receiver(self.transport, since)
             self.schedule = SendSchedule(run.profile.messages_per_second, run.profile.arrival, time.time(), rng)
             self.client.join(self.room, since)
+            # Listening from here: every message the others send from now on must reach this member.
+            self.ledger = run.results.add_ledger_receiver(self.room, self.user_name, self.transport, time.time())
         except Exception:
             self.client.close()  # Locust skips on_stop when on_start fails
             raise
@@ -297,6 +351,8 @@ class ChatMember(ClientUser):
         elif arrival is Arrival.DUPLICATE:
             self.report("DUPLICATE", self.transport, 0, 0, DuplicateMessage(f"id seen twice in {self.room}"))
         sent_at = message.get("sent_at")
+        if self.ledger is not None:
+            self.ledger.observe(message.get("user"), sent_at)
         if message.get("user") == self.user_name or not isinstance(sent_at, (int, float)):
             return
         latency_s = received_at - sent_at

@@ -22,7 +22,12 @@ from .base import (
 
 class PollingClient(ChatClient):
     """Keeps one poll outstanding on its own connection while sends go out on another, as a browser's
-    two concurrent fetches would; so a held long poll never delays a send."""
+    two concurrent fetches would; so a held long poll never delays a send.
+
+    A failed poll (connection refused, a 502/503 from a balancer, a timeout) is retried with jittered
+    exponential backoff, without `wait` until one is answered, resuming after the last id seen; the
+    time from the first failure to that answer is reported as RECONNECT.
+    """
 
     page_limit = 1000  # the server's largest page; a full page means more is waiting
 
@@ -55,28 +60,46 @@ class PollingClient(ChatClient):
             self.report("SEND", self.transport, (time.time() - sent_at) * 1000, 0, error)
             return
         self.report("SEND", self.transport, (time.time() - sent_at) * 1000, len(answer))
+        if self.on_send_accepted is not None:
+            self.on_send_accepted(sent_at)
 
     def _connect(self) -> None:
         self._poll_http = JsonHttp(self.host, self.port, self._poll_timeout_s())
 
+    def _recovery_query(self) -> str:
+        """The query of a poll after a failure: answered at once (no wait), so the client catches up and
+        the reconnect is timed to the first answer, not to the next message."""
+        return f"&limit={self.page_limit}"
+
     def _receive(self) -> None:
         backoff = Backoff()
+        failed_at: float | None = None  # perf_counter() when the first poll of a failing streak failed
         while not self.closed:
             started = time.perf_counter()
+            query = self._poll_query() if failed_at is None else self._recovery_query()
+            path = f"/rooms/{self.room}/messages?since={self.last_id}{query}"
             try:
-                status, body = self._poll_http.request("GET", f"/rooms/{self.room}/messages?since={self.last_id}{self._poll_query()}")
+                status, body = self._poll_http.request("GET", path)
                 if status != 200:
                     raise ClientError(f"poll answered {status}: {body[:200]!r}")
                 page = JsonHttp.decode(body)
                 messages = page["messages"]
             except Exception as error:
                 self.report("POLL", self.transport, ms_since(started), 0, error)
+                if failed_at is None:
+                    failed_at = time.perf_counter()
                 if not backoff.retry():
-                    self.report("RECEIVE", self.transport, 0, 0, ClientError(f"gave up after {backoff.failures} failed polls"))
+                    self.report("RECONNECT", self.transport, ms_since(failed_at), 0,
+                                ClientError(f"gave up after {backoff.failures} failed polls"))
                     return
                 continue
             received_at = time.time()
             backoff.reset()
+            if failed_at is not None:
+                # Through a balancer the next poll simply lands on another instance: this is the time from
+                # the first failed poll to the first answered one, resuming after the last id seen.
+                self.report("RECONNECT", self.transport, ms_since(failed_at), 0)
+                failed_at = None
             if page.get("truncated"):
                 name = f"{self.transport} (truncated)"  # the id gap also shows up as lost in completeness
             elif messages:

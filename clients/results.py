@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
-from .completeness import Counts, ReceiverTracker
+from .completeness import Counts, DeliveryLedger, LedgerReceiver, LedgerTotals, ReceiverTracker
 from .profile import Profile
 
 LATENCY_LOWEST_US = 1
@@ -18,6 +19,9 @@ LATENCY_SIGNIFICANT_FIGURES = 3
 # Above this share of one core, the generator itself is the bottleneck and its latencies measure it.
 GENERATOR_SATURATION_PERCENT = 90.0
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+# The ledger leaves out messages sent in the last seconds of a run: still in flight when receivers stopped.
+LEDGER_MARGIN_S = 2.0
+MAX_RECONNECT_SAMPLES = 100_000
 
 
 def new_latency_histogram() -> HdrHistogram:
@@ -33,22 +37,75 @@ class TransportResults:
     deliveries_warmup: int = 0  # deliveries received during warm-up: in Locust, not in the histogram
     latencies_clamped: int = 0  # below 0 or above LATENCY_HIGHEST_US, recorded at the edge
     trackers: list[ReceiverTracker] = field(default_factory=list)
+    reconnect_ms: list[float] = field(default_factory=list)  # disconnect to reconnected, each success
+    reconnect_failures: int = 0  # clients that gave up reconnecting
+    merged: Counts = field(default_factory=Counts)  # completeness of other processes' receivers (Locust workers)
+    merged_receivers: int = 0
 
     @property
     def deliveries_measured(self) -> int:
         return self.histogram.get_total_count()
 
+    @property
+    def receivers(self) -> int:
+        return len(self.trackers) + self.merged_receivers
+
     def completeness(self) -> Counts:
-        return sum((tracker.counts() for tracker in self.trackers), Counts())
+        return sum((tracker.counts() for tracker in self.trackers), self.merged)
+
+    def record_reconnect(self, milliseconds: float, ok: bool) -> None:
+        if not ok:
+            self.reconnect_failures += 1
+        elif len(self.reconnect_ms) < MAX_RECONNECT_SAMPLES:
+            self.reconnect_ms.append(round(milliseconds, 3))
+
+    def reconnects(self) -> dict:
+        """The reconnect time distribution (ms) and its raw samples."""
+        samples = sorted(self.reconnect_ms)
+
+        def pct(p: float) -> float | None:
+            return samples[min(len(samples) - 1, int(p / 100 * len(samples)))] if samples else None
+
+        return {
+            "reconnects": len(samples),
+            "reconnect_failures": self.reconnect_failures,
+            "reconnect_ms": {
+                "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": samples[-1] if samples else None,
+                "mean": round(sum(samples) / len(samples), 3) if samples else None,
+            },
+            "reconnect_ms_samples": self.reconnect_ms,
+        }
 
     def as_dict(self) -> dict:
         return {
-            "receivers": len(self.trackers),
+            "receivers": self.receivers,
             **self.completeness().as_dict(),
             "deliveries_measured": self.deliveries_measured,
             "deliveries_warmup": self.deliveries_warmup,
             "latencies_clamped": self.latencies_clamped,
+            **self.reconnects(),
         }
+
+    def to_wire(self) -> dict:
+        """A JSON-able copy, to send from a Locust worker to its master (merge_wire)."""
+        return {
+            "histogram": self.histogram.encode().decode("ascii"),
+            "deliveries_warmup": self.deliveries_warmup,
+            "latencies_clamped": self.latencies_clamped,
+            "completeness": self.completeness().as_dict(),
+            "receivers": self.receivers,
+            "reconnect_ms": self.reconnect_ms,
+            "reconnect_failures": self.reconnect_failures,
+        }
+
+    def merge_wire(self, data: dict) -> None:
+        self.histogram.add(HdrHistogram.decode(data["histogram"]))
+        self.deliveries_warmup += data["deliveries_warmup"]
+        self.latencies_clamped += data["latencies_clamped"]
+        self.merged = self.merged + Counts(**data["completeness"])
+        self.merged_receivers += data["receivers"]
+        self.reconnect_ms.extend(data["reconnect_ms"][: MAX_RECONNECT_SAMPLES - len(self.reconnect_ms)])
+        self.reconnect_failures += data["reconnect_failures"]
 
 
 class RunResults:
@@ -65,6 +122,10 @@ class RunResults:
         self.cpu_samples: list[tuple[float, float]] = []  # (seconds since start, % of one core)
         self.sends = 0
         self.send_lag_max_s = 0.0  # how far behind its schedule the generator sent, at worst
+        self.ledger = DeliveryLedger()
+        self.stopped_at: float | None = None  # when the run ended (set by finish); the ledger's cutoff follows
+        self.processes = 1  # load generator processes whose results are in here (Locust master: its workers)
+        self.cpu_samples_by_process: dict[str, list[tuple[float, float]]] = {}  # other processes' (Locust workers)
 
     def in_warmup(self, now: float) -> bool:
         return now < self.measure_from
@@ -101,6 +162,32 @@ class RunResults:
             results.deliveries_warmup = 0
             results.latencies_clamped = 0
 
+    def add_ledger_receiver(self, room: str, user: str, transport: str, joined_at: float) -> LedgerReceiver:
+        """Start counting what a receiver that joined `room` at `joined_at` gets from the others."""
+        return self.ledger.add_receiver(room, user, transport, joined_at)
+
+    def record_accepted(self, room: str, user: str, sent_at: float) -> None:
+        """Record a send the server accepted (answered 201, or echoed on the WebSocket)."""
+        self.ledger.record_send(room, user, sent_at)
+
+    def record_reconnect(self, transport: str, milliseconds: float, ok: bool) -> None:
+        """Record a client's reconnect (ok) or its giving up (not ok)."""
+        self.for_transport(transport).record_reconnect(milliseconds, ok)
+
+    def finish(self, now: float) -> None:
+        """Mark the end of the run: the ledger counts messages sent before now - LEDGER_MARGIN_S."""
+        self.stopped_at = now
+
+    def ledger_cutoff_s(self) -> int | None:
+        """The whole second (unix) before which sent messages are expected to have arrived."""
+        if self.stopped_at is None:
+            return None
+        return math.floor(self.stopped_at - max(LEDGER_MARGIN_S, 2 * self.profile.poll_interval_s))
+
+    def ledger_totals(self) -> dict[str, LedgerTotals]:
+        cutoff = self.ledger_cutoff_s()
+        return {} if cutoff is None else self.ledger.totals(cutoff)
+
     def record_send(self, lag_s: float) -> None:
         """Record one send that went out `lag_s` after it was due."""
         self.sends += 1
@@ -110,9 +197,11 @@ class RunResults:
         self.cpu_samples.append((round(now - self.started_at, 3), round(percent_of_one_core, 1)))
 
     def generator(self) -> dict:
-        """Summarise the generator's own CPU use; `saturated` when any measured second exceeded 90 %."""
-        after_warmup = [p for t, p in self.cpu_samples if t >= self.profile.warmup_s]
-        judged = after_warmup or [p for _, p in self.cpu_samples]
+        """Summarise the generator's own CPU use; `saturated` when any measured second exceeded 90 %
+        (in any of its processes: each Locust process runs on one core)."""
+        samples = self.cpu_samples + [s for process in self.cpu_samples_by_process.values() for s in process]
+        after_warmup = [p for t, p in samples if t >= self.profile.warmup_s]
+        judged = after_warmup or [p for _, p in samples]
         over = [p for p in judged if p > GENERATOR_SATURATION_PERCENT]
         return {
             "cpu_percent_of_one_core_mean": round(sum(judged) / len(judged), 1) if judged else None,
@@ -124,11 +213,15 @@ class RunResults:
             "sends": self.sends,
             "send_lag_max_ms": round(self.send_lag_max_s * 1000, 3),
             "cpu_samples": [list(sample) for sample in self.cpu_samples],
+            "processes": self.processes,
+            **({"cpu_samples_by_process": {k: [list(s) for s in v] for k, v in self.cpu_samples_by_process.items()}}
+               if self.cpu_samples_by_process else {}),
         }
 
     def summary_lines(self) -> list[str]:
         """Return the human summary printed at the end of a run."""
         lines = []
+        ledgers = self.ledger_totals()
         for name, results in sorted(self.transports.items()):
             h = results.histogram
             if results.deliveries_measured:
@@ -141,11 +234,20 @@ class RunResults:
                 f"({results.deliveries_warmup} in {self.profile.warmup_s:g} s warm-up); {latency}"
             )
             c = results.completeness()
-            verdict = "complete" if c.lost == 0 and c.duplicates == 0 else "INCOMPLETE"
+            ledger = ledgers.get(name, LedgerTotals())
+            verdict = "complete" if c.lost == 0 and c.duplicates == 0 and ledger.missing == 0 else "INCOMPLETE"
             lines.append(
-                f"rtlab {name}: completeness over {len(results.trackers)} receivers: received {c.received}, "
-                f"lost {c.lost}, duplicates {c.duplicates}, out of order {c.out_of_order} ({verdict})"
+                f"rtlab {name}: completeness over {results.receivers} receivers: received {c.received}, "
+                f"lost {c.lost}, duplicates {c.duplicates}, out of order {c.out_of_order}; "
+                f"senders' ledger: expected {ledger.expected}, never arrived {ledger.missing} ({verdict})"
             )
+            r = results.reconnects()
+            if r["reconnects"] or r["reconnect_failures"]:
+                ms = r["reconnect_ms"]
+                timing = ""
+                if ms["max"] is not None:
+                    timing = f" (p50 {ms['p50']:.1f} ms, p99 {ms['p99']:.1f} ms, max {ms['max']:.1f} ms)"
+                lines.append(f"rtlab {name}: {r['reconnects']} reconnects{timing}; {r['reconnect_failures']} gave up")
         g = self.generator()
         cpu = (
             f"CPU mean {g['cpu_percent_of_one_core_mean']:.0f} % max {g['cpu_percent_of_one_core_max']:.0f} % of one core"
@@ -183,12 +285,43 @@ class RunResults:
         return written + [completeness, generator]
 
     def _completeness_doc(self) -> dict:
+        ledgers = self.ledger_totals()
         return {
             "started_at": self.started_at,
             "warmup_s": self.profile.warmup_s,
             "profile": self.profile.as_dict(),
-            "transports": {name: results.as_dict() for name, results in sorted(self.transports.items())},
+            "processes": self.processes,
+            "ledger": {
+                "stopped_at": self.stopped_at,
+                "cutoff_unix_s": self.ledger_cutoff_s(),
+                "rule": "expected: accepted sends by the others in the receiver's room, sent after it joined and "
+                "before the cutoff; missing: expected minus received, per receiver",
+            },
+            "transports": {
+                name: {**results.as_dict(), **ledgers.get(name, LedgerTotals()).as_dict()}
+                for name, results in sorted(self.transports.items())
+            },
         }
+
+    def to_wire(self) -> dict:
+        """A JSON-able copy of everything a Locust worker recorded, for its master (merge_wire)."""
+        return {
+            "transports": {name: results.to_wire() for name, results in self.transports.items()},
+            "ledger": self.ledger.to_wire(),
+            "cpu_samples": self.cpu_samples,
+            "sends": self.sends,
+            "send_lag_max_s": self.send_lag_max_s,
+            "processes": self.processes,
+        }
+
+    def merge_wire(self, data: dict, label: str) -> None:
+        """Add what a worker recorded (to_wire) to these results; `label` names its CPU samples."""
+        for name, transport in data["transports"].items():
+            self.for_transport(name).merge_wire(transport)
+        self.ledger.merge_wire(data["ledger"])
+        self.cpu_samples_by_process[label] = [tuple(s) for s in data["cpu_samples"]]
+        self.sends += data["sends"]
+        self.send_lag_max_s = max(self.send_lag_max_s, data["send_lag_max_s"])
 
 
 def output_place(out_dir: str | None, csv_prefix: str | None) -> tuple[Path, str] | None:

@@ -24,9 +24,11 @@ class WebSocketClient(ChatClient):
     """Joins with `GET /rooms/{room}/ws?since=ID`; sends `{"type":"send",...}` frames on the same socket.
 
     The server echoes a member's own message back to it; the SEND latency is the time from the
-    send's due time (`sent_at`) to that echo. When the server closes the socket (1013 overflow,
-    1001 shutdown) or it goes silent, the client reports it and reconnects with `since=` the last
-    id it saw, so a resumable interruption loses nothing.
+    send's due time (`sent_at`) to that echo. When the server closes the socket (1012 drain, 1001
+    shutdown, 1013 overflow), the connection breaks (1006: a crash) or it goes silent, the client
+    reconnects with jittered exponential backoff and `since=` the last id it saw, so a resumable
+    interruption loses nothing, and reports RECONNECT with how long it took. A close it was asked
+    for (1012, 1001) is not a RECEIVE failure; any other break is.
     """
 
     transport = "websocket"
@@ -85,6 +87,7 @@ class WebSocketClient(ChatClient):
     def _receive(self) -> None:
         backoff = Backoff()
         while not self.closed:
+            planned = False
             try:
                 opcode, data = self._ws.recv_data()
             except Exception as error:  # silence past idle_timeout_s, a reset, a closed socket
@@ -97,22 +100,34 @@ class WebSocketClient(ChatClient):
                 if opcode != websocket.ABNF.OPCODE_CLOSE:
                     self.report("RECEIVE", self.transport, 0, len(data), ClientError(f"unexpected frame opcode {opcode}"))
                     continue
+                # 1012 (a drain) and 1001 (a shutdown) are the server asking us to go elsewhere, not failures.
+                planned = close_code(data) in PLANNED_CLOSE_CODES
                 failure = ClientError(f"server closed the WebSocket: {close_description(data)}")
             if self.closed:
                 return
-            self.report("RECEIVE", self.transport, 0, 0, failure)
+            if not planned:
+                self.report("RECEIVE", self.transport, 0, 0, failure)
             if not self._reconnect(backoff):
-                self.report("RECEIVE", self.transport, 0, 0, ClientError(f"gave up after {backoff.failures} reconnects"))
                 return
 
     def _reconnect(self, backoff: Backoff) -> bool:
+        """Reconnect with backoff, resuming after the last id seen; report RECONNECT with the time from the
+        disconnect to the new connection being open (the server sends what we missed right after)."""
         self._drop_socket()
+        started = time.perf_counter()
         while backoff.retry():
+            if self.closed:
+                return False
             try:
                 self._connect()  # since= the last id seen: the server resends what we missed
-                return True
             except Exception:
                 continue  # reported by _connect
+            backoff.recovered()
+            self.report("RECONNECT", self.transport, ms_since(started), 0)
+            return True
+        self.report(
+            "RECONNECT", self.transport, ms_since(started), 0, ClientError(f"gave up after {backoff.failures} attempts")
+        )
         return False
 
     def _on_frame(self, data: bytes | str, received_at: float) -> None:
@@ -127,6 +142,8 @@ class WebSocketClient(ChatClient):
             if key in self._pending:
                 del self._pending[key]
                 self.report("SEND", self.transport, (received_at - key[1]) * 1000, len(data))
+                if self.on_send_accepted is not None:
+                    self.on_send_accepted(key[1])
             self.deliver(frame, received_at)
         elif kind == "error":
             # Only our sends draw errors; the frame does not say which one, so its echo stays pending.
@@ -155,6 +172,14 @@ class WebSocketClient(ChatClient):
             ws.shutdown()
         except Exception:
             pass
+
+
+PLANNED_CLOSE_CODES = (1001, 1012)  # going away (shutdown), service restart (drain)
+
+
+def close_code(data: bytes) -> int | None:
+    """Return the code of a close frame's payload, or None when it has none."""
+    return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
 
 
 def close_description(data: bytes) -> str:
