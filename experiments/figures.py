@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,6 +110,13 @@ class RunData:
     messages_sent: float | None = None  # as the clients count them; None: take messages_accepted
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     ip_bytes: float | None = None  # both ways, from a packet capture (experiments/tcpcount.py); None: not captured
+    # What the clients measured (clients/results.py): deliveries after the warm-up, completeness over the run.
+    latency_us: HdrHistogram | None = None
+    completeness: Mapping[str, float] | None = None  # received, lost, duplicates, out_of_order
+    measured_s: float | None = None  # the clients' measured time: duration_s - warmup_s
+    generator_processes: int = 1
+    transport: str | None = None
+    poll_interval_s: float | None = None
 
     @classmethod
     def from_scrapes(
@@ -121,6 +129,7 @@ class RunData:
         transport: str | None = None,
         cpus: int | None = None,
         ip_bytes: float | None = None,
+        **client_side: object,
     ) -> RunData:
         """Build from two /metrics pages that bound the window; `transport` picks one label (default: all)."""
         start, end = parse_metrics(before), parse_metrics(after)
@@ -141,6 +150,8 @@ class RunData:
             messages_sent=messages_sent,
             cpus=cpus or os.cpu_count() or 1,
             ip_bytes=ip_bytes,
+            transport=transport,
+            **client_side,
         )
 
     @property
@@ -169,6 +180,10 @@ def _figure(unit: str, description: str):
         return function
 
     return register
+
+
+GENERATOR_SATURATED = 0.9  # of one core
+CAPACITY_P99_MS = 250.0
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -230,6 +245,144 @@ def generator_cpu_share(run: RunData) -> float:
     if run.generator is None:
         return math.nan
     return _ratio(run.generator.cpu_s, run.generator.wall_s * run.cpus)
+
+
+# What the clients measured: counts, completeness and delivery latency (HDR histogram in µs).
+
+
+@_figure("msg", "Messages the server accepted in the measured window.")
+def messages_sent(run: RunData) -> float:
+    return run.sent
+
+
+@_figure("msg", "Messages members received from other members after the warm-up (the DELIVER count).")
+def messages_delivered(run: RunData) -> float:
+    return run.latency_us.get_total_count() if run.latency_us is not None else math.nan
+
+
+@_figure("msg/s", "Deliveries per second of measured time.")
+def deliveries_per_second(run: RunData) -> float:
+    return _ratio(messages_delivered(run), run.measured_s or 0)
+
+
+def _completeness(run: RunData, key: str) -> float:
+    return float(run.completeness[key]) if run.completeness is not None else math.nan
+
+
+@_figure("msg", "Messages a member never got, summed over members: gaps in its ids, or history truncated.")
+def messages_lost(run: RunData) -> float:
+    return _completeness(run, "lost")
+
+
+@_figure("msg", "Messages a member got more than once, summed over members.")
+def messages_duplicated(run: RunData) -> float:
+    return _completeness(run, "duplicates")
+
+
+@_figure("msg", "Messages a member got after a newer one, summed over members.")
+def messages_out_of_order(run: RunData) -> float:
+    return _completeness(run, "out_of_order")
+
+
+@_figure("ratio", "Share of the messages members should have got that they did: received / (received + lost).")
+def delivered_ratio(run: RunData) -> float:
+    received = _completeness(run, "received")
+    return _ratio(received, received + _completeness(run, "lost"))
+
+
+def _latency_ms(run: RunData, percentile: float) -> float:
+    if run.latency_us is None or not run.latency_us.get_total_count():
+        return math.nan
+    return run.latency_us.get_value_at_percentile(percentile) / 1000
+
+
+@_figure("ms", "Median delivery latency: receive time minus the sender's scheduled send time.")
+def latency_p50_ms(run: RunData) -> float:
+    return _latency_ms(run, 50)
+
+
+@_figure("ms", "95th percentile delivery latency.")
+def latency_p95_ms(run: RunData) -> float:
+    return _latency_ms(run, 95)
+
+
+@_figure("ms", "99th percentile delivery latency.")
+def latency_p99_ms(run: RunData) -> float:
+    return _latency_ms(run, 99)
+
+
+@_figure("ms", "Largest delivery latency.")
+def latency_max_ms(run: RunData) -> float:
+    return _latency_ms(run, 100)
+
+
+@_figure("ms", "Mean delivery latency (compare with the short-polling theory, T/2).")
+def latency_mean_ms(run: RunData) -> float:
+    if run.latency_us is None or not run.latency_us.get_total_count():
+        return math.nan
+    return run.latency_us.get_mean_value() / 1000
+
+
+@_figure("ms", "Short polling's expected mean wait for a message: half the poll interval T (NaN for other transports).")
+def short_poll_theory_latency_ms(run: RunData) -> float:
+    if run.transport != "short-polling" or run.poll_interval_s is None:
+        return math.nan
+    return run.poll_interval_s / 2 * 1000
+
+
+@_figure("B", "TCP payload bytes the server received in the measured window.")
+def wire_bytes_in(run: RunData) -> float:
+    return run.wire_received_bytes
+
+
+@_figure("B", "TCP payload bytes the server sent in the measured window.")
+def wire_bytes_out(run: RunData) -> float:
+    return run.wire_sent_bytes
+
+
+@_figure("ratio", "Busiest second of the load generator, as a share of one core per Locust process.")
+def generator_cpu_peak(run: RunData) -> float:
+    if run.generator is None:
+        return math.nan
+    return _ratio(peak_cpu_rate(run.generator), run.generator_processes)
+
+
+@_figure("bool", f"1 when the generator's busiest second exceeded {GENERATOR_SATURATED:.0%} of a core: its latencies "
+         "then measure the generator, not the server.")
+def generator_saturated(run: RunData) -> float:
+    peak = generator_cpu_peak(run)
+    return math.nan if math.isnan(peak) else float(peak > GENERATOR_SATURATED)
+
+
+def peak_cpu_rate(samples: Samples, span_s: float = 1.0) -> float:
+    """Return the highest CPU rate (CPU seconds per second) over any `span_s` between samples."""
+    t, cpu = samples.t_s, [u + s for u, s in zip(samples.cpu_user_s, samples.cpu_system_s, strict=True)]
+    best, j = math.nan, 0
+    for i in range(len(t)):
+        while j < len(t) and t[j] - t[i] < span_s:
+            j += 1
+        if j == len(t):
+            break
+        rate = (cpu[j] - cpu[i]) / (t[j] - t[i])
+        best = rate if math.isnan(best) else max(best, rate)
+    return best
+
+
+def capacity(rows: Iterable[Mapping[str, object]], p99_limit_ms: float = CAPACITY_P99_MS) -> dict[str, float]:
+    """Return, per transport, the most users at which p99 latency <= the limit, nothing was lost and the
+    generator was not saturated (NaN when no point qualifies). `rows` are summary rows with `users`."""
+    best: dict[str, float] = {}
+    for row in rows:
+        transport = str(row["transport"])
+        best.setdefault(transport, math.nan)
+        ok = (
+            float(row["latency_p99_ms"]) <= p99_limit_ms
+            and float(row["lost"]) == 0
+            and str(row["generator_saturated"]) not in ("True", "1", "1.0")
+        )
+        if ok and (math.isnan(best[transport]) or float(row["users"]) > best[transport]):
+            best[transport] = float(row["users"])
+    return best
 
 
 def slope(xs: Iterable[float], ys: Iterable[float]) -> float:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from . import figures
 
 COLUMNS = (
     ("delivered", "delivered", "{:,.0f}"),
@@ -37,7 +41,7 @@ def cell(value: str, fmt: str) -> str:
 
 def print_table(run_dir: Path, console: Console | None = None) -> None:
     rows = read_summary(run_dir)
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     if not rows:
         console.print(f"{run_dir}: no point finished")
         return
@@ -55,4 +59,27 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
             values[-1] += " SATURATED"
         table.add_row(*values)
     console.print(table)
+    for line in findings(rows, swept):
+        console.print(line)
+
+
+def findings(rows: list[dict], swept: list[str]) -> list[str]:
+    """Sentences the table implies: short polling against its T/2 theory, each transport's capacity."""
+    lines = []
+    for row in rows:
+        if row.get("latency_theory_ms"):
+            where = ", ".join(f"{k}={row[k]}" for k in swept) or row["transport"]
+            lines.append(
+                f"short polling ({where}): measured mean delivery latency {cell(row['latency_mean_ms'], '{:,.0f}')} ms"
+                f" beside the T/2 theory {cell(row['latency_theory_ms'], '{:,.0f}')} ms"
+            )
+    if "users" in swept:
+        limit = figures.CAPACITY_P99_MS
+        for transport, users in figures.capacity(rows).items():
+            said = "no point qualified" if math.isnan(users) else f"{users:,.0f} users"
+            lines.append(
+                f"capacity of {transport}: {said} (most users with p99 <= {limit:g} ms, nothing lost,"
+                " generator unsaturated)"
+            )
+    return lines
 

@@ -231,6 +231,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
     finally:
         procs.stop_all()
     return {
+        "pids": {name: proc.pid for name, proc in procs.procs},
         "health": health,
         "window_mono_s": [window["before"], window["after"]],
         "server_exit": server.returncode,
@@ -309,10 +310,10 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         for index, point in enumerate(points, 1):
             point_dir = run_dir / point.slug
             info = run_point(experiment, point, index, point_dir, pinning, display)
-            row = summarize_point(point, point_dir, info["window_mono_s"], experiment.sweep)
+            row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes)
             rows.append(row)
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
-                                       "swept": point.swept, "healthz": info["health"],
+                                       "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
                                        "window_mono_s": info["window_mono_s"]})
             write_json(run_dir / "manifest.json", manifest)
     finally:

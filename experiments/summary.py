@@ -2,12 +2,79 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
+from clients.results import read_histogram
+
+from . import figures
 from .spec import Point
 
-SUMMARY_COLUMNS = ["sent", "delivered", "lost", "duplicates"]
+# summary.csv column -> (figure, scale). Names and units of the figures live in experiments.figures.
+COLUMN_FIGURES: dict[str, tuple[str, float]] = {
+    "sent": ("messages_sent", 1),
+    "delivered": ("messages_delivered", 1),
+    "lost": ("messages_lost", 1),
+    "duplicates": ("messages_duplicated", 1),
+    "out_of_order": ("messages_out_of_order", 1),
+    "delivered_ratio": ("delivered_ratio", 1),
+    "latency_p50_ms": ("latency_p50_ms", 1),
+    "latency_p95_ms": ("latency_p95_ms", 1),
+    "latency_p99_ms": ("latency_p99_ms", 1),
+    "latency_max_ms": ("latency_max_ms", 1),
+    "latency_mean_ms": ("latency_mean_ms", 1),
+    "latency_theory_ms": ("short_poll_theory_latency_ms", 1),
+    "delivered_per_s": ("deliveries_per_second", 1),
+    "wire_bytes_in": ("wire_bytes_in", 1),
+    "wire_bytes_out": ("wire_bytes_out", 1),
+    "bytes_per_delivered": ("bytes_per_delivered_message", 1),
+    "bytes_in_per_delivered": ("bytes_in_per_delivered_message", 1),
+    "bytes_out_per_delivered": ("bytes_out_per_delivered_message", 1),
+    "bytes_per_sent": ("bytes_per_sent_message", 1),
+    "ip_bytes_per_delivered": ("ip_bytes_per_delivered_message", 1),
+    "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
+    "server_rss_peak_mb": ("server_peak_rss_bytes", 1e-6),
+    "server_rss_mean_mb": ("server_mean_rss_bytes", 1e-6),
+    "rss_per_connection_kb": ("rss_per_connection_bytes", 1e-3),
+    "empty_poll_ratio": ("empty_poll_ratio", 1),
+    "generator_cpu_peak": ("generator_cpu_peak", 1),
+    "generator_saturated": ("generator_saturated", 1),
+}
+SUMMARY_COLUMNS = [*COLUMN_FIGURES, "window_s"]
 
 
-def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], swept: dict) -> dict:
-    return {"transport": point.transport, "repeat": point.repeat, **point.swept}
+def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1) -> figures.RunData:
+    """Assemble one point's measured window from its raw files."""
+    start, end = window_mono_s
+    samples = figures.read_samples(point_dir / "resources.csv")
+    completeness = json.loads((point_dir / "completeness.json").read_text())
+    counts = completeness["transports"].get(point.transport)
+    hdr = point_dir / f"deliver_latency_{point.transport}.hdr"
+    generator = samples.get("generator")
+    return figures.RunData.from_scrapes(
+        (point_dir / "metrics_before.txt").read_text(),
+        (point_dir / "metrics_after.txt").read_text(),
+        server=samples["server"].window(start, end),
+        generator=generator.window(start, end) if generator else None,
+        transport=point.transport,
+        latency_us=read_histogram(hdr) if hdr.exists() else None,
+        completeness=counts,
+        measured_s=point.profile.duration_s - point.profile.warmup_s,
+        generator_processes=processes,
+        poll_interval_s=point.profile.poll_interval_s,
+    )
+
+
+def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1) -> dict:
+    """Return the summary row of one point: its parameters, then every column of COLUMN_FIGURES."""
+    run = load_run_data(point, point_dir, window_mono_s, processes)
+    values = figures.compute(run, [name for name, _ in COLUMN_FIGURES.values()])
+    row: dict[str, object] = {"transport": point.transport, "repeat": point.repeat, **point.swept}
+    for column, (name, scale) in COLUMN_FIGURES.items():
+        value = values[name]
+        row[column] = "" if math.isnan(value) else round(value * scale, 6)
+    if row["generator_saturated"] != "":
+        row["generator_saturated"] = bool(row["generator_saturated"])
+    row["window_s"] = round(window_mono_s[1] - window_mono_s[0], 3)
+    return row
