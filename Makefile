@@ -7,6 +7,7 @@ TRANSPORT ?= websocket
 HOST ?= 127.0.0.1
 PORT ?= 8080
 EXP ?= baseline
+QUICK ?=
 
 .PHONY: venv test serve demo locust run-experiment clean
 
@@ -35,8 +36,9 @@ demo: $(STAMP)
 locust: $(STAMP)
 	$(PY) -m clients --transport $(TRANSPORT) --serve
 
+# Run experiments/$(EXP).toml (default: baseline) for every transport; QUICK=1 for a smoke run.
 run-experiment: $(STAMP)
-	@echo "The experiment runner is coming (issue: make run-experiment). Until then: make serve, make test."
+	$(PY) -m experiments run $(EXP) $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
