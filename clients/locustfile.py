@@ -46,6 +46,8 @@ log = logging.getLogger("rtlab.locust")
 
 WARMUP_SUFFIX = " [warm-up]"
 RESULTS_MESSAGE = "rtlab_results"  # a Locust worker's RunResults, sent to the master at test_stop
+STOP_MESSAGE = "rtlab_stop"  # the master asks its workers to stop (and so send their results)
+WORKER_RESULTS_TIMEOUT_S = 30.0
 CPU_SAMPLE_INTERVAL_S = 1.0
 MAX_CPU_SAMPLES = 7 * 24 * 3600 / CPU_SAMPLE_INTERVAL_S  # the longest run a profile allows
 
@@ -148,18 +150,24 @@ def start_run(environment: Environment, **_kwargs) -> None:
 
 @events.test_stop.add_listener
 def finish_run(environment: Environment, **_kwargs) -> None:
-    run, current.run = current.run, None
+    run = current.run
     if run is None:
         return
     if run.cpu_sampler is not None:
         run.cpu_sampler.kill(block=False)
     now = time.time()
-    if isinstance(environment.runner, WorkerRunner):
-        # The master writes the files, from every worker's results: send ours before Locust tells it we stopped.
-        environment.runner.send_message(RESULTS_MESSAGE, {"stopped_at": now, "results": run.results.to_wire()})
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        current.run = None
+        # The master writes the files, from every worker's results. Our final Locust stats go first, so the
+        # master's CSV counts every DELIVER the histogram does by the time our results arrive.
+        runner._send_stats()
+        runner.send_message(RESULTS_MESSAGE, {"stopped_at": now, "results": run.results.to_wire()})
         return
-    # On a master, its workers stopped before it fires test_stop (it polls them once a second): time the
-    # ledger's cutoff from the first of them to stop.
+    if isinstance(runner, MasterRunner):
+        wait_for_workers(runner, run)
+    current.run = None
+    # A master's workers may have stopped before it fires test_stop: time the ledger's cutoff from the first.
     run.results.finish(min(run.worker_stops, default=now))
     report_never_arrived(environment, run)
     for line in run.results.summary_lines():
@@ -176,6 +184,24 @@ def finish_run(environment: Environment, **_kwargs) -> None:
         gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
 
 
+def wait_for_workers(runner: MasterRunner, run: Run) -> None:
+    """Make sure every worker's results are in before the master writes.
+
+    Stopped from the web UI, a master stops its workers and waits for them before test_stop, so their
+    results are here already. At the end of a headless --run-time run it fires test_stop first and
+    tells the workers to quit afterwards: ask them to stop now, and wait (bounded) for what they send.
+    """
+    expected = runner.worker_count
+    if len(run.worker_stops) >= expected:
+        return
+    runner.send_message(STOP_MESSAGE)
+    deadline = time.monotonic() + WORKER_RESULTS_TIMEOUT_S
+    while len(run.worker_stops) < expected and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    if len(run.worker_stops) < expected:
+        log.error("rtlab: results from %d of %d workers only; the files count those", len(run.worker_stops), expected)
+
+
 def report_never_arrived(environment: Environment, run: Run) -> None:
     """Fire one LOST failure per message the senders' ledger says never arrived, so Locust's stats show it."""
     for transport, totals in run.results.ledger_totals().items():
@@ -187,9 +213,12 @@ def report_never_arrived(environment: Environment, run: Run) -> None:
 
 
 @events.init.add_listener
-def collect_worker_results(environment: Environment, **_kwargs) -> None:
+def exchange_results(environment: Environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(RESULTS_MESSAGE, merge_worker_results)
+    elif isinstance(environment.runner, WorkerRunner):
+        # Stopping fires test_stop here, which sends our results (finish_run); a later "quit" finds us stopped.
+        environment.runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: environment.runner.stop())
 
 
 def merge_worker_results(environment: Environment, msg, **_kwargs) -> None:
