@@ -104,6 +104,15 @@ def add_arguments(parser) -> None:
         "(env RTLAB_OUT; default: beside --csv files, with their prefix)",
         include_in_web_ui=False,
     )
+    parser.add_argument(
+        "--rtlab-local-rooms",
+        action="store_true",
+        default=os.environ.get("RTLAB_LOCAL_ROOMS") == "1",
+        help="distributed runs: each Locust worker gets rooms of its own (w<index>-room-<k>), so every member "
+        "of a room, and every clock its latencies read, is on one machine; give it to the master, which "
+        "passes it on (env RTLAB_LOCAL_ROOMS=1; docs/scaling.md)",
+        include_in_web_ui=False,
+    )
 
 
 @events.init.add_listener
@@ -335,6 +344,9 @@ class ChatMember(ClientUser):
         worker = f"w{runner.worker_index}-" if isinstance(runner, WorkerRunner) else ""
         self.user_name = f"member-{worker}{index}"
         self.room = run.profile.room_for(index)
+        if worker and getattr(self.environment.parsed_options, "rtlab_local_rooms", False):
+            # Generators on several machines: a room's senders and receivers share this machine's clock.
+            self.room = worker + self.room
         self.sequence = 0
         rng = random.Random()
         self.seed_text = "".join(rng.choices(string.ascii_letters + string.digits, k=64))

@@ -28,7 +28,8 @@ class WebSocketClient(ChatClient):
     shutdown, 1013 overflow), the connection breaks (1006: a crash) or it goes silent, the client
     reconnects with jittered exponential backoff and `since=` the last id it saw, so a resumable
     interruption loses nothing, and reports RECONNECT with how long it took. A close it was asked
-    for (1012, 1001) is not a RECEIVE failure; any other break is.
+    for (1012, 1001) is not a RECEIVE failure; any other break is. Sends made while reconnecting
+    are kept and sent once connected again (their SEND latency includes the wait).
     """
 
     transport = "websocket"
@@ -49,26 +50,30 @@ class WebSocketClient(ChatClient):
         self.max_pending_sends = max_pending_sends
         self._ws: websocket.WebSocket | None = None
         self._pending: OrderedDict[tuple[str, float], None] = OrderedDict()  # sends awaiting their echo
+        self._unsent: list[tuple[tuple[str, float], str]] = []  # sends made while reconnecting, sent once back
 
     def send(self, user: str, text: str, sent_at: float | None = None) -> None:
         if self.room is None:
             raise RuntimeError("join a room before sending")
         if sent_at is None:
             sent_at = time.time()
-        ws = self._ws
-        if ws is None:
-            self.report("SEND", self.transport, (time.time() - sent_at) * 1000, 0, ClientError("not connected (reconnecting)"))
-            return
         key = (user, sent_at)
+        frame = json.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at})
         self._pending[key] = None
         if len(self._pending) > self.max_pending_sends:
             (_, old_sent_at), _ = self._pending.popitem(last=False)
             self.report("SEND", self.transport, (time.time() - old_sent_at) * 1000, 0, ClientError("no echo"))
+        ws = self._ws
+        if ws is None:
+            # Reconnecting: keep it, as a chat page keeps what its user typed, and send it once back.
+            self._unsent.append((key, frame))
+            return
         try:
-            ws.send(json.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at}))
-        except Exception as error:
-            self._pending.pop(key, None)
-            self.report("SEND", self.transport, (time.time() - sent_at) * 1000, 0, error)
+            ws.send(frame)
+        except Exception:
+            # Not (wholly) written, so the server has not got it: the receiver is about to notice the
+            # broken socket and reconnect; send it then.
+            self._unsent.append((key, frame))
 
     def _connect(self) -> None:
         url = f"ws://{self.host}:{self.port}/rooms/{self.room}/ws?since={self.last_id}"
@@ -124,11 +129,31 @@ class WebSocketClient(ChatClient):
                 continue  # reported by _connect
             backoff.recovered()
             self.report("RECONNECT", self.transport, ms_since(started), 0)
+            self._send_unsent()
             return True
         self.report(
             "RECONNECT", self.transport, ms_since(started), 0, ClientError(f"gave up after {backoff.failures} attempts")
         )
+        self._fail_unsent(ClientError("never sent: the client gave up reconnecting"))
         return False
+
+    def _send_unsent(self) -> None:
+        """Send what was sent while reconnecting, in order; their echoes (SEND) will time the whole wait."""
+        while self._unsent and self._ws is not None:
+            key, frame = self._unsent.pop(0)
+            if key not in self._pending:
+                continue  # given up on meanwhile (too many pending)
+            try:
+                self._ws.send(frame)
+            except Exception:
+                self._unsent.insert(0, (key, frame))  # broken again: the receiver reconnects, then we retry
+                return
+
+    def _fail_unsent(self, error: BaseException) -> None:
+        unsent, self._unsent = self._unsent, []
+        for key, _ in unsent:
+            self._pending.pop(key, None)
+            self.report("SEND", self.transport, (time.time() - key[1]) * 1000, 0, error)
 
     def _on_frame(self, data: bytes | str, received_at: float) -> None:
         try:
@@ -160,6 +185,7 @@ class WebSocketClient(ChatClient):
                 pass
 
     def _disconnect(self) -> None:
+        self._unsent.clear()  # closing: what was never sent is not a failure of the server
         ws, self._ws = self._ws, None
         if ws is None:
             return
