@@ -1,0 +1,392 @@
+"""Scale-out with real processes: server instances behind a real HAProxy, over a real Redis when the mode needs
+it. Cross-instance fan-out, sticky and naive routing, draining, a killed instance, a Redis restart, and Locust's
+distributed mode.
+
+The Locust scenarios run at the same time (each on its own cluster, each fault injected from a thread), so
+the module costs about one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import UNIT, require_binary
+
+from experiments.cluster import Cluster, free_port, haproxy_config, http_json
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = ROOT / "clients" / "locustfile.py"
+
+# 8 members in 2 rooms, each sending once a second: small enough to run several at once on a CI machine.
+PROFILE = """\
+users = 8
+spawn_rate = 20
+rooms = 2
+messages_per_second = 1.0
+message_bytes = 40
+arrival = "poisson"
+poll_interval_s = 0.2
+long_poll_wait_s = 5.0
+duration_s = 9
+warmup_s = 1
+"""
+FAULT_AFTER_S = 3.0  # after Locust started its test: members joined and talking
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Start clusters: `cluster(transport, instances, mode, **options)`; stopped afterwards."""
+    started: list[Cluster] = []
+
+    def start(transport: str, instances: int, mode: str, **options) -> Cluster:
+        c = new_cluster(tmp_path / f"cluster-{len(started)}", transport, instances, mode, **options)
+        started.append(c)
+        return c.start()
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+def new_cluster(directory: Path, transport: str, instances: int, mode: str, **options) -> Cluster:
+    c = Cluster(transport, instances, mode, directory, startup_timeout_s=20 * UNIT, **options)
+    c.haproxy_binary = require_binary("haproxy")
+    if c.broker == "redis":
+        c.redis_binary = require_binary("redis-server")
+    return c
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
+    async with session.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def post(session: aiohttp.ClientSession, url: str, room: str, user: str, text: str) -> dict:
+    async with session.post(f"{url}/rooms/{room}/messages", json={"user": user, "text": text}) as resp:
+        assert resp.status == 201, await resp.text()
+        return await resp.json()
+
+
+# ---- fan-out and routing, checked message by message -------------------------------------------------------------
+
+
+async def test_a_post_on_one_instance_reaches_a_websocket_member_on_another_and_a_long_poll_on_a_third(cluster):
+    c = cluster("all", 3, "pubsub")
+    a, b, third = (i.url for i in c.instances)
+    async with aiohttp.ClientSession() as session:
+        assert [(await get_json(session, f"{u}/healthz"))["instance"] for u in (a, b, third)] == [
+            "server-1", "server-2", "server-3"]
+        ws = await session.ws_connect(f"{b}/rooms/hall/ws?since=0")
+        poll = asyncio.create_task(get_json(session, f"{third}/rooms/hall/messages?since=0&wait=10"))
+        await asyncio.sleep(0.3 * UNIT)  # the poll is held, both subscriptions live
+        sent = await post(session, a, "hall", "ann", "across instances")
+        frame = await ws.receive_json(timeout=5 * UNIT)
+        assert frame == {"type": "message", **sent}
+        page = await asyncio.wait_for(poll, 5 * UNIT)
+        assert page["messages"] == [sent] and page["last_id"] == 1
+        # Ids are allocated in Redis: the next post, on another instance, is 2; every instance has the history.
+        assert (await post(session, third, "hall", "bob", "next"))["id"] == 2
+        assert [m["id"] for m in (await get_json(session, f"{b}/rooms/hall/history"))["messages"]] == [1, 2]
+        assert (await ws.receive_json(timeout=5 * UNIT))["id"] == 2
+        await ws.close()
+
+
+async def test_sticky_routing_keeps_each_room_on_one_instance(cluster):
+    c = cluster("all", 3, "sticky")
+    rooms = [f"room-{i}" for i in range(8)]
+    async with aiohttp.ClientSession() as session:
+        members = {room: [await session.ws_connect(f"{c.url}/rooms/{room}/ws?since=0") for _ in range(2)]
+                   for room in rooms}
+        for room in rooms:
+            for n in range(3):
+                await post(session, c.url, room, "ann", f"{room} {n}")  # through HAProxy, hashed like the sockets
+        for room, sockets in members.items():
+            for ws in sockets:
+                assert [(await ws.receive_json(timeout=5 * UNIT))["id"] for _ in range(3)] == [1, 2, 3]
+                await ws.close()
+        # Memory broker: each room exists on exactly one instance, and the rooms are spread over instances.
+        homes = {}
+        for room in rooms:
+            holding = [i.name for i in c.instances
+                       if (await get_json(session, f"{i.url}/rooms/{room}/history"))["messages"]]
+            assert len(holding) == 1, (room, holding)
+            homes[room] = holding[0]
+        assert len(set(homes.values())) > 1
+
+
+async def test_naive_round_robin_splits_a_room_over_instances_that_do_not_talk(cluster):
+    c = cluster("websocket", 3, "naive")
+    async with aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(f"{c.url}/rooms/lobby/ws?since=0") for _ in range(3)]  # one per instance
+        for n, ws in enumerate(sockets):
+            await ws.send_json({"type": "send", "user": f"member-{n}", "text": "hello, anyone?"})
+        for n, ws in enumerate(sockets):
+            frame = await ws.receive_json(timeout=5 * UNIT)
+            assert (frame["user"], frame["id"]) == (f"member-{n}", 1)  # its own instance's id 1: no gap to see
+            with pytest.raises(asyncio.TimeoutError):
+                await ws.receive_json(timeout=0.5 * UNIT)  # the other two members' messages never come
+            await ws.close()
+
+
+def test_the_generated_haproxy_config_hashes_rooms_or_round_robins():
+    sticky = haproxy_config(8000, 8001, [("server-1", 9001), ("server-2", 9002)], "uri", maxconn=1000)
+    assert "balance uri depth 2\n    hash-type consistent" in sticky
+    assert "server server-2 127.0.0.1:9002 check" in sticky and "option httpchk GET /healthz" in sticky
+    assert "bind 127.0.0.1:8000" in sticky and "stats socket ipv4@127.0.0.1:8001 level admin" in sticky
+    assert "timeout tunnel 1h" in sticky and "timeout server 65s" in sticky
+    assert "deny deny_status 403 if { path_beg /admin/ }" in sticky
+    assert "balance roundrobin" in haproxy_config(8000, 8001, [("server-1", 9001)], "roundrobin", maxconn=1000)
+    with pytest.raises(ValueError):
+        haproxy_config(8000, 8001, [], "leastconn")
+
+
+def test_the_balancer_refuses_the_admin_routes(cluster):
+    c = cluster("websocket", 1, "sticky")
+    assert http_json("POST", f"{c.url}/admin/drain", 5 * UNIT)[0] == 403
+    assert c.states() == {"server-1": "UP"}
+
+
+# ---- Locust scenarios: the same load, a fault in the middle ----------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    name: str
+    out: Path
+    proc: subprocess.Popen | None = None
+    extra: list[subprocess.Popen] = field(default_factory=list)  # Locust workers
+    cluster: Cluster | None = None
+    server: subprocess.Popen | None = None
+    fault: Callable[[Cluster], dict] | None = None
+    event: dict | None = None
+    fault_error: BaseException | None = None
+    returncode: int | None = None
+    output: str = ""
+    health: dict = field(default_factory=dict)  # each live instance's /healthz after the run
+    url: str = ""  # the plain server's, when there is no cluster
+
+    def completeness(self) -> dict:
+        return json.loads((self.out / "completeness.json").read_text())
+
+    def transport(self, name: str) -> dict:
+        return self.completeness()["transports"][name]
+
+    def stats(self) -> dict[tuple[str, str], dict[str, str]]:
+        with open(self.out / "locust_stats.csv", newline="") as file:
+            return {(row["Type"], row["Name"]): row for row in csv.DictReader(file)}
+
+    def count(self, kind: str, name: str, column: str = "Request Count") -> int:
+        row = self.stats().get((kind, name))
+        return int(row[column]) if row else 0
+
+
+def locust_command(host: str, profile: Path, out: Path, classes: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--host", host,
+            "--rtlab-profile", str(profile), "--rtlab-out", str(out), "--csv", str(out / "locust"), *extra, *classes]
+
+
+def spawn(command: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as file:
+        return subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                start_new_session=True)
+
+
+def start_server(transport: str, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "servers", "--transport", transport, "--port", str(port)], log)
+    deadline = time.monotonic() + 20 * UNIT
+    while " on http://" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start: {log.read_text()}")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def inject_fault(scenario: Scenario) -> None:
+    """Wait until Locust has started its test, then FAULT_AFTER_S more, then run the scenario's fault."""
+    marker = scenario.out / "started.json"
+    deadline = time.monotonic() + 30 * UNIT
+    try:
+        while not marker.exists():
+            if time.monotonic() > deadline or scenario.proc.poll() is not None:
+                raise RuntimeError(f"{scenario.name}: Locust did not start its test")
+            time.sleep(0.05)
+        time.sleep(FAULT_AFTER_S)
+        scenario.event = scenario.fault(scenario.cluster)
+    except BaseException as error:  # reported by the tests that need the fault
+        scenario.fault_error = error
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> dict[str, Scenario]:
+    """Start every scenario at once, inject the faults mid-run, wait for every Locust to finish."""
+    haproxy = require_binary("haproxy")
+    redis = require_binary("redis-server")
+    base = tmp_path_factory.mktemp("scaling")
+    profile = base / "profile.toml"
+    profile.write_text(PROFILE)
+    both = ["WebSocketMember", "LongPollingMember"]
+    plan = {
+        # name: (cluster transport, instances, mode, Locust user classes, fault)
+        "drain": ("all", 2, "pubsub", both, lambda c: c.drain(0)),
+        "kill": ("all", 3, "pubsub", both, lambda c: c.kill(0)),
+        "redis-restart": ("all", 2, "pubsub", both, lambda c: c.restart_redis(down_s=0.5 * UNIT)),
+        "sticky": ("all", 3, "sticky", both, None),
+        "naive": ("websocket", 3, "naive", ["WebSocketMember"], None),
+    }
+    runs: dict[str, Scenario] = {}
+    threads = []
+    try:
+        for name, (transport, instances, mode, classes, fault) in plan.items():
+            scenario = runs[name] = Scenario(name, base / name, fault=fault)
+            scenario.out.mkdir()
+            scenario.cluster = Cluster(transport, instances, mode, scenario.out / "cluster", redis_binary=redis,
+                                       haproxy_binary=haproxy, startup_timeout_s=30 * UNIT).start()
+            scenario.proc = spawn(locust_command(scenario.cluster.url, profile, scenario.out, classes),
+                                  scenario.out / "output.log")
+            if fault is not None:
+                threads.append(threading.Thread(target=inject_fault, args=(scenario,), daemon=True))
+                threads[-1].start()
+
+        # Locust's distributed mode on one machine, against one plain server: --processes, then master + workers.
+        processes = runs["processes"] = Scenario("processes", base / "processes")
+        processes.out.mkdir()
+        processes.server, url = start_server("websocket", processes.out / "server.log")
+        processes.proc = spawn(locust_command(url, profile, processes.out, ["WebSocketMember"], "--processes", "2"),
+                               processes.out / "output.log")
+        workers = runs["master-worker"] = Scenario("master-worker", base / "master-worker")
+        workers.out.mkdir()
+        workers.server, workers.url = start_server("long-polling", workers.out / "server.log")
+        url = workers.url
+        port = free_port()
+        # --rtlab-local-rooms: rooms of each worker's own, as generators on separate machines need so that
+        # latencies read one clock (the master passes its custom options on to the workers).
+        workers.proc = spawn(locust_command(url, profile, workers.out, ["LongPollingMember"], "--master",
+                                            "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                                            "--expect-workers", "2", "--rtlab-local-rooms"), workers.out / "output.log")
+        for n in range(2):
+            # A worker loads the profile when it starts, from its own --rtlab-profile (or RTLAB_PROFILE).
+            workers.extra.append(spawn(
+                [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
+                 "--master-port", str(port), "--rtlab-profile", str(profile), "LongPollingMember"],
+                workers.out / f"worker-{n}.log"))
+
+        deadline = time.monotonic() + 90 * UNIT
+        for scenario in runs.values():
+            try:
+                scenario.returncode = scenario.proc.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                scenario.proc.kill()
+                scenario.returncode = scenario.proc.wait()
+            scenario.output = (scenario.out / "output.log").read_text()
+        for thread in threads:
+            thread.join(10 * UNIT)
+        for scenario in runs.values():  # what the instances say about Redis, before they stop
+            if scenario.cluster is not None:
+                scenario.health = {i.name: _health(i.url) for i in scenario.cluster.instances if i.process.alive}
+        yield runs
+    finally:
+        for scenario in runs.values():
+            for proc in [scenario.proc, scenario.server, *scenario.extra]:
+                if proc is not None and proc.poll() is None:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+            if scenario.cluster is not None:
+                scenario.cluster.stop()
+
+
+def _health(url: str) -> dict:
+    return http_json("GET", f"{url}/healthz", 5 * UNIT)[1]  # a drained instance answers 503, with the same body
+
+
+def assert_nothing_lost(scenario: Scenario, transport: str) -> dict:
+    c = scenario.transport(transport)
+    assert c["receivers"] > 0 and c["received"] > 0, scenario.output
+    assert (c["lost"], c["duplicates"], c["out_of_order"]) == (0, 0, 0), (transport, c, scenario.output)
+    assert c["ledger_expected"] > 0 and c["ledger_missing"] == 0, (transport, c)
+    assert scenario.count("LOST", transport) == 0 and scenario.count("DUPLICATE", transport) == 0
+    return c
+
+
+def test_a_drain_loses_nothing_and_members_reconnect_through_the_balancer(scenarios):
+    drain = scenarios["drain"]
+    assert drain.fault_error is None, drain.fault_error
+    assert drain.event["websockets_closed"] >= 1 and drain.event["polls_released"] >= 1, drain.event
+    ws = assert_nothing_lost(drain, "websocket")
+    assert_nothing_lost(drain, "long-polling")
+    # Every member closed with 1012 came back, timed; and a drain is not a failure of any kind.
+    assert ws["reconnects"] >= drain.event["websockets_closed"] and ws["reconnect_failures"] == 0
+    assert 0 < ws["reconnect_ms"]["max"] < 5000 * UNIT
+    assert drain.count("RECONNECT", "websocket") == ws["reconnects"]
+    assert drain.count("", "Aggregated", "Failure Count") == 0, drain.output
+    assert drain.returncode == 0
+    assert drain.cluster.states()["server-1"].startswith(("DRAIN", "MAINT", "DOWN")), drain.cluster.states()
+
+
+def test_a_killed_instance_loses_no_message_with_history_in_redis(scenarios):
+    kill = scenarios["kill"]
+    assert kill.fault_error is None, kill.fault_error
+    assert_nothing_lost(kill, "websocket")
+    assert_nothing_lost(kill, "long-polling")
+    reconnects = kill.transport("websocket")["reconnects"] + kill.transport("long-polling")["reconnects"]
+    assert reconnects >= 1  # the members of the killed instance came back through HAProxy
+    assert kill.transport("websocket")["reconnect_failures"] == 0
+    assert not kill.cluster.instances[0].process.alive
+
+
+def test_a_redis_restart_is_survived_gap_free(scenarios):
+    restart = scenarios["redis-restart"]
+    assert restart.fault_error is None, restart.fault_error
+    assert restart.event["outage_s"] >= 0.5 * UNIT
+    assert_nothing_lost(restart, "websocket")  # WebSocket members caught up from history, in order
+    assert_nothing_lost(restart, "long-polling")
+    for name, health in restart.health.items():
+        assert health["redis"]["connected"] and health["redis"]["reconnects"] == 1, (name, health)
+
+
+def test_sticky_routing_loses_nothing(scenarios):
+    sticky = scenarios["sticky"]
+    assert_nothing_lost(sticky, "websocket")
+    assert_nothing_lost(sticky, "long-polling")
+    assert sticky.returncode == 0, sticky.output
+
+
+def test_naive_routing_loses_what_crosses_instances_and_the_ledger_says_so(scenarios):
+    naive = scenarios["naive"]
+    c = naive.transport("websocket")
+    # Each instance numbers the room on its own: ids look contiguous, the senders' ledger does not.
+    assert c["ledger_missing"] > c["ledger_expected"] / 3, c
+    assert naive.count("LOST", "websocket (never arrived)", "Failure Count") == c["ledger_missing"]
+    assert "INCOMPLETE" in naive.output and naive.returncode == 1
+
+
+@pytest.mark.parametrize("name, transport", [("processes", "websocket"), ("master-worker", "long-polling")])
+def test_locust_distributed_mode_merges_the_workers_results(scenarios, name, transport):
+    run = scenarios[name]
+    assert run.returncode == 0, run.output
+    doc = run.completeness()
+    assert doc["processes"] == 2
+    c = assert_nothing_lost(run, transport)
+    assert c["receivers"] == 8
+    deliver = run.count("DELIVER", transport)
+    assert deliver > 0 and c["deliveries_measured"] == deliver  # the master's CSV and the merged histogram agree
+    names = json.loads((run.out / "generator.json").read_text())["cpu_samples_by_process"]
+    assert len(names) == 2
+    if name == "master-worker":  # --rtlab-local-rooms: each room's members all on one worker
+        for worker in (0, 1):
+            status, history = http_json("GET", f"{run.url}/rooms/w{worker}-room-0/history?limit=1000", 5 * UNIT)
+            users = {m["user"] for m in history["messages"]}
+            assert users and all(u.startswith(f"member-w{worker}-") for u in users), users
