@@ -19,7 +19,7 @@ log = logging.getLogger("rtlab.server")
 
 CLOSE_UNSUPPORTED_DATA = 1003  # binary frame
 CLOSE_TOO_BIG = 1009  # aiohttp closes with it when a message exceeds max_msg_size
-CLOSE_OVERFLOW = 1013  # "try again later": resume with since= from the last id seen
+CLOSE_OVERFLOW = 1013  # "try again later" (overflow, broker unavailable): resume with since= from the last id seen
 CLOSE_GOING_AWAY = 1001  # server shutdown
 
 
@@ -209,6 +209,10 @@ def _writer_done(hub: WebSocketHub, member: Member, task: asyncio.Task) -> None:
     if task.cancelled():
         return
     error = task.exception()
+    if isinstance(error, Unavailable):
+        # The broker could not answer the backlog read (Redis down): "try again later", with since=.
+        hub.close_soon(member, CLOSE_OVERFLOW, "broker unavailable; reconnect with since=")
+        return
     if error is not None and not isinstance(error, ConnectionError):
         log.error("websocket writer failed: %r", error)
     # The peer went away mid-send (or the writer failed): close so the handler's receive loop ends.

@@ -390,3 +390,26 @@ def test_locust_distributed_mode_merges_the_workers_results(scenarios, name, tra
             status, history = http_json("GET", f"{run.url}/rooms/w{worker}-room-0/history?limit=1000", 5 * UNIT)
             users = {m["user"] for m in history["messages"]}
             assert users and all(u.startswith(f"member-w{worker}-") for u in users), users
+
+
+def test_instances_leave_and_rejoin_the_rotation_and_the_drain_cli_works(cluster):
+    c = cluster("websocket", 2, "pubsub")
+    c.kill(1)
+    deadline = time.monotonic() + 5 * UNIT
+    while not c.states()["server-2"].startswith("DOWN"):  # the health check noticed
+        assert time.monotonic() < deadline, c.states()
+        time.sleep(0.05)
+    assert set(c.pids()) == {"server-1", "redis", "haproxy"}
+    c.restart_instance(1)
+    assert c.states()["server-2"].startswith("UP") and "server-2" in c.pids()
+    assert [e["event"] for e in c.events] == ["kill", "restart_instance"]
+    # `python -m experiments drain`, with HAProxy's runtime API: out of rotation at once, then drained.
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.cluster", "drain", "--url", c.instances[0].url,
+         "--haproxy-admin", f"127.0.0.1:{c.haproxy.admin_port}", "--server", "server-1"],
+        capture_output=True, text=True, timeout=30 * UNIT, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "drained"
+    assert c.states()["server-1"].startswith(("DRAIN", "DOWN")), c.states()
+    assert http_json("GET", f"{c.url}/healthz", 5 * UNIT)[1]["instance"] == "server-2"
