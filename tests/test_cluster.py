@@ -153,6 +153,13 @@ def test_the_generated_haproxy_config_hashes_rooms_or_round_robins():
         haproxy_config(8000, 8001, [], "leastconn")
 
 
+def test_the_haproxy_config_in_the_docs_is_what_the_code_writes():
+    import re
+
+    (documented,) = re.findall(r"```haproxy\n(.*?)```", (ROOT / "docs" / "scaling.md").read_text(), re.S)
+    assert documented == haproxy_config(8080, 9999, [("server-1", 8081), ("server-2", 8082)], "uri", maxconn=10000)
+
+
 def test_the_balancer_refuses_the_admin_routes(cluster):
     c = cluster("websocket", 1, "sticky")
     assert http_json("POST", f"{c.url}/admin/drain", 5 * UNIT)[0] == 403
