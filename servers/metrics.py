@@ -18,7 +18,7 @@ UNMATCHED = "unmatched"  # the `route` label of requests no route matched (404, 
 METRICS_PATH = "/metrics"
 # The 0.0.4 text format is what generate_latest() writes and what every Prometheus version reads.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LOOP_LAG_INTERVAL_S = 0.1
+LOOP_LAG_INTERVAL_S = 0.25
 LOOP_LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -299,6 +299,7 @@ class Meter:
         self._routes: dict[Any, tuple[Tally | None, str]] = {}  # route -> (tally, or None: split by wait; key)
         self._owner: dict[Any, str] = {}
         self._metrics_route: Any = None
+        self._lag_timer: asyncio.TimerHandle | None = None
         self._unlabelled: set[Any] = set()  # routes counted nowhere, like /metrics (see exclude)
         # Set by a caller that wants bytes per client too (the demo page): request -> its ledger, or None.
         self.client_of: Callable[[web.Request], ClientLedger | None] | None = None
@@ -388,21 +389,19 @@ class Meter:
         return metrics_middleware
 
     async def _watch_loop_lag(self, app: web.Application):
-        task = asyncio.get_running_loop().create_task(self._measure_loop_lag())
-        yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-    async def _measure_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
-        observe = self.loop_lag.observe
-        while True:
-            due = loop.time() + LOOP_LAG_INTERVAL_S
-            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
-            observe(max(0.0, loop.time() - due))
+        due = loop.time() + LOOP_LAG_INTERVAL_S
+        self._lag_timer = loop.call_at(due, self._lag_tick, loop, due)
+        yield
+        self._lag_timer.cancel()
+
+    def _lag_tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        # A bare timer callback, not a task: on an idle VM every wake-up costs ~0.15 ms of CPU, and a
+        # task's sleep adds half as much again; at 4 Hz the whole watcher costs ~0.6 ms per second.
+        now = loop.time()
+        self.loop_lag.observe(max(0.0, now - due))
+        due = now + LOOP_LAG_INTERVAL_S
+        self._lag_timer = loop.call_at(due, self._lag_tick, loop, due)
 
 
 def _asks_to_wait(request: web.Request) -> bool:
