@@ -1,0 +1,138 @@
+"""Derived figures on hand-computed inputs: one registry, every figure with a unit and a description."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+
+import pytest
+
+from experiments import figures
+from experiments.figures import FIGURES, RunData, Samples, compute, metric_total, parse_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Four samples a second apart; RSS grows 50 bytes per connection from 1000.
+SERVER = Samples(
+    t_s=(10.0, 11.0, 12.0, 13.0),
+    cpu_user_s=(1.0, 1.2, 1.5, 2.0),
+    cpu_system_s=(0.5, 0.5, 0.6, 0.7),
+    rss_bytes=(1000.0, 1500.0, 2000.0, 2500.0),
+    tcp_connections=(0.0, 10.0, 20.0, 30.0),
+)
+GENERATOR = Samples(
+    t_s=(10.0, 11.0, 12.0, 13.0),
+    cpu_user_s=(3.0, 3.4, 3.8, 4.2),
+    cpu_system_s=(1.0, 1.1, 1.2, 1.3),
+    rss_bytes=(5e6,) * 4,
+    tcp_connections=(30.0,) * 4,
+)
+RUN = RunData(
+    wire_received_bytes=1000,
+    wire_sent_bytes=3000,
+    messages_accepted=20,
+    messages_delivered=200,
+    polls=50,
+    empty_polls=10,
+    server=SERVER,
+    generator=GENERATOR,
+    cpus=2,
+    ip_bytes=8000,
+)
+
+EXPECTED = {
+    "bytes_in_per_delivered_message": 5.0,  # 1000 / 200
+    "bytes_out_per_delivered_message": 15.0,  # 3000 / 200
+    "bytes_per_delivered_message": 20.0,  # 4000 / 200
+    "bytes_per_sent_message": 200.0,  # 4000 / 20 (sent defaults to accepted)
+    "ip_bytes_per_delivered_message": 40.0,  # 8000 / 200
+    "server_cpu_us_per_delivered_message": 6000.0,  # (2.7 - 1.5) s = 1.2e6 us / 200
+    "server_peak_rss_bytes": 2500.0,
+    "server_mean_rss_bytes": 1750.0,  # (1000 + 1500 + 2000 + 2500) / 4
+    "rss_per_connection_bytes": 50.0,
+    "empty_poll_ratio": 0.2,  # 10 / 50
+    "generator_cpu_share": 0.25,  # (5.5 - 4.0) s / (3 s x 2 CPUs)
+}
+
+
+def test_the_cost_figures_on_hand_computed_values():
+    assert compute(RUN, EXPECTED) == pytest.approx(EXPECTED)
+
+
+def test_client_counted_sends_override_accepted():
+    run = RunData(**{**RUN.__dict__, "messages_sent": 40})
+    assert figures.bytes_per_sent_message(run) == 100.0
+
+
+def test_a_zero_denominator_gives_nan_not_an_error():
+    idle = Samples((0.0,), (0.0,), (0.0,), (100.0,), (5.0,))
+    run = RunData(0, 0, 0, 0, 0, 0, server=idle)
+    values = compute(run, EXPECTED)
+    for name in ("bytes_per_delivered_message", "server_cpu_us_per_delivered_message", "empty_poll_ratio",
+                 "rss_per_connection_bytes", "generator_cpu_share", "bytes_per_sent_message",
+                 "ip_bytes_per_delivered_message"):
+        assert math.isnan(values[name]), name
+    assert values["server_peak_rss_bytes"] == 100.0
+
+
+def test_every_figure_has_a_unit_and_a_description():
+    for name, figure in FIGURES.items():
+        assert figure.name == name and figure.unit and figure.description.endswith("."), name
+    assert list(compute(RUN)) == list(FIGURES)
+
+
+def test_the_cost_figures_are_documented():
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    for name in EXPECTED:
+        assert f"| `{name}` | {FIGURES[name].unit} |" in docs, f"{name} is not in docs/metrics.md's table"
+
+
+def test_samples_window_and_cpu():
+    window = SERVER.window(11.0, 12.0)
+    assert window.t_s == (11.0, 12.0) and window.rss_bytes == (1500.0, 2000.0)
+    assert window.cpu_s == pytest.approx(0.4)  # (1.5 + 0.6) - (1.2 + 0.5)
+    assert window.wall_s == 1.0
+
+
+def test_slope_is_least_squares():
+    assert figures.slope([0, 1, 2, 3], [1, 3, 2, 6]) == pytest.approx(1.4)  # sxy 7 / sxx 5
+    assert math.isnan(figures.slope([4, 4, 4], [1, 2, 3]))
+
+
+BEFORE = """\
+# TYPE rtlab_wire_received_bytes_total counter
+rtlab_wire_received_bytes_total{transport="websocket"} 100
+rtlab_wire_received_bytes_total{transport="common"} 10
+# TYPE rtlab_wire_sent_bytes_total counter
+rtlab_wire_sent_bytes_total{transport="websocket"} 200
+rtlab_wire_sent_bytes_total{transport="common"} 20
+# TYPE rtlab_messages_delivered_total counter
+rtlab_messages_delivered_total{transport="websocket"} 4
+"""
+AFTER = """\
+# TYPE rtlab_wire_received_bytes_total counter
+rtlab_wire_received_bytes_total{transport="websocket"} 160
+rtlab_wire_received_bytes_total{transport="common"} 15
+# TYPE rtlab_wire_sent_bytes_total counter
+rtlab_wire_sent_bytes_total{transport="websocket"} 500
+rtlab_wire_sent_bytes_total{transport="common"} 30
+# TYPE rtlab_messages_delivered_total counter
+rtlab_messages_delivered_total{transport="websocket"} 10
+"""
+
+
+def test_run_data_from_two_scrapes():
+    one = RunData.from_scrapes(BEFORE, AFTER, server=SERVER, transport="websocket", cpus=2)
+    assert (one.wire_received_bytes, one.wire_sent_bytes, one.messages_delivered) == (60, 300, 6)
+    every = RunData.from_scrapes(BEFORE, AFTER, server=SERVER, cpus=2)
+    assert (every.wire_received_bytes, every.wire_sent_bytes) == (65, 310)
+    assert every.polls == 0 and figures.bytes_per_delivered_message(every) == pytest.approx(375 / 6)
+
+
+def test_parse_metrics_keeps_labels():
+    metrics = parse_metrics(AFTER)
+    assert metrics[("rtlab_wire_sent_bytes_total", (("transport", "common"),))] == 30
+    assert metric_total(metrics, "rtlab_wire_sent_bytes_total") == 530
+    assert metric_total(metrics, "rtlab_wire_sent_bytes_total", transport="websocket") == 500
+    assert re.fullmatch(r"[a-z_]+", next(iter(metrics))[0])
