@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class RunData:
     generator_processes: int = 1
     transport: str | None = None
     poll_interval_s: float | None = None
+    # One chat message's own bytes (MessageSizes.typical): its JSON as the server sends it and as a client sends it.
+    message_json_bytes: float | None = None
+    send_json_bytes: float | None = None
 
     @classmethod
     def from_scrapes(
@@ -208,6 +212,38 @@ def bytes_per_delivered_message(run: RunData) -> float:
 @_figure("B/msg", "TCP payload bytes both ways, per message a client sent.")
 def bytes_per_sent_message(run: RunData) -> float:
     return _ratio(run.wire_received_bytes + run.wire_sent_bytes, run.sent)
+
+
+# Payload against overhead: the message's own JSON is the payload; everything else on the wire (HTTP heads,
+# WebSocket framing and envelopes, empty polls, handshakes, pings) is overhead.
+
+
+@_figure("B/msg", "Payload bytes the server sent per delivered message: the message's own JSON (id, room, user, "
+         "text, sent_at, ts), estimated from the profile to within a few bytes.")
+def payload_bytes_out_per_delivered_message(run: RunData) -> float:
+    if run.message_json_bytes is None or not run.messages_delivered:
+        return math.nan
+    return run.message_json_bytes
+
+
+@_figure("B/msg", "Bytes the server sent per delivered message beyond the message's JSON: HTTP response heads, "
+         "WebSocket frame headers and envelopes, empty poll answers, handshakes, pings.")
+def overhead_bytes_out_per_delivered_message(run: RunData) -> float:
+    return bytes_out_per_delivered_message(run) - payload_bytes_out_per_delivered_message(run)
+
+
+@_figure("B/msg", "Payload bytes the server received per delivered message: each accepted message's JSON as a "
+         "client sends it (user, text, sent_at), estimated from the profile, shared by its deliveries.")
+def payload_bytes_in_per_delivered_message(run: RunData) -> float:
+    if run.send_json_bytes is None:
+        return math.nan
+    return _ratio(run.send_json_bytes * run.messages_accepted, run.messages_delivered)
+
+
+@_figure("B/msg", "Bytes the server received per delivered message beyond the senders' message JSON: HTTP request "
+         "heads, poll requests, WebSocket frame headers and envelopes, handshakes.")
+def overhead_bytes_in_per_delivered_message(run: RunData) -> float:
+    return bytes_in_per_delivered_message(run) - payload_bytes_in_per_delivered_message(run)
 
 
 @_figure("B/msg", "IP packet bytes both ways (TCP/IP headers, handshakes and ACKs included), per message delivered.")
@@ -354,18 +390,26 @@ def generator_saturated(run: RunData) -> float:
     return math.nan if math.isnan(peak) else float(peak > GENERATOR_SATURATED)
 
 
-def peak_cpu_rate(samples: Samples, span_s: float = 1.0) -> float:
-    """Return the highest CPU rate (CPU seconds per second) over any `span_s` between samples."""
+def cpu_rates(samples: Samples, span_s: float = 1.0) -> list[tuple[float, float]]:
+    """Return (t_s, CPU seconds per second) from each sample over the next `span_s` or more, oldest first.
+
+    Over a whole span rather than between neighbouring samples: CPU is counted in 10 ms ticks, so a 0.2 s
+    gap reads 0 % or 5 % of a core for the same load.
+    """
     t, cpu = samples.t_s, [u + s for u, s in zip(samples.cpu_user_s, samples.cpu_system_s, strict=True)]
-    best, j = math.nan, 0
+    out, j = [], 0
     for i in range(len(t)):
         while j < len(t) and t[j] - t[i] < span_s:
             j += 1
         if j == len(t):
             break
-        rate = (cpu[j] - cpu[i]) / (t[j] - t[i])
-        best = rate if math.isnan(best) else max(best, rate)
-    return best
+        out.append((t[i], (cpu[j] - cpu[i]) / (t[j] - t[i])))
+    return out
+
+
+def peak_cpu_rate(samples: Samples, span_s: float = 1.0) -> float:
+    """Return the highest CPU rate (CPU seconds per second) over any `span_s` between samples."""
+    return max((rate for _, rate in cpu_rates(samples, span_s)), default=math.nan)
 
 
 def capacity(rows: Iterable[Mapping[str, object]], p99_limit_ms: float = CAPACITY_P99_MS) -> dict[str, float]:
@@ -383,6 +427,34 @@ def capacity(rows: Iterable[Mapping[str, object]], p99_limit_ms: float = CAPACIT
         if ok and (math.isnan(best[transport]) or float(row["users"]) > best[transport]):
             best[transport] = float(row["users"])
     return best
+
+
+# Unix seconds as time.time() gives them these years: ten digits, a point, about seven decimals.
+TYPICAL_UNIX_S = 1_795_000_000.1234567
+
+
+@dataclass(frozen=True)
+class MessageSizes:
+    """JSON bytes of one chat message: as the server sends it (`delivered`) and as a client sends it (`sent`)."""
+
+    delivered: int
+    sent: int
+
+    @classmethod
+    def typical(cls, message_bytes: int, users: int, rooms: int, ids_per_room: float) -> MessageSizes:
+        """Return the sizes of a typical message of a run: the middle member, room and id of the run.
+
+        Members are `member-<i>` in `room-<i % rooms>` (clients/locustfile.py) and texts are ASCII, so real
+        messages differ from this one by a digit or two in the id, the names and the timestamps.
+        """
+        from servers.core import Message, encode_message
+
+        user, room = f"member-{users // 2}", f"room-{rooms // 2}"
+        text, stamp = "x" * message_bytes, TYPICAL_UNIX_S
+        delivered = encode_message(Message(max(1, round(ids_per_room / 2)), room, user, text, stamp, stamp)).json
+        # What clients/polling.py POSTs; clients/websocket.py adds a "type" key, an envelope counted as overhead.
+        sent = json.dumps({"user": user, "text": text, "sent_at": stamp})
+        return cls(len(delivered.encode()), len(sent.encode()))
 
 
 def slope(xs: Iterable[float], ys: Iterable[float]) -> float:
