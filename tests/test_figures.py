@@ -136,3 +136,30 @@ def test_parse_metrics_keeps_labels():
     assert metric_total(metrics, "rtlab_wire_sent_bytes_total") == 530
     assert metric_total(metrics, "rtlab_wire_sent_bytes_total", transport="websocket") == 500
     assert re.fullmatch(r"[a-z_]+", next(iter(metrics))[0])
+
+
+def test_payload_and_overhead_split_on_hand_computed_values():
+    # 200 deliveries of 20 accepted messages; a message is 12 bytes as the server sends it, 9 as a client does.
+    run = RunData(**{**RUN.__dict__, "message_json_bytes": 12, "send_json_bytes": 9})
+    assert figures.payload_bytes_out_per_delivered_message(run) == 12.0
+    assert figures.overhead_bytes_out_per_delivered_message(run) == 3.0  # 3000 / 200 - 12
+    assert figures.payload_bytes_in_per_delivered_message(run) == 0.9  # 9 x 20 / 200
+    assert figures.overhead_bytes_in_per_delivered_message(run) == pytest.approx(4.1)  # 1000 / 200 - 0.9
+    # Without message sizes (or deliveries) there is no split.
+    assert math.isnan(figures.payload_bytes_out_per_delivered_message(RUN))
+    assert math.isnan(figures.overhead_bytes_in_per_delivered_message(RUN))
+
+
+def test_typical_message_sizes_are_the_encoded_json():
+    # {"id":5,"room":"room-1","user":"member-2","text":"xxxx","sent_at":1795000000.1234567,"ts":1795000000.1234567}
+    #  8      +16             +18               +14           +29                          +24  = 109
+    # {"user": "member-2", "text": "xxxx", "sent_at": 1795000000.1234567}: 21 + 16 + 30 = 67
+    sizes = figures.MessageSizes.typical(message_bytes=4, users=4, rooms=2, ids_per_room=10)
+    assert (sizes.delivered, sizes.sent) == (109, 67)
+
+
+def test_cpu_rates_over_each_next_second():
+    # SERVER: CPU (user + system) 1.5, 1.7, 2.1, 2.7 at t 10..13.
+    times, rates = zip(*figures.cpu_rates(SERVER))
+    assert times == (10.0, 11.0, 12.0) and rates == pytest.approx((0.2, 0.4, 0.6))
+    assert figures.peak_cpu_rate(SERVER) == pytest.approx(0.6)
