@@ -236,7 +236,7 @@ def run_pair(transport: str, on_first: bool, hash_seed: int, a: argparse.Namespa
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
         model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), model)
     except (OSError, subprocess.SubprocessError):
         pass

@@ -9,11 +9,13 @@ and it stops by itself once every target has exited.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import TextIO
 
 import psutil
 
@@ -152,14 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     labels = a.label + [f"pid-{pid}" for pid in a.pid[len(a.label):]]
     targets = [Target(label, pid, a.children) for label, pid in zip(labels, a.pid)]
-    out = sys.stdout if a.out == "-" else open(a.out, "w", newline="")
-    try:
-        run(targets, out, a.hz, a.max_duration)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    with contextlib.nullcontext(sys.stdout) if a.out == "-" else open(a.out, "w", newline="") as out:
+        try:
+            run(targets, out, a.hz, a.max_duration)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -116,7 +116,7 @@ class PortCapture:
         while not self._stop.is_set():
             try:
                 frame, address = self._sock.recvfrom(262144)
-            except socket.timeout:
+            except TimeoutError:
                 self._read_drops()
                 continue
             except OSError:

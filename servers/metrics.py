@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from aiohttp import web, web_protocol
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 from .config import TRANSPORT_NAMES, ServerConfig
 
@@ -29,16 +34,16 @@ class Tally:
     """
 
     __slots__ = (
-        "label",
-        "wire_received_bytes",
-        "wire_sent_bytes",
-        "connections_opened",
         "connections_open",
-        "requests",
+        "connections_opened",
+        "empty_polls",
+        "label",
         "messages_accepted",
         "messages_delivered",
         "polls",
-        "empty_polls",
+        "requests",
+        "wire_received_bytes",
+        "wire_sent_bytes",
     )
 
     def __init__(self, label: str) -> None:
@@ -93,7 +98,7 @@ class MeteredTransport(asyncio.Transport):
     so a request's head, read before routing, is counted with that request.
     """
 
-    __slots__ = ("_transport", "tally", "last", "opened_as", "pending_in", "pending_out", "client")
+    __slots__ = ("_transport", "client", "last", "opened_as", "pending_in", "pending_out", "tally")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()

@@ -9,8 +9,8 @@ import sys
 import time
 
 import psutil
-
 from conftest import UNIT
+
 from experiments.figures import read_samples
 from experiments.sampler import FIELDS, sample
 

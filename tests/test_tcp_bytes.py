@@ -6,11 +6,17 @@ import asyncio
 import socket
 
 import pytest
-
 from conftest import REQUIRE_ALL, UNIT
+from test_wire_bytes import (
+    RawClient,
+    http_request,
+    post_body,
+    scrape,
+    websocket_session,
+)
+
 from experiments.figures import metric_total
 from experiments.tcpcount import PortCapture
-from test_wire_bytes import RawClient, http_request, post_body, scrape, websocket_session
 
 
 def capture_or_skip(port: int) -> PortCapture:

@@ -10,8 +10,8 @@ import struct
 
 import aiohttp
 import pytest
-
 from conftest import UNIT
+
 from experiments.figures import metric_total, parse_metrics
 
 HEARTBEAT_OFF = {"ws_heartbeat_s": 3600.0}  # no server ping may slip into the counted exchange
@@ -124,10 +124,9 @@ def ws_handshake(room: str, port: int, query: str = "") -> bytes:
 
 
 async def scrape(url: str) -> dict:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url + "/metrics") as response:
-            assert response.status == 200
-            return parse_metrics(await response.text())
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        assert response.status == 200
+        return parse_metrics(await response.text())
 
 
 async def settled(url: str, expect: dict[tuple[str, str], float], before: dict) -> dict:
