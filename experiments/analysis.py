@@ -1,0 +1,423 @@
+"""Load a run folder into tidy pandas DataFrames for the notebooks; every figure comes from experiments.figures."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clients.profile import load_profile
+from clients.results import read_histogram
+
+from . import figures
+from .spec import Point
+from .summary import load_run_data
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+LATEST = RESULTS / "latest"
+REFERENCE = RESULTS / "reference"
+
+# One colour per transport in every plot (Okabe-Ito: tells apart for colour-blind readers and in grey print).
+TRANSPORT_COLOURS = {
+    "short-polling": "#E69F00",
+    "long-polling": "#0072B2",
+    "websocket": "#009E73",
+    "sse": "#CC79A7",
+}
+OTHER_COLOUR = "#777777"
+# Server solid, load generator dashed, whatever the transport.
+PROCESS_LINESTYLES = {"server": "-", "generator": "--"}
+FIGURE_DPI = 120
+ID_COLUMNS = ["point", "transport", "repeat"]  # and then the swept keys: every tidy frame starts with these
+
+
+def colour(transport: str) -> str:
+    """Return the colour of `transport` (grey for one not in TRANSPORT_COLOURS)."""
+    return TRANSPORT_COLOURS.get(transport, OTHER_COLOUR)
+
+
+def resolve_run(path: str | Path | None = None) -> Path:
+    """Return the run folder `path` names, read from the working directory or the repository root.
+
+    None or `results/latest` without any run yet fall back to the committed reference run.
+    """
+    candidates = []
+    if path is not None:
+        path = Path(path)
+        candidates = [path] if path.is_absolute() else [Path.cwd() / path, ROOT / path]
+    for candidate in candidates:
+        if (candidate / "manifest.json").exists():
+            return candidate.resolve()
+    if path is None or Path(path).name == "latest":
+        for fallback in (LATEST, REFERENCE):
+            if (fallback / "manifest.json").exists():
+                return fallback.resolve()
+    raise FileNotFoundError(f"no run at {path} (a run folder holds manifest.json); run `make run-experiment` first")
+
+
+@dataclass
+class Run:
+    """One run folder, loaded. Every frame starts with ID_COLUMNS and the swept keys of the run."""
+
+    path: Path
+    manifest: dict
+    # summary.csv as the runner wrote it, with `point` (its folder) and the profile keys it did not sweep.
+    summary: pd.DataFrame
+    # One row per point: the point's whole profile and every figure of experiments.figures.FIGURES.
+    points: pd.DataFrame
+    # Delivery latency distribution from the HDR histogram: one row per recorded value (value_ms, count,
+    # cumulative_count, cumulative_fraction).
+    latency: pd.DataFrame
+    # Sampler rows of the server and the generator: t_s from the start of the measured window, in_window,
+    # cpu_rate (CPU seconds per second over the next second, figures.cpu_rates), rss_mb, tcp_connections, ...
+    resources: pd.DataFrame
+    # Every /metrics sample scraped at both ends of the window: name, labels, before, after, delta.
+    metrics: pd.DataFrame
+    # The event-loop lag histogram over the window: le_ms (bucket upper bound), count, cumulative_fraction.
+    loop_lag: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def experiment(self) -> dict:
+        return self.manifest["experiment"]
+
+    @property
+    def profile(self) -> dict:
+        return self.experiment["profile"]
+
+    @property
+    def swept(self) -> list[str]:
+        return list(self.experiment["sweep"])
+
+    @property
+    def transports(self) -> list[str]:
+        return [t for t in self.experiment["transports"] if t in set(self.points["transport"])]
+
+    @property
+    def machine(self) -> str:
+        m = self.manifest["machine"]
+        return f"{m['cpu_model']}, {m['cpu_count']} CPUs ({m['platform']})"
+
+    def profile_text(self) -> str:
+        """Describe the load in one line: the profile, with swept keys given as their values."""
+        p, sweep = self.profile, self.experiment["sweep"]
+
+        def value(key: str, fmt: str) -> str:
+            if key in sweep:
+                return "{" + ", ".join(fmt.format(v) for v in sweep[key]) + "}"
+            return fmt.format(p[key])
+
+        parts = [
+            f"{value('users', '{:,}')} members in {value('rooms', '{:,}')} rooms",
+            f"{value('messages_per_second', '{:g}')} msg/s each ({p['arrival']})",
+            f"{value('message_bytes', '{:,}')} B texts",
+        ]
+        if "short-polling" in self.experiment["transports"]:
+            parts.append(f"poll every {value('poll_interval_s', '{:g}')} s")
+        parts.append(f"{value('duration_s', '{:g}')} s runs ({value('warmup_s', '{:g}')} s warm-up)")
+        quick = " (quick)" if self.manifest.get("quick") else ""
+        return f"{self.experiment['name']}{quick}: " + ", ".join(parts)
+
+    def title(self, what: str) -> str:
+        """Return a figure title: what it shows, then the run's profile."""
+        return f"{what}\n{self.profile_text()}"
+
+    def sweep_values(self) -> list[tuple]:
+        """Return the combinations of swept values in run order ([()] when nothing was swept)."""
+        if not self.swept:
+            return [()]
+        return list(dict.fromkeys(tuple(row) for row in self.points[self.swept].itertuples(index=False)))
+
+    def sweep_label(self, values: tuple) -> str:
+        """Return e.g. `users=200`, or the experiment's name when nothing was swept."""
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(self.swept, values)) \
+            or self.experiment["name"]
+
+    def select(self, frame: pd.DataFrame, values: tuple) -> pd.DataFrame:
+        """Return the rows of `frame` at one combination of swept values."""
+        mask = pd.Series(True, index=frame.index)
+        for key, value in zip(self.swept, values):
+            mask &= frame[key] == value
+        return frame[mask]
+
+    def capacity(self, p99_limit_ms: float = figures.CAPACITY_P99_MS) -> dict[str, float]:
+        """Return each transport's capacity in users (figures.capacity over this run's points)."""
+        rows = [
+            {"transport": r.transport, "users": r.users, "latency_p99_ms": r.latency_p99_ms,
+             "lost": r.messages_lost, "generator_saturated": r.generator_saturated}
+            for r in self.points.itertuples()
+        ]
+        return figures.capacity(rows, p99_limit_ms)
+
+
+def load_run(path: str | Path | None = None) -> Run:
+    """Load the run folder at `path` (see resolve_run); raw files only, every figure from experiments.figures."""
+    run_dir = resolve_run(path)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    swept = list(manifest["experiment"]["sweep"])
+    cpus = manifest["machine"].get("cpu_count") or 1
+    processes = manifest["experiment"].get("processes", 1)
+
+    points, latency, resources, metrics, loop_lag = [], [], [], [], []
+    for entry in manifest["points"]:
+        point_dir = run_dir / entry["dir"]
+        ids = {"point": entry["dir"], "transport": entry["transport"], "repeat": entry["repeat"],
+               **{key: entry["swept"][key] for key in swept}}
+        profile = load_profile(point_dir / "profile.toml")
+        point = Point(entry["transport"], entry["repeat"], entry["swept"], profile)
+        window = entry["window_mono_s"]
+        data = dataclasses.replace(load_run_data(point, point_dir, window, processes), cpus=cpus,
+                                   **message_sizes(profile))
+        points.append({**ids, **profile.as_dict(), **figures.compute(data), "window_s": window[1] - window[0]})
+        latency.append(_latency_frame(data, ids))
+        resources.append(_resources_frame(point_dir / "resources.csv", window, ids))
+        scraped = _metrics_frame(point_dir, ids)
+        metrics.append(scraped)
+        loop_lag.append(_loop_lag_frame(scraped, ids))
+
+    summary = pd.read_csv(run_dir / "summary.csv")
+    if len(summary) == len(manifest["points"]):  # the runner writes one row per point, in the manifest's order
+        summary.insert(0, "point", [entry["dir"] for entry in manifest["points"]])
+    for key, value in manifest["experiment"]["profile"].items():
+        if key not in summary.columns:
+            summary[key] = value
+
+    return Run(
+        path=run_dir,
+        manifest=manifest,
+        summary=summary,
+        points=pd.DataFrame(points),
+        latency=_concat(latency, [*ID_COLUMNS, *swept, "value_ms", "count", "cumulative_count",
+                                  "cumulative_fraction"]),
+        resources=_concat(resources, [*ID_COLUMNS, *swept, "process", "pid", "t_s", "in_window", "cpu_user_s",
+                                      "cpu_system_s", "cpu_rate", "rss_mb", "fds", "threads", "tcp_connections"]),
+        metrics=_concat(metrics, [*ID_COLUMNS, *swept, "name", "labels", "before", "after", "delta"]),
+        loop_lag=_concat(loop_lag, [*ID_COLUMNS, *swept, "le_ms", "count", "cumulative_fraction"]),
+    )
+
+
+def message_sizes(profile) -> dict[str, float]:
+    """Return the RunData inputs that size one message (figures.MessageSizes) for a point's profile."""
+    ids_per_room = profile.messages_per_second * profile.users * profile.duration_s / profile.rooms
+    sizes = figures.MessageSizes.typical(profile.message_bytes, profile.users, profile.rooms, ids_per_room)
+    return {"message_json_bytes": sizes.delivered, "send_json_bytes": sizes.sent}
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _latency_frame(data: figures.RunData, ids: dict) -> pd.DataFrame:
+    histogram = data.latency_us
+    if histogram is None or not histogram.get_total_count():
+        return pd.DataFrame()
+    # The iterator hands back one object it updates in place: read each step as it comes.
+    steps = [(item.value_iterated_to / 1000, item.count_added_in_this_iter_step)
+             for item in histogram.get_recorded_iterator()]
+    frame = pd.DataFrame(steps, columns=["value_ms", "count"])
+    frame["cumulative_count"] = frame["count"].cumsum()
+    frame["cumulative_fraction"] = frame["cumulative_count"] / histogram.get_total_count()
+    return frame.assign(**ids)
+
+
+def _resources_frame(path: Path, window: list[float], ids: dict) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame()
+    pids = pd.read_csv(path).groupby("label")["pid"].first()
+    frames = []
+    for process, samples in figures.read_samples(path).items():
+        rates = dict(figures.cpu_rates(samples))
+        frames.append(pd.DataFrame({
+            "process": process,
+            "pid": pids.get(process),
+            "t_s": [t - window[0] for t in samples.t_s],
+            "in_window": [window[0] <= t <= window[1] for t in samples.t_s],
+            "cpu_user_s": samples.cpu_user_s,
+            "cpu_system_s": samples.cpu_system_s,
+            "cpu_rate": [rates.get(t, math.nan) for t in samples.t_s],
+            "rss_mb": [b / 1e6 for b in samples.rss_bytes],
+            "fds": samples.fds,
+            "threads": samples.threads,
+            "tcp_connections": samples.tcp_connections,
+        }))
+    return pd.concat(frames, ignore_index=True).assign(**ids) if frames else pd.DataFrame()
+
+
+def _labels_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{k}={v}" for k, v in pairs)
+
+
+def _metrics_frame(point_dir: Path, ids: dict) -> pd.DataFrame:
+    before_path, after_path = point_dir / "metrics_before.txt", point_dir / "metrics_after.txt"
+    if not (before_path.exists() and after_path.exists()):
+        return pd.DataFrame()
+    before = figures.parse_metrics(before_path.read_text())
+    after = figures.parse_metrics(after_path.read_text())
+    rows = []
+    for key in sorted(before.keys() | after.keys()):
+        name, pairs = key
+        b, a = before.get(key, math.nan), after.get(key, math.nan)
+        rows.append({"name": name, "labels": _labels_text(pairs), "before": b, "after": a, "delta": a - b})
+    return pd.DataFrame(rows).assign(**ids)
+
+
+def _loop_lag_frame(scraped: pd.DataFrame, ids: dict) -> pd.DataFrame:
+    if scraped.empty:
+        return pd.DataFrame()
+    buckets = scraped[scraped["name"] == "rtlab_event_loop_lag_seconds_bucket"]
+    rows = []
+    for labels, delta in zip(buckets["labels"], buckets["delta"]):
+        le = dict(pair.split("=", 1) for pair in labels.split(","))["le"]
+        rows.append({"le_ms": float(le) * 1000, "cumulative_count": delta})
+    if not rows:
+        return pd.DataFrame()
+    # Prometheus buckets are cumulative; the +Inf bucket holds every observation of the window.
+    frame = pd.DataFrame(rows).sort_values("le_ms", ignore_index=True)
+    total = frame["cumulative_count"].iloc[-1]
+    frame["count"] = frame["cumulative_count"].diff().fillna(frame["cumulative_count"])
+    frame["cumulative_fraction"] = frame["cumulative_count"] / total if total else math.nan
+    return frame.assign(**ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plot helpers shared by the notebooks: one style, one way to show and save a figure.
+
+
+def figure_label(name: str, label: str | None = None) -> str:
+    """Return an axis label for figure `name`: `label` (default: its name) with the figure's unit."""
+    unit = figures.FIGURES[name].unit
+    return f"{label or name.replace('_', ' ')} ({unit})"
+
+
+def use_style() -> None:
+    """Apply the notebooks' matplotlib style: readable projected, gridded, the same size everywhere."""
+    import matplotlib as mpl
+
+    mpl.rcParams.update({
+        "figure.figsize": (10, 5.2),
+        "figure.dpi": FIGURE_DPI,
+        "figure.constrained_layout.use": True,  # titles, panels and legends never overlap
+        "font.size": 11,
+        "axes.titlesize": 11,
+        "figure.titlesize": 12,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "legend.frameon": False,
+    })
+
+
+def show(fig, name: str, report_dir: str | Path | None = None) -> Path | None:
+    """Display `fig` in the notebook, save it as `<report_dir>/<name>.png` when report_dir is set, and close it.
+
+    The PNG is rendered here rather than by the notebook's backend, so it is the same in JupyterLab,
+    headless (Agg) and in the report; the output names its file so the report can link it.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    plt.close(fig)
+    png = buffer.getvalue()
+    path = None
+    metadata = {}
+    if report_dir is not None:
+        path = Path(report_dir) / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        metadata = {"image/png": {"rtlab_file": path.name}}
+    display({"image/png": base64.b64encode(png).decode("ascii"), "text/plain": f"<figure {name}>"},
+            raw=True, metadata=metadata)
+    return path
+
+
+# How the notebooks name a profile key on an axis or in a table, unit included.
+PARAMETER_LABELS = {
+    "users": "chat members (users)",
+    "rooms": "rooms (count)",
+    "messages_per_second": "messages per member per second (msg/s)",
+    "message_bytes": "message text (B)",
+    "poll_interval_s": "short-poll interval T (s)",
+    "long_poll_wait_s": "long-poll wait (s)",
+    "spawn_rate": "members started per second (1/s)",
+    "duration_s": "run length (s)",
+    "warmup_s": "warm-up (s)",
+}
+
+
+def parameter_label(key: str) -> str:
+    """Return the axis label, with its unit, of profile key `key`."""
+    return PARAMETER_LABELS.get(key, key)
+
+
+def sweep_axis(ax, key: str, values) -> None:
+    """Label an x axis of swept `key` and tick it at the swept values; log scale when they span 4x or more."""
+    import matplotlib.ticker as ticker
+
+    values = sorted(set(float(v) for v in values))
+    if values and values[0] > 0 and values[-1] / values[0] >= 4:
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{parameter_label(key)}, log scale")
+    else:
+        ax.set_xlabel(parameter_label(key))
+    ax.set_xticks(values)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
+def figure_table(run: Run, names: dict[str, str]) -> pd.DataFrame:
+    """Return run.points with the swept keys, transport (and repeat when repeated) and the figures in
+    `names` ({figure: header}), each header carrying the figure's unit: a table to display."""
+    ids = [*run.swept, "transport"] + (["repeat"] if run.experiment.get("repeats", 1) > 1 else [])
+    table = run.points[ids + list(names)].copy()
+    return table.rename(columns={name: f"{header} ({figures.FIGURES[name].unit})" for name, header in names.items()})
+
+
+def subplot_grid(n: int, ncols: int = 3, panel=(4.6, 3.6), **kwargs):
+    """Return (fig, axes) for n panels, at most `ncols` a row; unused panels are hidden."""
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols + 0.8, panel[1] * nrows + 1.3), squeeze=False,
+                             **kwargs)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def legend(target, **kwargs) -> None:
+    """Draw one legend entry per label for an Axes or a Figure (a figure's below its panels)."""
+    from matplotlib.figure import Figure
+
+    axes = target.axes if isinstance(target, Figure) else [target]
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if isinstance(target, Figure):
+        kwargs = {"loc": "outside lower center", "ncols": min(4, len(entries)), **kwargs}
+    target.legend(list(entries.values()), list(entries.keys()), **kwargs)
+
+
+def log_axis(ax, which: str = "x") -> None:
+    """Put one axis ("x" or "y") on a log scale labelled in plain numbers (1, 10, 100, not 10^2)."""
+    import matplotlib.ticker as ticker
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())

@@ -1,0 +1,162 @@
+"""The notebooks' loader against the committed fixture run: tidy frames and figures match values worked out by hand."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments import analysis, figures
+from experiments.summary import COLUMN_FIGURES
+from servers.config import TRANSPORT_NAMES
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
+WS10 = "users=10/websocket-r1"  # the point most values below are worked out for
+
+
+@pytest.fixture(scope="module")
+def run() -> analysis.Run:
+    return analysis.load_run(FIXTURE)
+
+
+def point(run: analysis.Run, name: str = WS10):
+    rows = run.points[run.points["point"] == name]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_one_row_per_point_with_its_profile(run):
+    assert list(run.points["point"]) == [p["dir"] for p in run.manifest["points"]]
+    assert run.swept == ["users"] and run.sweep_values() == [(10,), (20,)]
+    assert run.transports == ["short-polling", "long-polling", "websocket"]
+    assert list(run.points["users"]) == [10, 10, 10, 20, 20, 20]
+    assert set(run.points["rooms"]) == {2} and set(run.points["poll_interval_s"]) == {0.5}
+    assert set(figures.FIGURES) <= set(run.points.columns)
+
+
+def test_wire_bytes_are_the_counter_deltas_of_the_two_scrapes(run):
+    # metrics_before.txt / metrics_after.txt of users=10/websocket-r1:
+    #   rtlab_wire_sent_bytes_total      23240 -> 108175: 84935
+    #   rtlab_wire_received_bytes_total   6533 ->  20541: 14008
+    #   rtlab_messages_delivered_total      85 ->    460:   375
+    ws = point(run)
+    assert ws["wire_bytes_out"] == 84935
+    assert ws["wire_bytes_in"] == 14008
+    assert ws["bytes_out_per_delivered_message"] == pytest.approx(84935 / 375)
+    assert ws["bytes_per_delivered_message"] == pytest.approx((84935 + 14008) / 375)
+    sent = run.metrics[(run.metrics["point"] == WS10) & (run.metrics["name"] == "rtlab_wire_sent_bytes_total")]
+    assert sent[["before", "after", "delta"]].values.tolist() == [[23240, 108175, 84935]]
+
+
+def test_payload_and_overhead_split(run):
+    # profile: 10 members, 2 rooms, 100-byte texts, 1 msg/s, 8 s: 40 ids a room, a typical message is id 20 of
+    # member-5 in room-1. As the server sends it, 206 bytes:
+    #   {"id":20,  "room":"room-1",  "user":"member-5",  "text":"x...x",  "sent_at":1795000000.1234567,  "ts":...}
+    #   9        + 16              + 18                + 8+100+2        + 29                            + 24
+    # As a client POSTs it, 163 bytes: {"user": "member-5", "text": "x...x", "sent_at": 1795000000.1234567}
+    #   21 + 112 + 30.   Accepted 17 -> 92 (75) and delivered 375 in the window.
+    ws = point(run)
+    assert ws["payload_bytes_out_per_delivered_message"] == 206
+    assert ws["overhead_bytes_out_per_delivered_message"] == pytest.approx(84935 / 375 - 206)
+    assert ws["payload_bytes_in_per_delivered_message"] == pytest.approx(163 * 75 / 375)
+    assert ws["overhead_bytes_in_per_delivered_message"] == pytest.approx(14008 / 375 - 163 * 75 / 375)
+    # Payload + overhead is the whole, at every point.
+    for row in run.points.itertuples():
+        for way in ("in", "out"):
+            whole = getattr(row, f"bytes_{way}_per_delivered_message")
+            parts = getattr(row, f"payload_bytes_{way}_per_delivered_message") + \
+                getattr(row, f"overhead_bytes_{way}_per_delivered_message")
+            assert parts == pytest.approx(whole)
+
+
+def test_server_cpu_from_the_sampler_rows_in_the_window(run):
+    # resources.csv, label server, window 4640.095487935..4645.541649477 (manifest): 27 rows, from
+    # 4640.254910 (user 0.380 + system 0.040) to 4645.454871 (0.430 + 0.060): 0.07 s for 375 deliveries.
+    ws = point(run)
+    assert ws["server_cpu_us_per_delivered_message"] == pytest.approx(0.07e6 / 375)
+    samples = run.resources[(run.resources["point"] == WS10) & (run.resources["process"] == "server")]
+    in_window = samples[samples["in_window"]]
+    assert len(in_window) == 27
+    assert in_window["t_s"].iloc[0] == pytest.approx(4640.254910 - 4640.095487935)
+    assert (in_window["cpu_user_s"].iloc[-1] + in_window["cpu_system_s"].iloc[-1]) - \
+        (in_window["cpu_user_s"].iloc[0] + in_window["cpu_system_s"].iloc[0]) == pytest.approx(0.07)
+    assert samples["rss_mb"].max() == pytest.approx(max(
+        float(r["rss_bytes"]) for r in csv.DictReader((FIXTURE / WS10 / "resources.csv").open())
+        if r["label"] == "server") / 1e6)
+    assert set(run.resources["process"]) == {"server", "generator"}
+
+
+def test_cpu_rate_is_cpu_seconds_over_the_next_second(run):
+    samples = run.resources[(run.resources["point"] == WS10) & (run.resources["process"] == "server")]
+    t, cpu = samples["t_s"].tolist(), (samples["cpu_user_s"] + samples["cpu_system_s"]).tolist()
+    j = next(j for j in range(len(t)) if t[j] - t[0] >= 1.0)
+    assert samples["cpu_rate"].iloc[0] == pytest.approx((cpu[j] - cpu[0]) / (t[j] - t[0]))
+    assert math.isnan(samples["cpu_rate"].iloc[-1])  # no full second after the last sample
+
+
+def test_latency_distribution_from_the_hdr_histogram(run):
+    # deliver_latency_websocket.hgrm: TotalCount 316, Max 11.239 ms.
+    curve = run.latency[run.latency["point"] == WS10]
+    assert curve["count"].sum() == 316 == point(run)["messages_delivered"]
+    assert curve["value_ms"].max() == pytest.approx(11.239)
+    assert curve["cumulative_fraction"].iloc[-1] == 1.0
+    assert curve["value_ms"].is_monotonic_increasing
+    # HdrHistogram's percentile: the first value whose cumulative count reaches p x total, rounded half up.
+    for p in (50, 95, 99):
+        needed = math.floor(p / 100 * 316 + 0.5)
+        value = curve[curve["cumulative_count"] >= needed]["value_ms"].iloc[0]
+        assert value == pytest.approx(point(run)[f"latency_p{p}_ms"])
+    assert point(run)["latency_p50_ms"] == pytest.approx(2.085)
+
+
+def test_event_loop_lag_buckets_over_the_window(run):
+    # rtlab_event_loop_lag_seconds: count 11 -> 33 (22 ticks); bucket le=0.001: 9 -> 20 (11 ticks): half.
+    lag = run.loop_lag[run.loop_lag["point"] == WS10].set_index("le_ms")
+    assert lag.loc[1.0, "cumulative_fraction"] == pytest.approx(11 / 22)
+    assert lag.loc[math.inf, "cumulative_fraction"] == 1.0
+    assert lag["count"].sum() == 22
+
+
+def test_recomputed_figures_match_the_summary_the_runner_wrote(run):
+    for row, written in zip(run.points.itertuples(), run.summary.itertuples()):
+        assert row.point == written.point
+        for column, (name, scale) in COLUMN_FIGURES.items():
+            value, expected = getattr(row, name) * scale, getattr(written, column)
+            if isinstance(expected, float) and math.isnan(expected):
+                assert math.isnan(value), (row.point, column)
+            else:
+                assert value == pytest.approx(float(expected), rel=1e-5, abs=1e-6), (row.point, column)
+
+
+def test_capacity_per_transport(run):
+    # short polling's p99 is ~500 ms (T = 0.5 s) at both points: over the 250 ms limit.
+    assert run.capacity() == pytest.approx({"short-polling": math.nan, "long-polling": 20, "websocket": 20},
+                                           nan_ok=True)
+
+
+def test_titles_carry_the_profile(run):
+    title = run.title("Delivery latency")
+    assert title.splitlines()[0] == "Delivery latency"
+    assert "{10, 20} members in 2 rooms" in title and "poll every 0.5 s" in title and "100 B" in title
+    assert run.sweep_label((10,)) == "users=10"
+
+
+def test_every_transport_has_its_own_colour():
+    assert set(TRANSPORT_NAMES) <= set(analysis.TRANSPORT_COLOURS)
+    assert len(set(analysis.TRANSPORT_COLOURS.values())) == len(analysis.TRANSPORT_COLOURS)
+
+
+def test_resolve_run_falls_back_to_the_reference_run(tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    shutil.copytree(FIXTURE, reference)
+    monkeypatch.setattr(analysis, "LATEST", tmp_path / "latest")
+    monkeypatch.setattr(analysis, "REFERENCE", reference)
+    monkeypatch.chdir(tmp_path)
+    assert analysis.resolve_run("results/latest") == reference.resolve()
+    assert analysis.resolve_run(None) == reference.resolve()
+    assert analysis.resolve_run(str(reference)) == reference.resolve()
+    with pytest.raises(FileNotFoundError):
+        analysis.resolve_run(tmp_path / "nowhere")
