@@ -228,9 +228,8 @@ class RedisBroker:
         sent_at = validate_sent_at(sent_at)
         ts = self._clock()
         # Every key but the id, encoded as servers.core.encode_message would: the script splices the id in front.
-        body = json.dumps(
-            {"room": room, "user": user, "text": text, "sent_at": sent_at, "ts": ts}, separators=(",", ":"), ensure_ascii=False
-        )
+        fields = {"room": room, "user": user, "text": text, "sent_at": sent_at, "ts": ts}
+        body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
         try:
             body.encode("utf-8")
         except UnicodeEncodeError:
@@ -329,7 +328,8 @@ class RedisBroker:
                         if outage_started is not None:
                             self.reconnects += 1
                             self.last_outage_s = time.monotonic() - outage_started
-                            log.warning("redis: reconnected after %.2f s; resubscribed %d rooms", self.last_outage_s, len(rooms))
+                            log.warning("redis: reconnected after %.2f s; resubscribed %d rooms",
+                                        self.last_outage_s, len(rooms))
                             outage_started = None
                     await self._handle(item)
             except asyncio.CancelledError:
@@ -382,7 +382,8 @@ class RedisBroker:
             self._deliver(sub, message)
         elif kind == "subscribe":
             sub.confirmed = True
-            start = sub.watermark if sub.floor is None else sub.floor if sub.watermark is None else min(sub.watermark, sub.floor)
+            marks = [mark for mark in (sub.watermark, sub.floor) if mark is not None]
+            start = min(marks) if marks else None
             sub.floor = None
             if start is not None:
                 await self._catch_up(room, sub, start)
@@ -395,7 +396,8 @@ class RedisBroker:
             page = await self._read_since(room, sub.watermark, self.limits.page)
             if page.last_id < sub.watermark:
                 # Redis came back without the room's history (restarted without persistence): ids start over.
-                log.warning("redis: room %s restarted at id %d (had %d): its history was lost", room, page.last_id, sub.watermark)
+                log.warning("redis: room %s restarted at id %d (had %d): its history was lost",
+                            room, page.last_id, sub.watermark)
                 sub.watermark = page.last_id
                 return
             for message in page.messages:
