@@ -8,8 +8,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 EXP ?= baseline
 QUICK ?=
+RUN ?=
+LAB_PORT ?= 8888
 
-.PHONY: venv test serve demo locust run-experiment clean
+.PHONY: venv test serve demo locust run-experiment report lab clean
 
 venv: $(STAMP)
 
@@ -36,9 +38,19 @@ demo: $(STAMP)
 locust: $(STAMP)
 	$(PY) -m clients --transport $(TRANSPORT) --serve
 
-# Run experiments/$(EXP).toml (default: baseline) for every transport; QUICK=1 for a smoke run.
+# Run experiments/$(EXP).toml (default: baseline) for every transport; QUICK=1 for a smoke run. Then its report.
 run-experiment: $(STAMP)
 	$(PY) -m experiments run $(EXP) $(if $(QUICK),--quick,)
+	$(PY) -m experiments report
+
+# Run every notebook headless on RUN (default: results/latest, else results/reference): RUN/report/index.html.
+report: $(STAMP)
+	$(PY) -m experiments report $(RUN)
+
+# JupyterLab on notebooks/, bound to 127.0.0.1; installs jupyterlab into the venv on first use (not in the bootstrap).
+lab: $(STAMP)
+	@$(PY) -c 'import jupyterlab' 2>/dev/null || $(PY) -m pip install --quiet -e '.[lab]'
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

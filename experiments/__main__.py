@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--quiet", action="store_true", help="no live progress")
     show = sub.add_parser("show", help="print the comparison table of a finished run")
     show.add_argument("run_dir", nargs="?", default=str(ROOT / "results" / "latest"))
+    report = sub.add_parser("report", help="run the notebooks headless on a run; write <run>/report/index.html")
+    report.add_argument("run_dir", nargs="?", default=None, help="default: results/latest, else results/reference")
     return p.parse_args(argv)
 
 
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print_table(Path(a.run_dir))
         return 0
+    if a.command == "report":
+        from .notebooks import main as report_main
+
+        return report_main(a.run_dir)
     try:
         experiment = load_experiment(resolve(a.file))
     except SpecError as error:

@@ -319,7 +319,7 @@ def use_style() -> None:
     })
 
 
-def show(fig, name: str, report_dir: str | Path | None = None) -> Path | None:
+def show(fig, name: str, report_dir: str | Path | None = None) -> None:
     """Display `fig` in the notebook, save it as `<report_dir>/<name>.png` when report_dir is set, and close it.
 
     The PNG is rendered here rather than by the notebook's backend, so it is the same in JupyterLab,
@@ -332,7 +332,6 @@ def show(fig, name: str, report_dir: str | Path | None = None) -> Path | None:
     fig.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
     png = buffer.getvalue()
-    path = None
     metadata = {}
     if report_dir is not None:
         path = Path(report_dir) / f"{name}.png"
@@ -341,7 +340,6 @@ def show(fig, name: str, report_dir: str | Path | None = None) -> Path | None:
         metadata = {"image/png": {"rtlab_file": path.name}}
     display({"image/png": base64.b64encode(png).decode("ascii"), "text/plain": f"<figure {name}>"},
             raw=True, metadata=metadata)
-    return path
 
 
 # How the notebooks name a profile key on an axis or in a table, unit included.

@@ -1,0 +1,86 @@
+"""Every notebook runs headless against the fixture run with no cell error and writes its figures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from experiments import notebooks
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
+# The figures each notebook saves for the fixture run (a users sweep over every transport).
+EXPECTED_FIGURES = {
+    "01-latency": ["01-latency-cdf", "01-latency-vs-users"],
+    "02-bandwidth": ["02-bytes-per-message", "02-latency-vs-bandwidth"],
+    "03-resources": ["03-cpu-over-time", "03-memory-connections", "03-cpu-per-message", "03-event-loop-lag"],
+    "04-capacity": ["04-capacity"],
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_notebooks_are_the_expected_ones():
+    assert [p.stem for p in notebooks.notebook_paths()] == list(EXPECTED_FIGURES)
+
+
+@pytest.mark.parametrize("path", notebooks.notebook_paths(), ids=lambda p: p.stem)
+def test_notebooks_only_load_and_plot(path):
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    assert "analysis.load_run(RUN)" in code
+    # Raw files are read by experiments.analysis, figures computed by experiments.figures: never here.
+    for forbidden in ("read_csv", "open(", "read_histogram", "parse_metrics", "RunData", "metrics_before", ".hdr"):
+        assert forbidden not in code, f"{path.name} does {forbidden}"
+    # Stored without outputs: what a reader sees comes from a run, never from a stale copy.
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run-small"
+    shutil.copytree(FIXTURE, run_dir)
+    index, results = notebooks.build_report(run_dir)
+    return run_dir, index, results
+
+
+def test_every_notebook_runs_without_a_cell_error(report):
+    _, _, results = report
+    assert [r.path.stem for r in results] == list(EXPECTED_FIGURES)
+    for result in results:
+        assert result.error is None, f"{result.path.name}:\n{result.error}"
+        errors = [o for c in result.nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+
+
+def test_each_notebook_writes_its_figures_as_png(report):
+    run_dir, _, results = report
+    for result in results:
+        assert result.figures == [f"{name}.png" for name in EXPECTED_FIGURES[result.path.stem]]
+        for name in result.figures:
+            png = (run_dir / "report" / name).read_bytes()
+            assert png.startswith(PNG_MAGIC) and len(png) > 10_000, name
+
+
+def test_the_report_page_shows_every_figure_and_the_run(report):
+    run_dir, index, _ = report
+    assert index == run_dir / "report" / "index.html"
+    page = index.read_text()
+    linked = set(re.findall(r"<img src='([^']+\.png)'", page))
+    assert linked == {f"{name}.png" for names in EXPECTED_FIGURES.values() for name in names}
+    assert "AMD EPYC" in page and "small" in page
+    assert "<table" in page  # the notebooks' tables, inline
+    for stem in EXPECTED_FIGURES:
+        assert (run_dir / "report" / f"{stem}.ipynb").exists()
+
+
+def test_the_run_parameter_is_injected_after_the_parameters_cell():
+    nb = nbformat.read(notebooks.notebook_paths()[0], as_version=4)
+    notebooks.inject_parameters(nb, RUN="/some/run", REPORT_DIR=None)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    at = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert "injected-parameters" in tags[at + 1]
+    assert "RUN = '/some/run'" in nb.cells[at + 1].source and "REPORT_DIR = None" in nb.cells[at + 1].source
