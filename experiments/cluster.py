@@ -143,6 +143,17 @@ class Managed:
 # ---- Redis -------------------------------------------------------------------------------------------------------
 
 
+def _with_free_port(start, attempts: int = 3):
+    """Call `start()` (which picks free ports) again when it fails: a port found free may be taken before
+    the process binds it."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except ClusterError:
+            if attempt == attempts - 1:
+                raise
+
+
 class RedisServer:
     """`redis-server` on 127.0.0.1:`port`, no persistence while it runs, its dump kept in `directory`.
 
@@ -178,7 +189,11 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = Managed(self.label, self.command(), self.directory / f"{self.label}.log", self.cpus).start()
-        self.wait_ready(timeout_s)
+        try:
+            self.wait_ready(timeout_s)
+        except ClusterError:
+            self.process.stop()
+            raise
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -319,7 +334,11 @@ class HAProxy:
             raise ClusterError(f"haproxy refused {self.config_path}:\n{check.stdout}{check.stderr}")
         self.process = Managed("haproxy", [self.binary, "-db", "-f", str(self.config_path)],
                                self.directory / "haproxy.log", self.cpus).start()
-        self.wait_up([name for name, _ in self.servers], timeout_s)
+        try:
+            self.wait_up([name for name, _ in self.servers], timeout_s)
+        except ClusterError:
+            self.process.stop()
+            raise
         return self
 
     def command(self, line: str, timeout_s: float = 2.0) -> str:
@@ -461,12 +480,7 @@ class Cluster:
     # ---- lifecycle ----
 
     def __enter__(self) -> Cluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -475,18 +489,27 @@ class Cluster:
         return self.role_cpus.get(role, self.cpus)
 
     def start(self) -> Cluster:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.broker == "redis":
-            self.redis = RedisServer(self.directory, binary=self.redis_binary, cpus=self._cpus("redis"))
-            self.redis.start(self.startup_timeout_s)
-        for index in range(self.instances_count):
-            self.instances.append(self._spawn(f"server-{index + 1}", free_port()))
-        for instance in self.instances:
-            wait_for_line(instance.process, r" on (http://\S+)", self.startup_timeout_s)
-        self.haproxy = HAProxy(self.directory, [(i.name, i.port) for i in self.instances], self.balance,
-                               binary=self.haproxy_binary, cpus=self._cpus("haproxy"))
-        self.haproxy.start(self.startup_timeout_s)
+        """Start Redis (when the broker is), the instances, then HAProxy; on any failure stop what started."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if self.broker == "redis":
+                self.redis = _with_free_port(lambda: RedisServer(
+                    self.directory, binary=self.redis_binary, cpus=self._cpus("redis")).start(self.startup_timeout_s))
+            # Port 0: each instance binds a free port itself and prints it, so none is taken meanwhile.
+            self.instances = [self._spawn(f"server-{index + 1}", 0) for index in range(self.instances_count)]
+            for instance in self.instances:
+                self._wait_listening(instance)
+            self.haproxy = _with_free_port(lambda: HAProxy(
+                self.directory, [(i.name, i.port) for i in self.instances], self.balance,
+                binary=self.haproxy_binary, cpus=self._cpus("haproxy")).start(self.startup_timeout_s))
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _wait_listening(self, instance: Instance) -> None:
+        match = wait_for_line(instance.process, r" on http://127\.0\.0\.1:(\d+)", self.startup_timeout_s)
+        instance.port = int(match.group(1))
 
     def _spawn(self, name: str, port: int) -> Instance:
         broker = self.redis.url if self.broker == "redis" else "memory"
@@ -570,8 +593,8 @@ class Cluster:
         old = self.instances[index]
         if old.process.alive:
             raise ClusterError(f"{old.name} is running")
-        instance = self.instances[index] = self._spawn(old.name, old.port)
-        wait_for_line(instance.process, r" on (http://\S+)", self.startup_timeout_s)
+        instance = self.instances[index] = self._spawn(old.name, old.port)  # HAProxy's file names this port
+        self._wait_listening(instance)
         self.haproxy.set_state(instance.name, "ready")
         self.haproxy.wait_up([instance.name], self.startup_timeout_s)
         event = {"event": "restart_instance", "instance": instance.name, "pid": instance.pid, "t_unix_s": time.time(),
