@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from clients.profile import load_profile
-from clients.results import read_histogram
 
 from . import figures
 from .spec import Point
@@ -363,9 +362,9 @@ def parameter_label(key: str) -> str:
 
 def sweep_axis(ax, key: str, values) -> None:
     """Label an x axis of swept `key` and tick it at the swept values; log scale when they span 4x or more."""
-    import matplotlib.ticker as ticker
+    from matplotlib import ticker
 
-    values = sorted(set(float(v) for v in values))
+    values = sorted({float(v) for v in values})
     if values and values[0] > 0 and values[-1] / values[0] >= 4:
         ax.set_xscale("log")
         ax.set_xlabel(f"{parameter_label(key)}, log scale")
@@ -413,7 +412,7 @@ def legend(target, **kwargs) -> None:
 
 def log_axis(ax, which: str = "x") -> None:
     """Put one axis ("x" or "y") on a log scale labelled in plain numbers (1, 10, 100, not 10^2)."""
-    import matplotlib.ticker as ticker
+    from matplotlib import ticker
 
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")

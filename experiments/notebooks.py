@@ -188,22 +188,22 @@ def _title(nb, fallback: str) -> str:
 def render_index(run_dir: Path, results: list[Executed]) -> str:
     """Return the report page: the run's description, then each notebook's prose, figures and tables."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    experiment, machine = manifest["experiment"], manifest["machine"]
+    experiment, machine, pinning = manifest["experiment"], manifest["machine"], manifest["pinning"]
+    dirty = " (uncommitted changes)" if manifest.get("git_dirty") else ""
     rows = [
         ("run", run_dir.name + (" (quick)" if manifest.get("quick") else "")),
         ("experiment", f"{experiment['name']}: {experiment.get('description', '')}"),
         ("profile", ", ".join(f"{k} = {v}" for k, v in experiment["profile"].items())),
         ("sweep", ", ".join(f"{k} = {v}" for k, v in experiment["sweep"].items()) or "none"),
         ("machine", f"{machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['platform']}"),
-        ("pinning", f"server on CPUs {manifest['pinning']['server_cpus']}, "
-                    f"generator on {manifest['pinning']['generator_cpus']}"),
+        ("pinning", f"server on CPUs {pinning['server_cpus']}, generator on {pinning['generator_cpus']}"),
         ("measured", f"{manifest.get('started_at')} to {manifest.get('ended_at')}"),
-        ("code", f"{manifest.get('git_commit') or 'unknown'}{' (uncommitted changes)' if manifest.get('git_dirty') else ''}"),
+        ("code", f"{manifest.get('git_commit') or 'unknown'}{dirty}"),
     ]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>rtlab report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>rtlab report</h1><table class='meta'>",
+        "<h1>rtlab report</h1><table class='meta'>",
         *(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows),
         "</table><nav>",
         *(f"<a href='#{r.path.stem}'>{html.escape(_title(r.nb, r.path.stem))}</a>" for r in results),
@@ -216,7 +216,7 @@ def render_index(run_dir: Path, results: list[Executed]) -> str:
             links.append(f"<a href='{result.path.stem}.html'>with code</a>")
         parts.append(f"<section id='{result.path.stem}'><p class='meta'>{' · '.join(links)}</p>")
         if result.error:
-            parts.append(f"<p class='failed'>This notebook stopped with an error; what ran is shown.</p>")
+            parts.append("<p class='failed'>This notebook stopped with an error; what ran is shown.</p>")
         for cell in result.nb.cells:
             if cell.cell_type == "markdown":
                 parts.append(_markdown(cell.source))
