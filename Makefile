@@ -50,7 +50,8 @@ report: $(STAMP)
 # JupyterLab on notebooks/, bound to 127.0.0.1; installs jupyterlab into the venv on first use (not in the bootstrap).
 lab: $(STAMP)
 	@$(PY) -c 'import jupyterlab' 2>/dev/null || $(PY) -m pip install --quiet -e '.[lab]'
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
