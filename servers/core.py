@@ -94,6 +94,10 @@ def validate_text(text: object, max_chars: int) -> str:
         raise InvalidInput("text must not be empty")
     if len(text) > max_chars:
         raise TooLarge(f"text must be at most {max_chars} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON) cannot be stored or sent back
+        raise InvalidInput("text must be valid Unicode (no lone surrogates)") from None
     return text
 
 

@@ -61,6 +61,7 @@ PROBES = [
     Probe("user with markup", "POST", M, body({"user": "<b>", "text": "x"})),
     Probe("invalid UTF-8", "POST", M, b'{"user": "ann", "text": "\xff\xfe"}'),
     Probe("nested too deeply", "POST", M, b"[" * 50_000),
+    Probe("lone surrogate in text", "POST", M, b'{"user": "ann", "text": "\\ud800"}'),
     Probe("room with a bang", "POST", "/rooms/bad!room/messages", body({"user": "ann", "text": "x"})),
     Probe("room over 64 characters", "POST", f"/rooms/{'r' * 65}/messages", body({"user": "ann", "text": "x"})),
     Probe("room with an encoded space", "POST", "/rooms/a%20b/messages", body({"user": "ann", "text": "x"})),
@@ -119,6 +120,7 @@ FRAME_PROBES = [
     FrameProbe("sent_at a string", json.dumps({"type": "send", "user": "ann", "text": "x", "sent_at": "now"})),
     FrameProbe("unknown field", json.dumps({"type": "send", "user": "ann", "text": "x", "to": "bob"})),
     FrameProbe("nested too deeply", "[" * 50_000),
+    FrameProbe("lone surrogate in text", '{"type": "send", "user": "ann", "text": "\\ud800"}'),
     FrameProbe("binary frame", b"\x00\x01binary", close_code=1003),
     FrameProbe("frame over 64 KiB", "x" * (64 * 1024 + 1), close_code=1009),
 ]

@@ -85,6 +85,7 @@ def test_history_before_and_limit():
         ("r", "ann", "", None, InvalidInput),
         ("r", "ann", "x" * 4097, None, TooLarge),
         ("r", "ann", 5, None, InvalidInput),
+        ("r", "ann", "half a pair \ud800", None, InvalidInput),
         ("r", "ann", "x", "now", InvalidInput),
         ("r", "ann", "x", True, InvalidInput),
         ("r", "ann", "x", float("nan"), InvalidInput),
