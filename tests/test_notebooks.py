@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import shutil
 from pathlib import Path
@@ -84,3 +86,25 @@ def test_the_run_parameter_is_injected_after_the_parameters_cell():
     at = next(i for i, t in enumerate(tags) if "parameters" in t)
     assert "injected-parameters" in tags[at + 1]
     assert "RUN = '/some/run'" in nb.cells[at + 1].source and "REPORT_DIR = None" in nb.cells[at + 1].source
+
+
+def test_a_run_without_a_sweep_gets_every_figure_but_the_sweep_curve(tmp_path):
+    """The shape of the baseline and the reference run: one point per transport."""
+    run_dir = tmp_path / "run-one-point"
+    shutil.copytree(FIXTURE, run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["experiment"]["sweep"] = {}
+    manifest["points"] = [dict(p, swept={}) for p in manifest["points"] if p["swept"]["users"] == 10]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with open(FIXTURE / "summary.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["users"] == "10"]
+    with open(run_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in rows[0] if c != "users"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    _, results = notebooks.build_report(run_dir)
+    for result in results:
+        assert result.error is None, f"{result.path.name}:\n{result.error}"
+        expected = [n for n in EXPECTED_FIGURES[result.path.stem] if not n.startswith("01-latency-vs")]
+        assert result.figures == [f"{name}.png" for name in expected]
