@@ -87,6 +87,31 @@ class Samples:
         return (self.cpu_user_s[-1] + self.cpu_system_s[-1]) - (self.cpu_user_s[0] + self.cpu_system_s[0])
 
 
+def sum_samples(series: Iterable[Samples]) -> Samples:
+    """Add several processes' samples (e.g. a cluster's instances, Redis and HAProxy) into one series.
+
+    The sampler reads every target in the same tick, so the first series' times are used and each other
+    series contributes its latest reading at or before that time (a process that exited keeps its last)."""
+    series = [s for s in series if s.t_s]
+    if not series:
+        return Samples((), (), (), (), ())
+    base = max(series, key=lambda s: len(s.t_s))
+    columns = ("cpu_user_s", "cpu_system_s", "rss_bytes", "tcp_connections", "fds", "threads")
+    totals = {c: [0.0] * len(base.t_s) for c in columns}
+    for s in series:
+        j = -1
+        for i, t in enumerate(base.t_s):
+            while j + 1 < len(s.t_s) and s.t_s[j + 1] <= t + 0.1:  # same tick, a few ms apart
+                j += 1
+            if j < 0:
+                continue
+            for c in columns:
+                values = getattr(s, c)
+                if values:
+                    totals[c][i] += values[j]
+    return Samples(base.t_s, *(tuple(totals[c]) for c in columns))
+
+
 def read_samples(path: str | os.PathLike) -> dict[str, Samples]:
     """Read a sampler CSV into {label: Samples}."""
     by_label: dict[str, list[dict[str, str]]] = {}
@@ -125,8 +150,8 @@ class RunData:
     @classmethod
     def from_scrapes(
         cls,
-        before: str,
-        after: str,
+        before: str | Mapping[str, str],
+        after: str | Mapping[str, str],
         server: Samples,
         generator: Samples | None = None,
         messages_sent: float | None = None,
@@ -135,12 +160,18 @@ class RunData:
         ip_bytes: float | None = None,
         **client_side: object,
     ) -> RunData:
-        """Build from two /metrics pages that bound the window; `transport` picks one label (default: all)."""
-        start, end = parse_metrics(before), parse_metrics(after)
+        """Build from two /metrics pages that bound the window; `transport` picks one label (default: all).
+
+        Several instances: give {instance: page} for both; the deltas of the instances scraped at both ends
+        are summed (an instance killed mid-window has no end page and is left out)."""
+        if isinstance(before, str) or isinstance(after, str):
+            before, after = {"": before}, {"": after}
+        both = [name for name in before if name in after]
+        pages = [(parse_metrics(before[name]), parse_metrics(after[name])) for name in both]
         labels = {"transport": transport} if transport else {}
 
         def delta(name: str) -> float:
-            return metric_total(end, name, **labels) - metric_total(start, name, **labels)
+            return sum(metric_total(end, name, **labels) - metric_total(start, name, **labels) for start, end in pages)
 
         return cls(
             wire_received_bytes=delta("rtlab_wire_received_bytes_total"),
@@ -308,6 +339,33 @@ def _completeness(run: RunData, key: str) -> float:
 @_figure("msg", "Messages a member never got, summed over members: gaps in its ids, or history truncated.")
 def messages_lost(run: RunData) -> float:
     return _completeness(run, "lost")
+
+
+@_figure("msg", "Messages accepted by the server that a member of the room never got, from the senders' ledger "
+         "(sees what ids cannot: with instances that number a room each on their own, as in naive mode).")
+def messages_never_arrived(run: RunData) -> float:
+    return _completeness(run, "ledger_missing") if run.completeness and "ledger_missing" in run.completeness else math.nan
+
+
+@_figure("count", "Times members reconnected (after a drain, a killed instance, a server close).")
+def reconnects(run: RunData) -> float:
+    return _completeness(run, "reconnects") if run.completeness and "reconnects" in run.completeness else math.nan
+
+
+@_figure("ms", "Median time from a disconnect to the first successful read after it.")
+def reconnect_p50_ms(run: RunData) -> float:
+    return _reconnect_ms(run, "p50")
+
+
+@_figure("ms", "99th percentile time from a disconnect to the first successful read after it.")
+def reconnect_p99_ms(run: RunData) -> float:
+    return _reconnect_ms(run, "p99")
+
+
+def _reconnect_ms(run: RunData, key: str) -> float:
+    stats = (run.completeness or {}).get("reconnect_ms") or {}
+    value = stats.get(key) if isinstance(stats, Mapping) else None
+    return float(value) if value is not None else math.nan
 
 
 @_figure("msg", "Messages a member got more than once, summed over members.")

@@ -17,6 +17,7 @@ COLUMNS = (
     ("delivered", "delivered", "{:,.0f}"),
     ("lost", "lost", "{:,.0f}"),
     ("duplicates", "dup", "{:,.0f}"),
+    ("never_arrived", "never arrived", "{:,.0f}"),
     ("latency_p50_ms", "p50 ms", "{:,.1f}"),
     ("latency_p99_ms", "p99 ms", "{:,.1f}"),
     ("latency_max_ms", "max ms", "{:,.1f}"),
@@ -45,7 +46,8 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
     if not rows:
         console.print(f"{run_dir}: no point finished")
         return
-    swept = list(json.loads((run_dir / "manifest.json").read_text())["experiment"]["sweep"])
+    experiment = json.loads((run_dir / "manifest.json").read_text())["experiment"]
+    swept = [*experiment["sweep"], *(["instances", "mode"] if experiment.get("cluster") else [])]
     table = Table(title=f"rtlab {run_dir.resolve().name}", title_justify="left")
     for name in ["transport", *swept, "repeat"]:
         table.add_column(name)

@@ -172,16 +172,30 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
     procs = Processes()
     server_flags = [flag for key, value in experiment.server.items() for flag in SERVER_FLAGS[key](value)]
     window: dict[str, float] = {}
+    cluster = None
     try:
-        server_log = point_dir / "server.log"
-        server = procs.start(
-            "server",
-            [sys.executable, "-m", "servers", "--transport", point.transport, "--host", "127.0.0.1", "--port", "0",
-             "--no-access-log", *server_flags],
-            server_log, pinning.server,
-        )
-        url = wait_for_url(server_log, server, SERVER_START_TIMEOUT_S)
-        health = wait_healthy(url, SERVER_START_TIMEOUT_S)
+        if "mode" in point.swept:
+            from .cluster import Cluster
+
+            cluster = Cluster(
+                point.transport, int(point.swept["instances"]), str(point.swept["mode"]), point_dir / "cluster",
+                server_args=["--no-access-log", *server_flags], cpus=pinning.server,
+            ).start()
+            url = cluster.url
+            scrape_urls = {i.name: i.url for i in cluster.instances}
+            targets = cluster.pids()
+        else:
+            server_log = point_dir / "server.log"
+            server = procs.start(
+                "server",
+                [sys.executable, "-m", "servers", "--transport", point.transport, "--host", "127.0.0.1", "--port",
+                 "0", "--no-access-log", *server_flags],
+                server_log, pinning.server,
+            )
+            url = wait_for_url(server_log, server, SERVER_START_TIMEOUT_S)
+            scrape_urls = {"server": url}
+            targets = {"server": server.pid}
+        health = wait_healthy(next(iter(scrape_urls.values())), SERVER_START_TIMEOUT_S)
 
         extra = ["--", "--processes", str(experiment.processes)] if experiment.processes > 1 else []
         started = time.monotonic()
@@ -191,10 +205,12 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
              "--profile", str(point_dir / "profile.toml"), "--headless", "--out", str(point_dir), *extra],
             point_dir / "locust.log", pinning.generator,
         )
+        sampled = [arg for label, pid in {**targets, "generator": locust.pid}.items()
+                   for arg in ("--pid", str(pid), "--label", label)]
         procs.start(
             "sampler",
-            [sys.executable, "-m", "experiments.sampler", "--pid", str(server.pid), "--label", "server",
-             "--pid", str(locust.pid), "--label", "generator", "--children", "--out", str(point_dir / "resources.csv"),
+            [sys.executable, "-m", "experiments.sampler", *sampled, "--children",
+             "--out", str(point_dir / "resources.csv"),
              "--max-duration", str(point.profile.duration_s + LOCUST_GRACE_S)],
             point_dir / "sampler.log", None,
         )
@@ -202,20 +218,24 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         test_start = started + startup_delay(point_dir, started)
         measure_from = test_start + point.profile.warmup_s
         measure_to = test_start + point.profile.duration_s - 0.5  # before Locust stops its users
+        fault_at = test_start + float(experiment.fault["at_s"]) if experiment.fault else None
         last_total, last_t, next_rate_at, rate = None, None, 0.0, None
         for _ in range(int((point.profile.duration_s + LOCUST_GRACE_S) * 10)):  # bounded
             now = time.monotonic()
             if locust.poll() is not None:
                 break
             if "before" not in window and now >= measure_from:
-                (point_dir / "metrics_before.txt").write_text(http_get(f"{url}/metrics"))
+                scrape_all(scrape_urls, point_dir, "metrics_before")
                 window["before"] = time.monotonic()
+            if fault_at is not None and now >= fault_at:
+                fault_at = None
+                inject_fault(cluster, experiment.fault)
             if "after" not in window and now >= measure_to:
-                (point_dir / "metrics_after.txt").write_text(http_get(f"{url}/metrics"))
+                scrape_all(scrape_urls, point_dir, "metrics_after")
                 window["after"] = time.monotonic()
             if now >= next_rate_at and now < measure_to:
                 next_rate_at = now + 1.0
-                total = delivered_total(http_get(f"{url}/metrics"))
+                total = sum(delivered_total(text) for text in scrape_texts(scrape_urls).values())
                 if last_total is not None and now > last_t:
                     rate = (total - last_total) / (now - last_t)
                 last_total, last_t = total, now
@@ -230,12 +250,39 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             raise RuntimeError(f"Locust exited with {locust.returncode}; see {point_dir / 'locust.log'}")
     finally:
         procs.stop_all()
+        if cluster is not None:
+            cluster.stop()
     return {
-        "pids": {name: proc.pid for name, proc in procs.procs},
+        "pids": {**{name: proc.pid for name, proc in procs.procs}, **targets},
         "health": health,
         "window_mono_s": [window["before"], window["after"]],
-        "server_exit": server.returncode,
+        "cluster": cluster.describe() if cluster is not None else None,
     }
+
+
+def scrape_texts(urls: dict[str, str]) -> dict[str, str]:
+    """Scrape /metrics of every instance that still answers (a killed one does not)."""
+    texts = {}
+    for name, url in urls.items():
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
+            texts[name] = http_get(f"{url}/metrics")
+    return texts
+
+
+def scrape_all(urls: dict[str, str], point_dir: Path, stem: str) -> None:
+    """Write `stem.txt` (one server) or `stem-<instance>.txt` (a cluster) for every instance that answers."""
+    for name, text in scrape_texts(urls).items():
+        (point_dir / (f"{stem}.txt" if list(urls) == ["server"] else f"{stem}-{name}.txt")).write_text(text)
+
+
+def inject_fault(cluster, fault: dict) -> None:
+    index = int(fault["instance"]) - 1
+    if fault["kind"] == "drain":
+        cluster.drain(index)
+    elif fault["kind"] == "kill":
+        cluster.kill(index)
+    else:
+        cluster.restart_redis()
 
 
 def startup_delay(point_dir: Path, started: float, timeout: float = 30.0) -> float:
@@ -314,13 +361,14 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
             rows.append(row)
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
                                        "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
+                                       "cluster": info["cluster"],
                                        "window_mono_s": info["window_mono_s"]})
             write_json(run_dir / "manifest.json", manifest)
     finally:
         display.close()
         manifest["ended_at"] = utc_now()
         write_json(run_dir / "manifest.json", manifest)
-        write_summary(run_dir / "summary.csv", rows, list(experiment.sweep))
+        write_summary(run_dir / "summary.csv", rows, experiment.point_keys)
         point_latest(out_root, run_dir)
     return run_dir
 

@@ -14,7 +14,9 @@ from clients.profile import Profile, ProfileError, profile_from_dict
 from servers.config import TRANSPORT_NAMES
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server")
+TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault")
+CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
+FAULTS = ("drain", "kill", "restart-redis")
 
 # Server settings an experiment may fix; recorded in the manifest so a run says how it was configured.
 SERVER_KEYS: dict[str, tuple[type, ...]] = {
@@ -44,18 +46,28 @@ class Experiment:
     sweep: dict[str, tuple] = field(default_factory=dict)
     server: dict[str, object] = field(default_factory=dict)
     source: str = ""
+    cluster: dict[str, tuple] = field(default_factory=dict)  # instances, modes: several instances behind HAProxy
+    fault: dict[str, object] = field(default_factory=dict)  # kind, at_s, instance (1-based)
+
+    @property
+    def point_keys(self) -> list[str]:
+        """The parameters that tell points apart: the swept profile keys, then the cluster's."""
+        return [*self.sweep, *(["instances", "mode"] if self.cluster else [])]
 
     def points(self) -> list[Point]:
         """Every sweep combination × repeat × transport, in run order (transports innermost)."""
         keys = list(self.sweep)
         combos = list(itertools.product(*(self.sweep[k] for k in keys))) or [()]
+        clusters = [{"instances": n, "mode": m} for n in self.cluster.get("instances", ())
+                    for m in self.cluster.get("modes", ())] or [{}]
         out = []
         for values in combos:
             swept = dict(zip(keys, values, strict=True))
             profile = self.profile.replace(**swept)
-            for repeat in range(1, self.repeats + 1):
-                for transport in self.transports:
-                    out.append(Point(transport, repeat, swept, profile))
+            for cluster in clusters:
+                for repeat in range(1, self.repeats + 1):
+                    for transport in self.transports:
+                        out.append(Point(transport, repeat, {**swept, **cluster}, profile))
         return out
 
     def quick(self) -> Experiment:
@@ -64,9 +76,13 @@ class Experiment:
             duration = min(p.duration_s, QUICK_DURATION_S)
             return p.replace(duration_s=duration, warmup_s=min(p.warmup_s, QUICK_WARMUP_S, duration / 4))
 
+        fault = dict(self.fault)
+        if fault:
+            quick_duration = shorten(self.profile).duration_s
+            fault["at_s"] = min(float(fault["at_s"]), quick_duration / 2)
         return dataclasses.replace(self, profile=shorten(self.profile), sweep={
             k: v for k, v in self.sweep.items() if k not in ("duration_s", "warmup_s")
-        })
+        }, fault=fault)
 
     def as_dict(self) -> dict:
         return {
@@ -78,6 +94,8 @@ class Experiment:
             "profile": self.profile.as_dict(),
             "sweep": {k: list(v) for k, v in self.sweep.items()},
             "server": dict(self.server),
+            "cluster": {k: list(v) for k, v in self.cluster.items()},
+            "fault": dict(self.fault),
             "source": self.source,
         }
 
@@ -175,7 +193,55 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
         if not isinstance(value, bool) and value <= 0:
             raise fail(f"server.{key}", f"must be positive, got {value!r}")
 
-    return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source)
+    cluster = _cluster(data.get("cluster", {}), fail)
+    fault = _fault(data.get("fault", {}), cluster, profile, fail)
+    return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source,
+                      cluster, fault)
+
+
+def _cluster(data: object, fail) -> dict[str, tuple]:
+    if not isinstance(data, dict):
+        raise fail("cluster", "must be a table with instances and modes")
+    if not data:
+        return {}
+    unknown = sorted(set(data) - {"instances", "modes"})
+    if unknown:
+        raise fail(f"cluster.{unknown[0]}", "unknown key; the keys are instances, modes")
+    instances = data.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise fail("cluster.instances", "must be a non-empty list of instance counts")
+    for n in instances:
+        _int(n, 1, 8, lambda p: fail("cluster.instances", p))
+    modes = data.get("modes")
+    if not isinstance(modes, list) or not modes or any(m not in CLUSTER_MODES for m in modes):
+        raise fail("cluster.modes", f"must be a non-empty list of {', '.join(CLUSTER_MODES)}")
+    return {"instances": tuple(instances), "modes": tuple(modes)}
+
+
+def _fault(data: object, cluster: dict, profile: Profile, fail) -> dict[str, object]:
+    if not isinstance(data, dict):
+        raise fail("fault", "must be a table with kind, at_s and instance")
+    if not data:
+        return {}
+    if not cluster:
+        raise fail("fault", "needs a [cluster]: faults happen to instances behind HAProxy")
+    unknown = sorted(set(data) - {"kind", "at_s", "instance"})
+    if unknown:
+        raise fail(f"fault.{unknown[0]}", "unknown key; the keys are kind, at_s, instance")
+    if data.get("kind") not in FAULTS:
+        raise fail("fault.kind", f"must be one of {', '.join(FAULTS)}")
+    at_s = data.get("at_s")
+    if isinstance(at_s, bool) or not isinstance(at_s, (int, float)) or not profile.warmup_s < at_s < profile.duration_s:
+        raise fail("fault.at_s", f"must be a number between warmup_s ({profile.warmup_s}) and duration_s "
+                                 f"({profile.duration_s}), got {at_s!r}")
+    instance = _int(data.get("instance", 1), 1, 8, lambda p: fail("fault.instance", p))
+    if data["kind"] in ("drain", "kill") and min(cluster["instances"]) < 2:
+        raise fail("fault.kind", f"{data['kind']} needs at least 2 instances, so members have somewhere to go")
+    if instance > min(cluster["instances"]):
+        raise fail("fault.instance", f"must name one of the instances (at most {min(cluster['instances'])})")
+    if data["kind"] == "restart-redis" and "pubsub" not in cluster["modes"]:
+        raise fail("fault.kind", "restart-redis needs the pubsub mode (the only one with Redis)")
+    return {"kind": data["kind"], "at_s": float(at_s), "instance": instance}
 
 
 def _int(value: object, low: int, high: int, fail) -> int:

@@ -18,6 +18,10 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "lost": ("messages_lost", 1),
     "duplicates": ("messages_duplicated", 1),
     "out_of_order": ("messages_out_of_order", 1),
+    "never_arrived": ("messages_never_arrived", 1),
+    "reconnects": ("reconnects", 1),
+    "reconnect_p50_ms": ("reconnect_p50_ms", 1),
+    "reconnect_p99_ms": ("reconnect_p99_ms", 1),
     "delivered_ratio": ("delivered_ratio", 1),
     "latency_p50_ms": ("latency_p50_ms", 1),
     "latency_p95_ms": ("latency_p95_ms", 1),
@@ -48,14 +52,16 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
     """Assemble one point's measured window from its raw files."""
     start, end = window_mono_s
     samples = figures.read_samples(point_dir / "resources.csv")
+    # A cluster's cost is every process serving it: instances, Redis, HAProxy.
+    server = figures.sum_samples(s.window(start, end) for label, s in samples.items() if label != "generator")
     completeness = json.loads((point_dir / "completeness.json").read_text())
     counts = completeness["transports"].get(point.transport)
     hdr = point_dir / f"deliver_latency_{point.transport}.hdr"
     generator = samples.get("generator")
     return figures.RunData.from_scrapes(
-        (point_dir / "metrics_before.txt").read_text(),
-        (point_dir / "metrics_after.txt").read_text(),
-        server=samples["server"].window(start, end),
+        scrapes(point_dir, "metrics_before"),
+        scrapes(point_dir, "metrics_after"),
+        server=server,
         generator=generator.window(start, end) if generator else None,
         transport=point.transport,
         latency_us=read_histogram(hdr) if hdr.exists() else None,
@@ -64,6 +70,14 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         generator_processes=processes,
         poll_interval_s=point.profile.poll_interval_s,
     )
+
+
+def scrapes(point_dir: Path, stem: str) -> dict[str, str]:
+    """{instance: /metrics page}: `stem.txt` for one server, `stem-<instance>.txt` for a cluster."""
+    single = point_dir / f"{stem}.txt"
+    if single.exists():
+        return {"server": single.read_text()}
+    return {path.stem[len(stem) + 1:]: path.read_text() for path in sorted(point_dir.glob(f"{stem}-*.txt"))}
 
 
 def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1) -> dict:
