@@ -63,3 +63,10 @@ def test_scaling_run_shows_naive_loss_and_a_lossless_drain(tmp_path):
     for point in manifest["points"]:
         assert (run / point["dir"] / "cluster" / "haproxy.cfg").is_file()
         assert list((run / point["dir"]).glob("metrics_after-server-*.txt"))
+
+
+def test_every_figure_is_documented():
+    from experiments.figures import FIGURES
+
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    assert [name for name in FIGURES if f"`{name}`" not in text] == []
