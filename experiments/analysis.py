@@ -16,7 +16,7 @@ from clients.profile import load_profile
 
 from . import figures
 from .spec import Point
-from .summary import load_run_data
+from .summary import load_run_data, scrapes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -96,7 +96,7 @@ class Run:
 
     @property
     def swept(self) -> list[str]:
-        return list(self.experiment["sweep"])
+        return point_keys(self.experiment)
 
     @property
     def transports(self) -> list[str]:
@@ -163,7 +163,7 @@ def load_run(path: str | Path | None = None) -> Run:
     """Load the run folder at `path` (see resolve_run); raw files only, every figure from experiments.figures."""
     run_dir = resolve_run(path)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    swept = list(manifest["experiment"]["sweep"])
+    swept = point_keys(manifest["experiment"])
     cpus = manifest["machine"].get("cpu_count") or 1
     processes = manifest["experiment"].get("processes", 1)
 
@@ -203,6 +203,11 @@ def load_run(path: str | Path | None = None) -> Run:
         metrics=_concat(metrics, [*ID_COLUMNS, *swept, "name", "labels", "before", "after", "delta"]),
         loop_lag=_concat(loop_lag, [*ID_COLUMNS, *swept, "le_ms", "count", "cumulative_fraction"]),
     )
+
+
+def point_keys(experiment: dict) -> list[str]:
+    """The parameters that tell a run's points apart: swept profile keys, then a cluster's instances and mode."""
+    return [*experiment["sweep"], *(["instances", "mode"] if experiment.get("cluster") else [])]
 
 
 def message_sizes(profile) -> dict[str, float]:
@@ -258,17 +263,19 @@ def _labels_text(pairs: tuple[tuple[str, str], ...]) -> str:
 
 
 def _metrics_frame(point_dir: Path, ids: dict) -> pd.DataFrame:
-    before_path, after_path = point_dir / "metrics_before.txt", point_dir / "metrics_after.txt"
-    if not (before_path.exists() and after_path.exists()):
-        return pd.DataFrame()
-    before = figures.parse_metrics(before_path.read_text())
-    after = figures.parse_metrics(after_path.read_text())
+    """Every /metrics sample at both ends of the window; a cluster's instances add an `instance` label."""
+    pages_before, pages_after = scrapes(point_dir, "metrics_before"), scrapes(point_dir, "metrics_after")
     rows = []
-    for key in sorted(before.keys() | after.keys()):
-        name, pairs = key
-        b, a = before.get(key, math.nan), after.get(key, math.nan)
-        rows.append({"name": name, "labels": _labels_text(pairs), "before": b, "after": a, "delta": a - b})
-    return pd.DataFrame(rows).assign(**ids)
+    for instance in [name for name in pages_before if name in pages_after]:
+        before = figures.parse_metrics(pages_before[instance])
+        after = figures.parse_metrics(pages_after[instance])
+        for key in sorted(before.keys() | after.keys()):
+            name, pairs = key
+            if len(pages_before) > 1:
+                pairs = tuple(sorted((*pairs, ("instance", instance))))
+            b, a = before.get(key, math.nan), after.get(key, math.nan)
+            rows.append({"name": name, "labels": _labels_text(pairs), "before": b, "after": a, "delta": a - b})
+    return pd.DataFrame(rows).assign(**ids) if rows else pd.DataFrame()
 
 
 def _loop_lag_frame(scraped: pd.DataFrame, ids: dict) -> pd.DataFrame:

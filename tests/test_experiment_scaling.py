@@ -70,3 +70,20 @@ def test_every_figure_is_documented():
 
     text = (ROOT / "docs" / "metrics.md").read_text()
     assert [name for name in FIGURES if f"`{name}`" not in text] == []
+
+
+def test_analysis_and_notebook_read_a_cluster_run(tmp_path):
+    from experiments import analysis, notebooks
+
+    fixture = ROOT / "tests" / "fixtures" / "run-scaling"  # a --quick run of SCALE, websocket only
+    run = analysis.load_run(fixture)
+    assert run.swept == ["instances", "mode"]
+    by_mode = run.points.set_index("mode")
+    assert by_mode.loc["naive", "messages_never_arrived"] > 0
+    assert by_mode.loc["pubsub", "messages_never_arrived"] == 0
+    assert set(run.metrics["labels"].str.extract(r"instance=([\w-]+)")[0].dropna()) == {"server-1", "server-2"}
+    path = ROOT / "notebooks" / "05-scaling.ipynb"
+    report = tmp_path / "report"
+    executed = notebooks.execute(path, fixture, report, notebooks.write_kernelspec(tmp_path / "kernels"))
+    assert sorted(p.name for p in report.glob("*.png")) == [
+        "05-cpu-per-message.png", "05-latency-p99.png", "05-never-arrived.png"], executed

@@ -20,6 +20,7 @@ EXPECTED_FIGURES = {
     "02-bandwidth": ["02-bytes-per-message", "02-latency-vs-bandwidth"],
     "03-resources": ["03-cpu-over-time", "03-memory-connections", "03-cpu-per-message", "03-event-loop-lag"],
     "04-capacity": ["04-capacity"],
+    "05-scaling": ["05-never-arrived", "05-latency-p99", "05-cpu-per-message"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
