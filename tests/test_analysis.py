@@ -152,6 +152,7 @@ def test_every_transport_has_its_own_colour():
 def test_resolve_run_falls_back_to_the_reference_run(tmp_path, monkeypatch):
     reference = tmp_path / "reference"
     shutil.copytree(FIXTURE, reference)
+    monkeypatch.setattr(analysis, "ROOT", tmp_path)  # not this checkout, whose results/latest may exist
     monkeypatch.setattr(analysis, "LATEST", tmp_path / "latest")
     monkeypatch.setattr(analysis, "REFERENCE", reference)
     monkeypatch.chdir(tmp_path)
