@@ -97,11 +97,12 @@ def _figure_files(cell) -> list[str]:
     ]
 
 
-def build_report(run: str | Path | None = None, notebooks: list[Path] | None = None) -> tuple[Path, list[Executed]]:
+def build_report(run: str | Path | None = None, notebooks: list[Path] | None = None,
+                 code_html: bool = True) -> tuple[Path, list[Executed]]:
     """Execute every notebook against `run` and write <run>/report/ (PNGs, executed notebooks, index.html).
 
     Return the index's path and the notebooks; a notebook that failed has `error` set, and the index
-    shows where.
+    shows where. code_html=False leaves out the nbconvert pages (a report to commit stays small).
     """
     run_dir = resolve_run(run)
     report_dir = run_dir / "report"
@@ -116,7 +117,8 @@ def build_report(run: str | Path | None = None, notebooks: list[Path] | None = N
             results = list(pool.map(lambda path: execute(path, run_dir, report_dir, Path(kernels)), paths))
     for result in results:
         _write_notebook(result.nb, report_dir / result.path.name)
-        _export_nbconvert(report_dir / result.path.name)
+        if code_html:
+            _export_nbconvert(report_dir / result.path.name)
     index = report_dir / "index.html"
     index.write_text(render_index(run_dir, results))
     return index, results
