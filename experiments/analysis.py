@@ -61,6 +61,12 @@ def resolve_run(path: str | Path | None = None) -> Path:
     raise FileNotFoundError(f"no run at {path} (a run folder holds manifest.json); run `make run-experiment` first")
 
 
+def relative_to_root(path: str | Path) -> str:
+    """Return `path` relative to the repository root when it lies inside it, else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 @dataclass
 class Run:
     """One run folder, loaded. Every frame starts with ID_COLUMNS and the swept keys of the run."""
@@ -85,6 +91,11 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def display_path(self) -> str:
+        """The run folder relative to the repository when inside it: the same in every checkout."""
+        return relative_to_root(self.path)
 
     @property
     def experiment(self) -> dict:
@@ -328,6 +339,9 @@ def use_style() -> None:
 def show(fig, name: str, report_dir: str | Path | None = None) -> None:
     """Display `fig` in the notebook, save it as `<report_dir>/<name>.png` when report_dir is set, and close it.
 
+    A relative report_dir is taken from the repository root (the report injects such paths, so executed
+    notebooks read the same in every checkout).
+
     The PNG is rendered here rather than by the notebook's backend, so it is the same in JupyterLab,
     headless (Agg) and in the report; the output names its file so the report can link it.
     """
@@ -340,7 +354,7 @@ def show(fig, name: str, report_dir: str | Path | None = None) -> None:
     png = buffer.getvalue()
     metadata = {}
     if report_dir is not None:
-        path = Path(report_dir) / f"{name}.png"
+        path = (ROOT / report_dir) / f"{name}.png"  # a relative report_dir is the repository's
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
         metadata = {"image/png": {"rtlab_file": path.name}}
@@ -425,3 +439,11 @@ def log_axis(ax, which: str = "x") -> None:
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def show_table(styled) -> None:
+    """Display a pandas Styler as HTML, with a plain-text copy instead of its repr (which names a memory
+    address), so an executed notebook reads the same every time it runs."""
+    from IPython.display import display
+
+    display({"text/html": styled.to_html(), "text/plain": styled.data.to_string(index=False)}, raw=True)

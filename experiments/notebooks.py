@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis import ROOT, resolve_run
+from .analysis import ROOT, relative_to_root, resolve_run
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 CELL_TIMEOUT_S = 300
@@ -32,6 +32,7 @@ def inject_parameters(nb, **parameters) -> None:
 
     source = "# Injected by experiments.notebooks\n" + "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    cell["id"] = "injected-parameters"  # not a random id: an executed notebook is the same every time
     at = next((i + 1 for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), 0)
     nb.cells.insert(at, cell)
 
@@ -74,10 +75,14 @@ def execute(path: Path, run_dir: Path, report_dir: Path | None, kernel_dirs: Pat
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    inject_parameters(nb, RUN=str(run_dir), REPORT_DIR=str(report_dir) if report_dir else None)
+    # Paths inside the repository are injected relative to it, so a committed report does not change with
+    # the checkout's location; analysis.resolve_run and analysis.show read them from the repository root.
+    inject_parameters(nb, RUN=relative_to_root(run_dir),
+                      REPORT_DIR=relative_to_root(report_dir) if report_dir else None)
     km = AsyncKernelManager(kernel_name=KERNEL_NAME,
                             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dirs)]))
-    client = NotebookClient(nb, km=km, timeout=timeout_s, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, km=km, timeout=timeout_s, record_timing=False,  # no timestamps: stable outputs
+                            resources={"metadata": {"path": str(path.parent)}})
     started = time.monotonic()
     error = None
     try:
