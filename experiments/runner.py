@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -202,7 +203,8 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         locust = procs.start(
             "locust",
             [sys.executable, "-m", "clients", "--transport", point.transport, "--host", url,
-             "--profile", str(point_dir / "profile.toml"), "--headless", "--out", str(point_dir), *extra],
+             "--profile", repo_relative(point_dir / "profile.toml"), "--headless", "--out", repo_relative(point_dir),
+             *extra],
             point_dir / "locust.log", pinning.generator,
         )
         sampled = [arg for label, pid in {**targets, "generator": locust.pid}.items()
@@ -328,10 +330,17 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def repo_relative(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it, so results name no machine's folders."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: bool = False) -> Path:
     """Run every point of `experiment`; write results/<UTC timestamp>-<name>/ and point results/latest at it."""
     if quick:
         experiment = experiment.quick()
+    experiment = dataclasses.replace(experiment, source=repo_relative(experiment.source))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / f"{stamp}-{experiment.name}"
     run_dir.mkdir(parents=True)
