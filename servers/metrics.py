@@ -40,6 +40,7 @@ class Tally:
         "label",
         "messages_accepted",
         "messages_delivered",
+        "payload_sent_bytes",
         "polls",
         "requests",
         "wire_received_bytes",
@@ -55,6 +56,7 @@ class Tally:
         self.requests: dict[str, int] = {}  # "GET /rooms/{room}/messages" -> count
         self.messages_accepted = 0
         self.messages_delivered = 0
+        self.payload_sent_bytes = 0  # the delivered messages' own JSON, UTF-8
         self.polls = 0
         self.empty_polls = 0
 
@@ -436,6 +438,9 @@ _PER_LABEL = (
      "Chat messages stored, from an HTTP POST or a WebSocket send frame.", "messages_accepted"),
     (CounterMetricFamily, "rtlab_messages_delivered",
      "Chat messages written to clients: in poll responses and as WebSocket message frames.", "messages_delivered"),
+    (CounterMetricFamily, "rtlab_message_payload_sent_bytes",
+     "Bytes of the delivered messages' own JSON object (UTF-8), without HTTP heads, the poll envelope or "
+     "WebSocket framing and its \"type\" field.", "payload_sent_bytes"),
     (CounterMetricFamily, "rtlab_polls", "Poll responses, short or long.", "polls"),
     (CounterMetricFamily, "rtlab_empty_polls", "Poll responses that carried no message.", "empty_polls"),
 )

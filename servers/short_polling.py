@@ -33,6 +33,7 @@ async def handle_poll(request: web.Request) -> web.Response:
     tally = tally_of(request)
     tally.polls += 1
     tally.messages_delivered += len(page.messages)
+    tally.payload_sent_bytes += sum(len(m.json.encode()) for m in page.messages)
     if not page.messages:
         tally.empty_polls += 1
     return json_text(200, page_json(page))

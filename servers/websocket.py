@@ -23,6 +23,10 @@ CLOSE_OVERFLOW = 1013  # "try again later" (overflow, broker unavailable): resum
 CLOSE_GOING_AWAY = 1001  # server shutdown
 
 
+# What message_frame adds to a message's JSON: `"type":"message",` (ASCII); the rest is the message itself.
+FRAME_ENVELOPE_BYTES = len('"type":"message",')
+
+
 def message_frame(message: Message) -> str:
     # {"type":"message", ...message}: splice the message's one JSON encoding instead of encoding again.
     return '{"type":"message",' + message.json[1:]
@@ -65,6 +69,7 @@ class Member:
                     await self.ws.send_str(message_frame(message))
                     self.last_id = message.id
                     self.tally.messages_delivered += 1
+                    self.tally.payload_sent_bytes += len(message.json.encode())
                 if not page.messages or self.last_id >= page.last_id:
                     break
         tally = self.tally
@@ -76,6 +81,7 @@ class Member:
             if message_id:
                 self.last_id = message_id
                 tally.messages_delivered += 1
+                tally.payload_sent_bytes += len(frame.encode()) - FRAME_ENVELOPE_BYTES
 
 
 class WebSocketHub:
