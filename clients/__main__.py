@@ -12,7 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
-from . import TRANSPORTS, locust_user_class
+from servers import registry
+
+from . import locust_user_class
 from .profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -26,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Load one rtlab transport with Locust, driven by a TOML load profile.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--transport", required=True, choices=list(TRANSPORTS))
+    p.add_argument("--transport", required=True, choices=list(registry.names(None)))
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--host", help="URL of a running server, e.g. http://127.0.0.1:8080")
     where.add_argument("--serve", action="store_true", help="start `python -m servers` for the transport on a free port")

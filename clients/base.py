@@ -225,5 +225,35 @@ class ChatClient(ABC):
     def _disconnect(self) -> None: ...
 
 
+class PostSender:
+    """Sends with `POST /rooms/{room}/messages` on a keep-alive connection of its own, as a page's fetch
+    does; for the transports whose server pushes one way only (polling, event streams). Mix in before
+    ChatClient."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_http = JsonHttp(self.host, self.port, self.timeout_s)
+
+    def send(self, user: str, text: str, sent_at: float | None = None) -> None:
+        if self.room is None:
+            raise RuntimeError("join a room before sending")
+        if sent_at is None:
+            sent_at = time.time()
+        body = json.dumps({"user": user, "text": text, "sent_at": sent_at}).encode()
+        try:
+            status, answer = self._send_http.request("POST", f"/rooms/{self.room}/messages", body)
+            if status != 201:
+                raise ClientError(f"send answered {status}: {answer[:200]!r}")
+        except Exception as error:
+            self.report("SEND", self.transport, (time.time() - sent_at) * 1000, 0, error)
+            return
+        self.report("SEND", self.transport, (time.time() - sent_at) * 1000, len(answer))
+        if self.on_send_accepted is not None:
+            self.on_send_accepted(sent_at)
+
+    def close_sender(self) -> None:
+        self._send_http.close()
+
+
 def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000

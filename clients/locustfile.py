@@ -1,4 +1,8 @@
-"""Locust users for every transport: one chat behaviour, one client per transport, DELIVER latency and completeness."""
+"""Locust users for every transport: one chat behaviour, one client per transport, DELIVER latency and completeness.
+
+The user classes are made from servers.registry, one per registered transport (`<Client>Member`, e.g.
+WebSocketMember for clients.websocket:WebSocketClient), so a new transport needs no edit here.
+"""
 
 # ruff: noqa: I001  (locust is imported first on purpose; sorting would move it)
 
@@ -35,12 +39,10 @@ finally:
 
 from clients.base import ChatClient, Message
 from clients.completeness import Arrival, LedgerReceiver, ReceiverTracker
-from clients.long_polling import LongPollingClient
 from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 from clients.results import RunResults, output_place
 from clients.schedule import SendSchedule, message_text
-from clients.short_polling import ShortPollingClient
-from clients.websocket import WebSocketClient
+from servers import registry
 
 log = logging.getLogger("rtlab.locust")
 
@@ -266,7 +268,7 @@ def sample_cpu(results: RunResults) -> None:
         results.record_cpu(process.cpu_percent(None), time.time())
 
 
-# ---- Users: an abstract one per transport owns the client; the chat behaviour is written once -----------------------
+# ---- Users: one per transport owns its client; the chat behaviour is written once ----------------------------------
 
 
 class ClientUser(User):
@@ -274,12 +276,14 @@ class ClientUser(User):
 
     abstract = True
     client_class: ClassVar[type[ChatClient]]
+    transport_name: ClassVar[str]  # the registry entry this user drives
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        self.transport = self.client_class.transport
+        self.transport = self.transport_name
         options = self.client_class.options(current.profile) if current.profile else {}
         self.client = self.client_class(self.host, self.on_message, self.report, **options)
+        self.client.transport = self.transport  # one client class may drive several entries
 
     def report(
         self,
@@ -305,21 +309,6 @@ class ClientUser(User):
 
     def on_message(self, message: Message, received_at: float) -> None:
         """Called for every message the client receives; the chat behaviour decides what it means."""
-
-
-class ShortPollingUser(ClientUser):
-    abstract = True
-    client_class = ShortPollingClient
-
-
-class LongPollingUser(ClientUser):
-    abstract = True
-    client_class = LongPollingClient
-
-
-class WebSocketUser(ClientUser):
-    abstract = True
-    client_class = WebSocketClient
 
 
 class ChatMember(ClientUser):
@@ -415,13 +404,17 @@ class ChatMember(ClientUser):
         self.client.close()
 
 
-class ShortPollingMember(ChatMember, ShortPollingUser):
-    pass
+def member_class(transport: registry.Transport) -> type[ChatMember]:
+    """Make the Locust user class that drives `transport`: the chat behaviour over its client class."""
+    return type(transport.member_class, (ChatMember,), {
+        "abstract": False,
+        "client_class": registry.load(transport.client),
+        "transport_name": transport.name,
+        "__module__": __name__,
+        "__doc__": f"A chat member over {transport.label}.",
+    })
 
 
-class LongPollingMember(ChatMember, LongPollingUser):
-    pass
-
-
-class WebSocketMember(ChatMember, WebSocketUser):
-    pass
+# Locust finds user classes among this module's names.
+for _transport in registry.transports():
+    globals()[_transport.member_class] = member_class(_transport)

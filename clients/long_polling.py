@@ -25,7 +25,7 @@ class LongPollingClient(PollingClient):
 
     @classmethod
     def options(cls, profile) -> dict:
-        return {"wait_s": profile.long_poll_wait_s}
+        return {"wait_s": profile.knob("long_poll_wait_s")}
 
     def _poll_query(self) -> str:
         # The server takes plain decimals only (no exponent), to the millisecond.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from abc import abstractmethod
 
@@ -14,13 +13,14 @@ from .base import (
     ClientError,
     JsonHttp,
     OnMessage,
+    PostSender,
     Report,
     ignore_report,
     ms_since,
 )
 
 
-class PollingClient(ChatClient):
+class PollingClient(PostSender, ChatClient):
     """Keeps one poll outstanding on its own connection while sends go out on another, as a browser's
     two concurrent fetches would; so a held long poll never delays a send.
 
@@ -33,7 +33,6 @@ class PollingClient(ChatClient):
 
     def __init__(self, base_url: str, on_message: OnMessage, report: Report = ignore_report, *, timeout_s: float = 10.0):
         super().__init__(base_url, on_message, report, timeout_s=timeout_s)
-        self._send_http = JsonHttp(self.host, self.port, timeout_s)
         self._poll_http: JsonHttp | None = None
 
     @abstractmethod
@@ -45,23 +44,6 @@ class PollingClient(ChatClient):
 
     def _pause(self, poll_started: float) -> None:
         """Wait before the next poll (perf_counter clock); not at all by default."""
-
-    def send(self, user: str, text: str, sent_at: float | None = None) -> None:
-        if self.room is None:
-            raise RuntimeError("join a room before sending")
-        if sent_at is None:
-            sent_at = time.time()
-        body = json.dumps({"user": user, "text": text, "sent_at": sent_at}).encode()
-        try:
-            status, answer = self._send_http.request("POST", f"/rooms/{self.room}/messages", body)
-            if status != 201:
-                raise ClientError(f"send answered {status}: {answer[:200]!r}")
-        except Exception as error:
-            self.report("SEND", self.transport, (time.time() - sent_at) * 1000, 0, error)
-            return
-        self.report("SEND", self.transport, (time.time() - sent_at) * 1000, len(answer))
-        if self.on_send_accepted is not None:
-            self.on_send_accepted(sent_at)
 
     def _connect(self) -> None:
         self._poll_http = JsonHttp(self.host, self.port, self._poll_timeout_s())
@@ -113,9 +95,9 @@ class PollingClient(ChatClient):
                 self._pause(started)
 
     def _disconnect(self) -> None:
-        for http in (self._poll_http, self._send_http):
-            if http is not None:
-                http.close()
+        if self._poll_http is not None:
+            self._poll_http.close()
+        self.close_sender()
 
 
 def sleep_until(deadline_perf_s: float) -> None:

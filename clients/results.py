@@ -10,6 +10,8 @@ from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
+from servers import registry
+
 from .completeness import Counts, DeliveryLedger, LedgerReceiver, LedgerTotals, ReceiverTracker
 from .profile import Profile
 
@@ -182,7 +184,11 @@ class RunResults:
         """The whole second (unix) before which sent messages are expected to have arrived."""
         if self.stopped_at is None:
             return None
-        return math.floor(self.stopped_at - max(LEDGER_MARGIN_S, 2 * self.profile.poll_interval_s))
+        # A transport that may hold a message back in a healthy run (short polling: up to one poll interval)
+        # says so in its registry entry; messages sent within twice that of the end may still be on the way.
+        delays = [entry.max_delay_s(self.profile.knobs) for entry in registry.transports()
+                  if entry.name in self.transports and entry.max_delay_s is not None]
+        return math.floor(self.stopped_at - max([LEDGER_MARGIN_S, *(2 * d for d in delays)]))
 
     def ledger_totals(self) -> dict[str, LedgerTotals]:
         cutoff = self.ledger_cutoff_s()

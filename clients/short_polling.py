@@ -25,7 +25,7 @@ class ShortPollingClient(PollingClient):
 
     @classmethod
     def options(cls, profile) -> dict:
-        return {"poll_interval_s": profile.poll_interval_s}
+        return {"poll_interval_s": profile.knob("poll_interval_s")}
 
     def _poll_query(self) -> str:
         return f"&limit={self.page_limit}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from clients.profile import load_profile
+from servers import registry
 
 from . import figures
 from .spec import Point
@@ -23,14 +24,7 @@ RESULTS = ROOT / "results"
 LATEST = RESULTS / "latest"
 REFERENCE = RESULTS / "reference"
 
-# One colour per transport in every plot (Okabe-Ito: tells apart for colour-blind readers and in grey print).
-TRANSPORT_COLOURS = {
-    "short-polling": "#E69F00",
-    "long-polling": "#0072B2",
-    "websocket": "#009E73",
-    "sse": "#CC79A7",
-}
-OTHER_COLOUR = "#777777"
+OTHER_COLOUR = "#777777"  # a transport this checkout's registry does not know (an old run)
 # Server solid, load generator dashed, whatever the transport.
 PROCESS_LINESTYLES = {"server": "-", "generator": "--"}
 FIGURE_DPI = 120
@@ -38,8 +32,14 @@ ID_COLUMNS = ["point", "transport", "repeat"]  # and then the swept keys: every 
 
 
 def colour(transport: str) -> str:
-    """Return the colour of `transport` (grey for one not in TRANSPORT_COLOURS)."""
-    return TRANSPORT_COLOURS.get(transport, OTHER_COLOUR)
+    """Return the colour of `transport` in every plot and in the demo page: its registry entry's
+    (servers.registry), grey for one the registry does not know."""
+    return registry.colour(transport, OTHER_COLOUR)
+
+
+def label(transport: str) -> str:
+    """Return how plots and tables name `transport`: its registry entry's label."""
+    return registry.label(transport)
 
 
 def resolve_run(path: str | Path | None = None) -> Path:
@@ -132,8 +132,13 @@ class Run:
             f"{value('messages_per_second', '{:g}')} msg/s each ({p['arrival']})",
             f"{value('message_bytes', '{:,}')} B texts",
         ]
-        if "short-polling" in self.experiment["transports"]:
-            parts.append(f"poll every {value('poll_interval_s', '{:g}')} s")
+        for transport in self.experiment["transports"]:  # each transport's own keys, as its registry entry words them
+            try:
+                knobs = registry.get(transport).profile_knobs
+            except registry.UnknownTransport:
+                continue
+            parts += [knob.phrase.replace("{:g}", value(knob.name, "{:g}")) for knob in knobs
+                      if knob.phrase and knob.name in p]
         parts.append(f"{value('duration_s', '{:g}')} s runs ({value('warmup_s', '{:g}')} s warm-up)")
         quick = " (quick)" if self.manifest.get("quick") else ""
         return f"{self.experiment['name']}{quick}: " + ", ".join(parts)
@@ -362,14 +367,13 @@ def show(fig, name: str, report_dir: str | Path | None = None) -> None:
             raw=True, metadata=metadata)
 
 
-# How the notebooks name a profile key on an axis or in a table, unit included.
+# How the notebooks name a profile key on an axis or in a table, unit included (a transport's own keys:
+# their registry entry's label).
 PARAMETER_LABELS = {
     "users": "chat members (users)",
     "rooms": "rooms (count)",
     "messages_per_second": "messages per member per second (msg/s)",
     "message_bytes": "message text (B)",
-    "poll_interval_s": "short-poll interval T (s)",
-    "long_poll_wait_s": "long-poll wait (s)",
     "spawn_rate": "members started per second (1/s)",
     "duration_s": "run length (s)",
     "warmup_s": "warm-up (s)",
@@ -378,7 +382,10 @@ PARAMETER_LABELS = {
 
 def parameter_label(key: str) -> str:
     """Return the axis label, with its unit, of profile key `key`."""
-    return PARAMETER_LABELS.get(key, key)
+    if key in PARAMETER_LABELS:
+        return PARAMETER_LABELS[key]
+    knob = registry.profile_knobs().get(key)
+    return (knob.label or key) if knob else key
 
 
 def sweep_axis(ax, key: str, values) -> None:

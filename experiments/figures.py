@@ -12,6 +12,8 @@ from typing import Callable, Iterable, Mapping
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from servers import registry
+
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs: what the server counted (/metrics) and what the sampler saw (its CSV).
 
@@ -143,7 +145,7 @@ class RunData:
     measured_s: float | None = None  # the clients' measured time: duration_s - warmup_s
     generator_processes: int = 1
     transport: str | None = None
-    poll_interval_s: float | None = None
+    knobs: Mapping[str, object] | None = None  # the point's profile knobs (servers.registry): e.g. the poll interval
     # One chat message's own bytes (MessageSizes.typical): its JSON as the server sends it and as a client sends it.
     message_json_bytes: float | None = None
     send_json_bytes: float | None = None
@@ -418,18 +420,23 @@ def latency_max_ms(run: RunData) -> float:
     return _latency_ms(run, 100)
 
 
-@_figure("ms", "Mean delivery latency (compare with the short-polling theory, T/2).")
+@_figure("ms", "Mean delivery latency (compare with the transport's theory, where it has one: short polling's T/2).")
 def latency_mean_ms(run: RunData) -> float:
     if run.latency_us is None or not run.latency_us.get_total_count():
         return math.nan
     return run.latency_us.get_mean_value() / 1000
 
 
-@_figure("ms", "Short polling's expected mean wait for a message: half the poll interval T (NaN for other transports).")
-def short_poll_theory_latency_ms(run: RunData) -> float:
-    if run.transport != "short-polling" or run.poll_interval_s is None:
+@_figure("ms", "The transport's expected mean delivery latency from theory, where its registry entry gives one "
+               "(short polling: half the poll interval T); NaN for the others.")
+def theory_latency_ms(run: RunData) -> float:
+    if run.transport is None or run.knobs is None:
         return math.nan
-    return run.poll_interval_s / 2 * 1000
+    try:
+        theory = registry.get(run.transport).theory_latency_ms
+    except registry.UnknownTransport:  # a run of a transport this checkout does not have
+        return math.nan
+    return math.nan if theory is None else theory(run.knobs)
 
 
 @_figure("B", "TCP payload bytes the server received in the measured window.")

@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servers import registry
+
 from .spec import Experiment, Point
 from .summary import SUMMARY_COLUMNS, summarize_point
 
@@ -32,13 +34,17 @@ SERVER_START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # How long after its scheduled end a Locust run may take to write its files before it is killed.
 LOCUST_GRACE_S = 60.0
-SERVER_FLAGS = {
-    "ws_compress": lambda v: ["--ws-compress" if v else "--no-ws-compress"],
+COMMON_SERVER_FLAGS = {
     "history": lambda v: ["--history", str(v)],
-    "ws_send_queue": lambda v: ["--ws-send-queue", str(v)],
-    "long_poll_max_wait_s": lambda v: ["--long-poll-max-wait", str(v)],
     "metrics": lambda v: ["--metrics" if v else "--no-metrics"],
 }
+
+
+def server_flags(key: str, value: object) -> list[str]:
+    """The `python -m servers` arguments for one [server] key: a common one, or a transport's knob."""
+    if key in COMMON_SERVER_FLAGS:
+        return COMMON_SERVER_FLAGS[key](value)
+    return registry.server_knobs()[key].cli_args(value)
 
 
 @dataclass
@@ -171,7 +177,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
     point_dir.mkdir(parents=True, exist_ok=True)
     write_profile(point, point_dir / "profile.toml")
     procs = Processes()
-    server_flags = [flag for key, value in experiment.server.items() for flag in SERVER_FLAGS[key](value)]
+    flags = [flag for key, value in experiment.server.items() for flag in server_flags(key, value)]
     window: dict[str, float] = {}
     cluster = None
     try:
@@ -180,7 +186,8 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
 
             cluster = Cluster(
                 point.transport, int(point.swept["instances"]), str(point.swept["mode"]), point_dir / "cluster",
-                server_args=["--no-access-log", *server_flags], cpus=pinning.server,
+                server_args=["--no-access-log", *flags], cpus=pinning.server,
+                knobs={k: v for k, v in experiment.server.items() if k in registry.server_knobs()},
             ).start()
             url = cluster.url
             scrape_urls = {i.name: i.url for i in cluster.instances}
@@ -190,7 +197,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             server = procs.start(
                 "server",
                 [sys.executable, "-m", "servers", "--transport", point.transport, "--host", "127.0.0.1", "--port",
-                 "0", "--no-access-log", *server_flags],
+                 "0", "--no-access-log", *flags],
                 server_log, pinning.server,
             )
             url = wait_for_url(server_log, server, SERVER_START_TIMEOUT_S)
@@ -315,10 +322,16 @@ def cpu_model() -> str:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    """Python's version and every installed version of what rtlab depends on (pyproject.toml's dependencies)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
 
     out = {"python": platform.python_version()}
-    for package in ("aiohttp", "locust", "websocket-client", "geventhttpclient", "prometheus-client", "psutil"):
+    try:
+        wanted = [re.split(r"[\s;<>=!~\[]", line, maxsplit=1)[0] for line in requires("rtlab") or []
+                  if "extra ==" not in line]
+    except PackageNotFoundError:  # run from a tree that was never installed
+        wanted = []
+    for package in wanted:
         try:
             out[package] = version(package)
         except PackageNotFoundError:

@@ -9,23 +9,25 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.profile import KEYS as PROFILE_KEYS
 from clients.profile import Profile, ProfileError, profile_from_dict
-from servers.config import TRANSPORT_NAMES
+from clients.profile import keys as profile_keys
+from servers import registry
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault")
 CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
 
-# Server settings an experiment may fix; recorded in the manifest so a run says how it was configured.
-SERVER_KEYS: dict[str, tuple[type, ...]] = {
-    "ws_compress": (bool,),
+# Server settings an experiment may fix, besides every transport's server knobs (servers.registry);
+# recorded in the manifest so a run says how it was configured.
+COMMON_SERVER_KEYS: dict[str, tuple[type, ...]] = {
     "history": (int,),
-    "ws_send_queue": (int,),
-    "long_poll_max_wait_s": (int, float),
     "metrics": (bool,),
 }
+
+
+def server_keys() -> list[str]:
+    return [*COMMON_SERVER_KEYS, *registry.server_knobs()]
 
 QUICK_DURATION_S = 8
 QUICK_WARMUP_S = 2.0
@@ -147,11 +149,14 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
         raise fail("description", "must be a string")
 
     transports = data["transports"]
+    known = registry.names(None)
+    if transports == "all":  # rtlab's own transports, whichever the registry holds when the file runs
+        transports = list(registry.names())
     if not isinstance(transports, list) or not transports:
-        raise fail("transports", f"must be a non-empty list of {', '.join(TRANSPORT_NAMES)}")
+        raise fail("transports", f'must be "all" or a non-empty list of {", ".join(known)}')
     for t in transports:
-        if t not in TRANSPORT_NAMES:
-            raise fail("transports", f"unknown transport {t!r}; choose from {', '.join(TRANSPORT_NAMES)}")
+        if t not in known:
+            raise fail("transports", f"unknown transport {t!r}; choose from {', '.join(known)}")
     if len(set(transports)) != len(transports):
         raise fail("transports", "lists a transport twice")
 
@@ -168,8 +173,8 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
         raise fail("sweep", "must be a table of lists")
     sweep: dict[str, tuple] = {}
     for key, values in sweep_data.items():
-        if key not in PROFILE_KEYS:
-            raise fail(f"sweep.{key}", f"not a profile key; the keys are {', '.join(PROFILE_KEYS)}")
+        if key not in profile_keys():
+            raise fail(f"sweep.{key}", f"not a profile key; the keys are {', '.join(profile_keys())}")
         if not isinstance(values, list) or not values:
             raise fail(f"sweep.{key}", "must be a non-empty list")
         if len(set(map(repr, values))) != len(values):
@@ -184,10 +189,18 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     server = data.get("server", {})
     if not isinstance(server, dict):
         raise fail("server", "must be a table")
+    server = dict(server)
+    knobs = registry.server_knobs()
     for key, value in server.items():
-        if key not in SERVER_KEYS:
-            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join(SERVER_KEYS)}")
-        kinds = SERVER_KEYS[key]
+        if key in knobs:
+            try:
+                server[key] = knobs[key].check(value)
+            except ValueError as error:
+                raise fail(f"server.{key}", str(error)) from None
+            continue
+        if key not in COMMON_SERVER_KEYS:
+            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join(server_keys())}")
+        kinds = COMMON_SERVER_KEYS[key]
         if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
             raise fail(f"server.{key}", f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
         if not isinstance(value, bool) and value <= 0:

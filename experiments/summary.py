@@ -28,7 +28,7 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "latency_p99_ms": ("latency_p99_ms", 1),
     "latency_max_ms": ("latency_max_ms", 1),
     "latency_mean_ms": ("latency_mean_ms", 1),
-    "latency_theory_ms": ("short_poll_theory_latency_ms", 1),
+    "latency_theory_ms": ("theory_latency_ms", 1),
     "delivered_per_s": ("deliveries_per_second", 1),
     "wire_bytes_in": ("wire_bytes_in", 1),
     "wire_bytes_out": ("wire_bytes_out", 1),
@@ -68,7 +68,7 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         completeness=counts,
         measured_s=point.profile.duration_s - point.profile.warmup_s,
         generator_processes=processes,
-        poll_interval_s=point.profile.poll_interval_s,
+        knobs=point.profile.knobs,
     )
 
 

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import long_polling, websocket
 from .config import ServerConfig
 from .http import CONFIG, error_response, json_text, seconds_param
+from .transport import CLOSE_SERVICE_RESTART, mounted
 
-CLOSE_SERVICE_RESTART = 1012  # "service restart": reconnect (through the balancer) and resume with since=
 MAX_GRACE_S = 60.0
 
 
@@ -40,8 +39,9 @@ def is_loopback(request: web.Request) -> bool:
 
 async def handle_drain(request: web.Request) -> web.Response:
     """Drain this instance: /healthz answers 503 at once (the balancer's check takes it out of rotation),
-    then, after `grace` seconds (default 0), WebSockets are closed with 1012 and held long polls answered;
-    long polls that still arrive are answered at once, WebSocket upgrades refused with 503.
+    then, after `grace` seconds (default 0), every transport closes its members (servers.transport:
+    WebSockets closed with 1012, held long polls answered, event streams ended) and serves no new ones:
+    long polls that still arrive are answered at once, WebSocket upgrades and streams refused with 503.
 
     The caller orders this after the balancer stopped routing here: either it set the server to drain
     in HAProxy itself (experiments.cluster does, through the runtime API) and passes no grace, or it
@@ -60,21 +60,16 @@ async def handle_drain(request: web.Request) -> web.Response:
     if grace_s:
         await asyncio.sleep(grace_s)
     app = request.app
-    closed = released = 0
-    ws_hub = app.get(websocket.WS_HUB)
-    if ws_hub is not None:
-        closed = ws_hub.members
-        await ws_hub.close_all(CLOSE_SERVICE_RESTART, "service restart: reconnect and resume with since=")
-    poll_hub = app.get(long_polling.LONG_POLL_HUB)
-    if poll_hub is not None:
-        released = poll_hub.held
-        poll_hub.release_all()
+    closed: dict[str, int] = {}
+    for transport in mounted(app).values():
+        for what, count in (await transport.close_members(
+                CLOSE_SERVICE_RESTART, "service restart: reconnect and resume after the last id seen")).items():
+            closed[what] = closed.get(what, 0) + count
     state.result = {
         "status": "drained",
         "instance": app[CONFIG].instance,
         "grace_s": grace_s,
-        "websockets_closed": closed,
-        "polls_released": released,
+        **closed,
         "started_at": state.started_at,
         "finished_at": time.time(),
     }

@@ -1,26 +1,19 @@
-"""The app factory: common routes, the transport registry, and a runner shared by the CLI and the tests."""
+"""The app factory: common routes, the mounted transports, and a runner shared by the CLI and the tests."""
 
 from __future__ import annotations
 
 import json
 import socket
 from dataclasses import dataclass
-from typing import Callable
 
 from aiohttp import web
 
-from . import admin, demo, long_polling, metrics, short_polling, websocket
+from . import admin, demo, metrics, registry
 from .broker import Broker, MemoryBroker
 from .config import ServerConfig
 from .core import ChatCore, parse_post, validate_room
 from .http import BROKER, CONFIG, error_middleware, int_param, json_text, messages_json, read_json
-
-# Adding a transport: one module with add_routes(app, config), and one line here.
-TRANSPORTS: dict[str, Callable[[web.Application, ServerConfig], None]] = {
-    "short-polling": short_polling.add_routes,
-    "long-polling": long_polling.add_routes,
-    "websocket": websocket.add_routes,
-}
+from .transport import CLOSE_GOING_AWAY, MOUNTED, ServerTransport, mounted
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -32,8 +25,13 @@ async def handle_healthz(request: web.Request) -> web.Response:
         "status": "draining" if draining else "ok",
         "transports": list(config.transports),
         "broker": broker.name,
-        "compression": {"websocket_permessage_deflate": config.ws_compress, "http": False},
     }
+    compression: dict[str, bool] = {}
+    for transport in mounted(request.app).values():
+        extra = dict(transport.health())
+        compression.update(extra.pop("compression", {}))
+        body.update(extra)
+    body["compression"] = {**compression, "http": False}
     if config.instance:
         body["instance"] = config.instance
     if hasattr(broker, "state"):
@@ -58,10 +56,6 @@ async def handle_history(request: web.Request) -> web.Response:
     return json_text(200, f'{{"messages":{messages_json(messages)}}}')
 
 
-async def handle_absent(request: web.Request) -> web.Response:
-    raise web.HTTPNotFound()
-
-
 def make_broker(config: ServerConfig) -> Broker:
     """Return the broker `config.broker_url` names: in memory over a new core, or Redis shared by instances."""
     if config.broker_url == "memory":
@@ -84,19 +78,24 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     app.router.add_post("/rooms/{room}/messages", handle_post)
     app.router.add_get("/rooms/{room}/history", handle_history)
     admin.add_routes(app, config)
-    routes_of: dict[str, list] = {}  # which transport added which routes, for the metrics' labels
+    transports: dict[str, ServerTransport] = {}
+    routes_of: dict[str, list[web.AbstractRoute]] = {}  # which transport owns which routes, for the metrics' labels
     for name in config.transports:
-        known = len(app.router.routes())
-        TRANSPORTS[name](app, config)
-        routes_of[name] = list(app.router.routes())[known:]
-    if not short_polling.poll_route_mounted(app):
-        # POST shares the path, so aiohttp would say 405; the contract says this transport is absent: 404.
-        app.router.add_get("/rooms/{room}/messages", handle_absent)
+        transport = registry.load(registry.get(name).server)(name, app, config)
+        routes_of[name] = transport.mount()
+        transports[name] = transport
+    app[MOUNTED] = transports
     if meter:
-        meter.install(app, routes_of, app.get(long_polling.LONG_POLL_HUB), app.get(websocket.WS_HUB))
-    if set(config.transports) == set(TRANSPORTS):
-        # The teaching page at / shows one room over every transport, so it needs them all (docs/demo.md).
+        meter.install(app, routes_of, transports)
+    if config.demo_mounted:
+        # The teaching page at / shows one room over every mounted transport (docs/demo.md).
         demo.add_routes(app, config)
+
+    async def close_members(app: web.Application) -> None:
+        for transport in transports.values():
+            await transport.close_members(CLOSE_GOING_AWAY, "server shutdown")
+
+    app.on_shutdown.append(close_members)
 
     async def broker_ctx(app: web.Application):
         await broker.start()
@@ -127,6 +126,10 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def transport(self, name: str) -> ServerTransport:
+        """The mounted transport `name` (its hub, its members), for tests and benchmarks."""
+        return self.app[MOUNTED][name]
 
     async def stop(self) -> None:
         await self.runner.cleanup()

@@ -1,4 +1,4 @@
-"""The teaching demo: serve one static page that shows one room over every transport, side by side."""
+"""The teaching demo: serve one static page that shows one room over every mounted transport, side by side."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import registry
 from .config import ServerConfig
 from .core import InvalidInput
 from .http import json_text, query_value
@@ -49,13 +50,30 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-# URL path -> (file under static/, content type). A fixed table: nothing else on disk is reachable.
+# URL path -> (file under static/, content type). A fixed table, plus each mounted transport's pane module
+# (its registry entry's `browser` file at /static/transports/<name>.js): nothing else on disk is reachable.
 PAGES = {
     "/": ("index.html", "text/html"),
     "/static/demo.js": ("demo.js", "text/javascript"),
+    "/static/pane.js": ("pane.js", "text/javascript"),
     "/static/demo.css": ("demo.css", "text/css"),
     "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
+
+
+def module_path(name: str) -> str:
+    return f"/static/transports/{name}.js"
+
+
+def transports_json(config: ServerConfig) -> bytes:
+    """The panes the page builds: every mounted transport, in the order /healthz lists them, with its label,
+    colour and pane module (null: the page shows a pane without a client of its own)."""
+    panes = []
+    for name in config.transports:
+        entry = registry.get(name)
+        panes.append({"name": name, "label": entry.label, "colour": entry.colour, "summary": entry.summary,
+                      "module": module_path(name) if entry.browser else None})
+    return json.dumps({"transports": panes}).encode()
 
 
 class ClientBytes:
@@ -130,10 +148,17 @@ def add_routes(app: web.Application, config: ServerConfig) -> None:
     The files are read once, here. With metrics on, every request carrying `client=ID` has its bytes
     counted for that id as well as for its transport; the page's own routes are counted nowhere.
     """
+    files = {path: (STATIC_DIR / name, content_type) for path, (name, content_type) in PAGES.items()}
+    for name in config.transports:
+        browser = registry.get(name).browser
+        if browser is not None:
+            files[module_path(name)] = (browser, "text/javascript")
     routes = [
-        app.router.add_get(path, _handler((STATIC_DIR / name).read_bytes(), content_type), allow_head=False)
-        for path, (name, content_type) in PAGES.items()
+        app.router.add_get(path, _handler(file.read_bytes(), content_type), allow_head=False)
+        for path, (file, content_type) in files.items()
     ]
+    routes.append(app.router.add_get("/demo/transports", _handler(transports_json(config), "application/json"),
+                                     allow_head=False))
     routes.append(app.router.add_get("/demo/clients/bytes", handle_client_bytes, allow_head=False))
     meter = app.get(METER)
     if meter is not None:

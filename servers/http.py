@@ -104,6 +104,10 @@ async def error_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 405 and request.method in ("GET", "HEAD") and "GET" not in exc.headers.get("Allow", ""):
+            # A GET on a path that only takes POST (the messages route without a polling transport) is
+            # another transport's route, absent here: 404, as for any route this server does not mount.
+            return error_response(404, _describe(request, web.HTTPNotFound()))
         return error_response(exc.status, _describe(request, exc), _keep_headers(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

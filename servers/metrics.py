@@ -16,7 +16,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from .config import TRANSPORT_NAMES, ServerConfig
+from . import registry
+from .config import ServerConfig
 
 COMMON = "common"  # routes every transport shares (POST, history, healthz) when several are mounted
 UNMATCHED = "unmatched"  # the `route` label of requests no route matched (404, 405, a malformed request line)
@@ -265,24 +266,15 @@ class MeteredAppRunner(web.AppRunner):
         return MeteredServer(self.app[METER], await super()._make_server())
 
 
-class _LongPollHub(Protocol):
-    held: int
-
-
-class _WebSocketHub(Protocol):
-    overflow_closes: int
-
-    def queued_frames(self) -> tuple[int, int]: ...
-
-
 class Meter:
     """One app's instrumentation: counters per transport label, its own Prometheus registry, /metrics.
 
     Labels: on a server with one transport every request is labelled with it (POST and history
     included: they are part of what that transport costs). With several transports mounted, each
-    route is labelled with the transport that mounted it, the shared routes with "common", and the
-    poll route, shared by both polling transports, by the request: one asking to be held (wait > 0)
-    is "long-polling", any other "short-polling". /metrics itself is counted nowhere.
+    route is labelled with the transport that mounted it, the shared routes with "common", and a route
+    two transports share (the poll route) by the request: the first owner whose `claims(request)` holds
+    (a poll asking to be held is long polling's, any other short polling's). /metrics itself is counted
+    nowhere.
     """
 
     def __init__(self, config: ServerConfig) -> None:
@@ -294,17 +286,18 @@ class Meter:
         self.excluded = Tally("metrics")  # /metrics requests and their bytes; never exported
         if self.single:
             self.mode = self.single
-        elif set(transports) == set(TRANSPORT_NAMES):
+        elif set(transports) == set(registry.names()):
             self.mode = "all"
         else:
             self.mode = "+".join(transports)
         self.loop_lag = LagHistogram()
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
-        self.long_poll_hub: _LongPollHub | None = None
-        self.ws_hub: _WebSocketHub | None = None
-        self._routes: dict[Any, tuple[Tally | None, str]] = {}  # route -> (tally, or None: split by wait; key)
-        self._owner: dict[Any, str] = {}
+        self.transports: dict[str, Any] = {}  # name -> servers.transport.ServerTransport: gauges, claims
+        # route -> (tally, key), or (None, key) for a shared route: then _shared[route] lists (claims, tally).
+        self._routes: dict[Any, tuple[Tally | None, str]] = {}
+        self._shared: dict[Any, list[tuple[Callable[[web.Request], bool], Tally]]] = {}
+        self._owners: dict[Any, list[str]] = {}
         self._metrics_route: Any = None
         self._lag_timer: asyncio.TimerHandle | None = None
         self._unlabelled: set[Any] = set()  # routes counted nowhere, like /metrics (see exclude)
@@ -316,22 +309,19 @@ class Meter:
         """Count `routes` nowhere, like /metrics: instruments of the lab, not traffic of a transport."""
         self._unlabelled.update(routes)
 
-    def install(
-        self,
-        app: web.Application,
-        routes_of: dict[str, list[Any]],
-        long_poll_hub: _LongPollHub | None = None,
-        ws_hub: _WebSocketHub | None = None,
-    ) -> None:
-        """Mount /metrics and the loop-lag watcher; `routes_of` maps each transport to the routes it added.
+    def install(self, app: web.Application, routes_of: dict[str, list[Any]], transports: dict[str, Any]) -> None:
+        """Mount /metrics and the loop-lag watcher; `routes_of` maps each transport to the routes it owns, and
+        `transports` are the mounted servers.transport.ServerTransport objects (their gauges and claims).
 
         The app must also be built with `self.middleware` first in its middlewares and be run by
         MeteredAppRunner, or no bytes are counted.
         """
         app[METER] = self
-        self.long_poll_hub = long_poll_hub
-        self.ws_hub = ws_hub
-        self._owner = {route: name for name, routes in routes_of.items() for route in routes}
+        self.transports = dict(transports)
+        self._owners = {}
+        for name, routes in routes_of.items():
+            for route in routes:
+                self._owners.setdefault(route, []).append(name)
         self._metrics_route = app.router.add_get(METRICS_PATH, self.handle_metrics, allow_head=False)
         app.on_startup.append(self._index_routes)  # by then every route exists
         app.cleanup_ctx.append(self._watch_loop_lag)
@@ -352,38 +342,38 @@ class Meter:
             self.default.connections_opened += 1
 
     async def _index_routes(self, app: web.Application) -> None:
-        both_polls = "short-polling" in self.tallies and "long-polling" in self.tallies
         for route in app.router.routes():
             key = f"{route.method} {route.resource.canonical if route.resource else '?'}"
             if route is self._metrics_route or route in self._unlabelled:
                 self._routes[route] = (self.excluded, key)
                 continue
-            owner = self._owner.get(route)
+            owners = self._owners.get(route, [])
             if self.single:
-                tally: Tally | None = self.default
-            elif owner is None:
-                tally = self.tallies[COMMON]
-            elif owner in ("short-polling", "long-polling") and both_polls:
-                tally = None
+                self._routes[route] = (self.default, key)
+            elif not owners:
+                self._routes[route] = (self.tallies[COMMON], key)
+            elif len(owners) == 1:
+                self._routes[route] = (self.tallies[owners[0]], key)
             else:
-                tally = self.tallies[owner]
-            self._routes[route] = (tally, key)
+                self._routes[route] = (None, key)
+                self._shared[route] = [(self.transports[name].claims, self.tallies[name]) for name in owners]
 
     def _make_middleware(self):
         routes = self._routes
+        shared = self._shared
         default = self.default
-        short = self.tallies.get("short-polling")
-        long = self.tallies.get("long-polling")
 
         @web.middleware
         async def metrics_middleware(request: web.Request, handler):
-            entry = routes.get(request.match_info.route)
+            route = request.match_info.route
+            entry = routes.get(route)
             if entry is None:
                 tally, key = default, UNMATCHED
             else:
                 tally, key = entry
                 if tally is None:
-                    tally = long if _asks_to_wait(request) else short
+                    owners = shared[route]
+                    tally = next((t for claims, t in owners if claims(request)), owners[0][1])
             protocol = request.protocol
             if isinstance(protocol, MeteredRequestHandler):
                 client_of = self.client_of
@@ -411,36 +401,26 @@ class Meter:
         self._lag_timer = loop.call_at(due, self._lag_tick, loop, due)
 
 
-def _asks_to_wait(request: web.Request) -> bool:
-    raw = request.query.get("wait")
-    if not raw:
-        return False
-    try:
-        return float(raw) > 0
-    except ValueError:
-        return False  # the handler answers 400; count it as a short poll
-
-
 METER = web.AppKey("meter", Meter)
 
 
 # (family, name, help, Tally attribute): the per-label figures, exported in this order.
 _PER_LABEL = (
     (CounterMetricFamily, "rtlab_wire_received_bytes",
-     "TCP payload bytes received: request heads and bodies, WebSocket handshakes and frames.", "wire_received_bytes"),
+     "TCP payload bytes received: request heads and bodies, and every frame a transport reads after a handshake.", "wire_received_bytes"),
     (CounterMetricFamily, "rtlab_wire_sent_bytes",
-     "TCP payload bytes written: response heads and bodies, WebSocket frames.", "wire_sent_bytes"),
+     "TCP payload bytes written: response heads and bodies, frames, streamed events, heartbeats.", "wire_sent_bytes"),
     (CounterMetricFamily, "rtlab_connections_opened",
      "Connections opened, counted under the label of their first request.", "connections_opened"),
     (GaugeMetricFamily, "rtlab_connections_open",
      "Connections open that have carried a request, under the label of their first.", "connections_open"),
     (CounterMetricFamily, "rtlab_messages_accepted",
-     "Chat messages stored, from an HTTP POST or a WebSocket send frame.", "messages_accepted"),
+     "Chat messages stored, from an HTTP POST or a transport's own send (a WebSocket send frame).", "messages_accepted"),
     (CounterMetricFamily, "rtlab_messages_delivered",
-     "Chat messages written to clients: in poll responses and as WebSocket message frames.", "messages_delivered"),
+     "Chat messages written to clients: in poll responses, as message frames or as events.", "messages_delivered"),
     (CounterMetricFamily, "rtlab_message_payload_sent_bytes",
-     "Bytes of the delivered messages' own JSON object (UTF-8), without HTTP heads, the poll envelope or "
-     "WebSocket framing and its \"type\" field.", "payload_sent_bytes"),
+     "Bytes of the delivered messages' own JSON object (UTF-8), without HTTP heads, the poll envelope, a "
+     "frame's header and envelope, or an event's field names.", "payload_sent_bytes"),
     (CounterMetricFamily, "rtlab_polls", "Poll responses, short or long.", "polls"),
     (CounterMetricFamily, "rtlab_empty_polls", "Poll responses that carried no message.", "empty_polls"),
 )
@@ -462,7 +442,7 @@ class _Collector:
             yield family
 
         requests = CounterMetricFamily(
-            "rtlab_requests", "HTTP requests by route, WebSocket upgrades included.", labels=["transport", "route"]
+            "rtlab_requests", "HTTP requests by route, upgrades and event streams included.", labels=["transport", "route"]
         )
         for t in tallies:
             for route, count in sorted(t.requests.items()):
@@ -480,24 +460,5 @@ class _Collector:
         histogram.add_metric([meter.mode], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
         yield histogram
 
-        if meter.long_poll_hub is not None:
-            yield _one("rtlab_long_polls_held", "Long polls being held now.", "long-polling", meter.long_poll_hub.held)
-        if meter.ws_hub is not None:
-            frames, deepest = meter.ws_hub.queued_frames()
-            yield _one("rtlab_ws_send_queue_frames", "Frames waiting in all WebSocket send queues.", "websocket", frames)
-            yield _one(
-                "rtlab_ws_send_queue_max_frames", "Frames waiting in the fullest WebSocket send queue.", "websocket", deepest
-            )
-            yield _one(
-                "rtlab_ws_overflow_closes",
-                "WebSockets closed with 1013 because their send queue was full.",
-                "websocket",
-                meter.ws_hub.overflow_closes,
-                CounterMetricFamily,
-            )
-
-
-def _one(name: str, doc: str, label: str, value: float, kind=GaugeMetricFamily):
-    family = kind(name, doc, labels=["transport"])
-    family.add_metric([label], value)
-    return family
+        for transport in meter.transports.values():
+            yield from transport.gauges()

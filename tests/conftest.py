@@ -9,17 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 
 import pytest
 
+from servers import registry
 from servers.app import RunningServer, start_server
 from servers.config import ServerConfig
 
 # Every timeout in the tests is a multiple of UNIT seconds; a slow machine sets RTLAB_TIMEOUT_SCALE.
 UNIT = float(os.environ.get("RTLAB_TIMEOUT_SCALE", "1"))
 REQUIRE_ALL = os.environ.get("RTLAB_REQUIRE_ALL") == "1"
-TRANSPORTS = ("short-polling", "long-polling", "websocket")
+TRANSPORTS = registry.names()  # rtlab's own transports, from the registry: every suite runs over each
 
 
 def require_binary(name: str, path: str | None = None) -> str:
@@ -35,13 +36,16 @@ def require_binary(name: str, path: str | None = None) -> str:
 
 @pytest.fixture
 async def app_server():
-    """Start servers in this event loop: `await app_server(transports, **config_overrides)`."""
+    """Start servers in this event loop: `await app_server(transports, **overrides)`; an override is a
+    ServerConfig field or a transport's server knob (e.g. ws_send_queue=8)."""
     started: list[RunningServer] = []
+    config_fields = {f.name for f in fields(ServerConfig)}
 
     async def start(transports: tuple[str, ...] | str, **overrides) -> RunningServer:
         if isinstance(transports, str):
-            transports = (transports,)
-        config = replace(ServerConfig(transports=tuple(transports), port=0), **overrides)
+            transports = registry.expand(transports)
+        knobs = {k: overrides.pop(k) for k in list(overrides) if k not in config_fields}
+        config = ServerConfig(transports=tuple(transports), port=0, knobs=knobs, **overrides)
         server = await start_server(config)
         started.append(server)
         return server

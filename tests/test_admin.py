@@ -11,7 +11,7 @@ from unittest import mock
 import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from conftest import UNIT
+from conftest import TRANSPORTS, UNIT
 
 from servers import admin
 from servers.app import create_app
@@ -19,24 +19,26 @@ from servers.config import ServerConfig
 
 
 async def test_a_drain_leaves_the_health_check_closes_websockets_with_1012_and_answers_polls(app_server):
-    server = await app_server(("short-polling", "long-polling", "websocket"), instance="server-7")
+    server = await app_server(TRANSPORTS, instance="server-7")
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{server.url}/healthz") as resp:
             assert resp.status == 200
             assert (await resp.json())["instance"] == "server-7"
         ws = await session.ws_connect(f"{server.url}/rooms/d/ws?since=0")
         poll = asyncio.create_task(session.get(f"{server.url}/rooms/d/messages?since=0&wait=30"))
+        stream = await session.get(f"{server.url}/rooms/d/events?since=0")
         await asyncio.sleep(0.3 * UNIT)  # let the poll be held
         started = time.monotonic()
         async with session.post(f"{server.url}/admin/drain") as resp:
             assert resp.status == 200
             drained = await resp.json()
         assert drained["status"] == "drained" and drained["instance"] == "server-7"
-        assert (drained["websockets_closed"], drained["polls_released"]) == (1, 1)
+        assert (drained["websockets_closed"], drained["polls_released"], drained["streams_closed"]) == (1, 1, 1)
         msg = await ws.receive(timeout=5 * UNIT)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1012
         resp = await asyncio.wait_for(poll, 5 * UNIT)
         assert (await resp.json())["messages"] == []
+        assert (await asyncio.wait_for(stream.content.read(), 5 * UNIT)).startswith(b"retry:")  # the stream ended
         assert time.monotonic() - started < 3 * UNIT
 
         async with session.get(f"{server.url}/healthz") as resp:

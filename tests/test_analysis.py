@@ -11,7 +11,7 @@ import pytest
 
 from experiments import analysis, figures
 from experiments.summary import COLUMN_FIGURES
-from servers.config import TRANSPORT_NAMES
+from servers import registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
 WS10 = "users=10/websocket-r1"  # the point most values below are worked out for
@@ -144,9 +144,12 @@ def test_titles_carry_the_profile(run):
     assert run.sweep_label((10,)) == "users=10"
 
 
-def test_every_transport_has_its_own_colour():
-    assert set(TRANSPORT_NAMES) <= set(analysis.TRANSPORT_COLOURS)
-    assert len(set(analysis.TRANSPORT_COLOURS.values())) == len(analysis.TRANSPORT_COLOURS)
+def test_every_transport_has_its_own_colour_and_label_from_the_registry():
+    names = registry.names(None)
+    colours = [analysis.colour(name) for name in names]
+    assert len(set(colours)) == len(names) and analysis.OTHER_COLOUR not in colours
+    assert [analysis.label(name) for name in names] == [registry.get(name).label for name in names]
+    assert analysis.colour("a-transport-of-an-old-run") == analysis.OTHER_COLOUR
 
 
 def test_resolve_run_falls_back_to_the_reference_run(tmp_path, monkeypatch):

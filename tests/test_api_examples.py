@@ -42,7 +42,8 @@ def same(actual: object, expected: object) -> bool:
 
 def test_docs_have_examples_for_every_route():
     commands = " ".join(c for c, _ in examples())
-    for route in ("/healthz", "/messages?since=0", "wait=1", "/history", "-X POST", "/ws?since", "-X DELETE"):
+    for route in ("/healthz", "/messages?since=0", "wait=1", "/history", "-X POST", "/ws?since", "/events?since",
+                  "Last-Event-ID", "-X DELETE"):
         assert route in commands
 
 

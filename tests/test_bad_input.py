@@ -99,6 +99,15 @@ PROBES = [
     Probe("ws since negative", "GET", "/rooms/r/ws?since=-1", only=("websocket",), headers=WS_UPGRADE),
     Probe("ws since not a number", "GET", "/rooms/r/ws?since=x", only=("websocket",), headers=WS_UPGRADE),
     Probe("POST to ws", "POST", "/rooms/r/ws", body({}), 405, only=("websocket",)),
+    # Event streams: refused before the stream starts
+    Probe("events on an invalid room", "GET", "/rooms/bad!room/events", only=("sse",)),
+    Probe("events since negative", "GET", "/rooms/r/events?since=-1", only=("sse",)),
+    Probe("events since not a number", "GET", "/rooms/r/events?since=x", only=("sse",)),
+    Probe("events since twice", "GET", "/rooms/r/events?since=1&since=2", only=("sse",)),
+    Probe("Last-Event-ID not a number", "GET", "/rooms/r/events", only=("sse",), headers=(("Last-Event-ID", "x"),)),
+    Probe("Last-Event-ID huge", "GET", "/rooms/r/events", only=("sse",),
+          headers=(("Last-Event-ID", "9" * 20),)),
+    Probe("POST to events", "POST", "/rooms/r/events", body({}), 405, only=("sse",)),
 ]
 
 

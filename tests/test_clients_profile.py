@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from clients.profile import (
+    COMMON_KEYS,
     DEFAULT_PROFILE_PATH,
-    KEYS,
     Profile,
     ProfileError,
+    keys,
     load_profile,
     profile_from_dict,
 )
+from servers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,13 +28,22 @@ def default_dict() -> dict:
 def test_the_default_profile_loads():
     profile = load_profile(DEFAULT_PROFILE_PATH)
     assert isinstance(profile, Profile)
-    assert set(profile.as_dict()) == set(KEYS)
+    assert set(profile.as_dict()) == set(keys())
 
 
 def test_every_key_is_documented_in_docs_locust_md():
     doc = (ROOT / "docs" / "locust.md").read_text()
-    for key in KEYS:
+    for key in keys():
         assert f"`{key}`" in doc, key
+
+
+def test_a_transports_own_key_may_be_left_out_and_takes_its_registered_default():
+    data = {key: value for key, value in default_dict().items() if key in COMMON_KEYS}
+    profile = profile_from_dict(data)
+    for name, knob in registry.profile_knobs().items():
+        assert profile.knob(name) == knob.default
+    assert profile.replace(poll_interval_s=0.25).knob("poll_interval_s") == 0.25
+    assert set(profile.as_dict()) == set(keys())  # written out whole: a stored run says every value
 
 
 def test_the_docs_show_the_shipped_default_values():

@@ -39,10 +39,8 @@ def test_every_member_receives_every_message_once_in_order(transport, server_pro
     reports = seen["reports"]
     assert reports[f"SEND {transport}"] == 2 * MESSAGES  # WebSocket: counted when the echo arrives
     assert reports[f"HISTORY {transport}"] == 2
-    if transport == "websocket":
-        assert reports["CONNECT websocket"] == 2
-    else:
-        assert reports.get(f"POLL {transport}", 0) > 0
+    # A socket or stream is opened once per member; a poll again and again.
+    assert reports.get(f"CONNECT {transport}") == 2 or reports.get(f"POLL {transport}", 0) > 0, reports
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

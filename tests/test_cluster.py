@@ -22,17 +22,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import UNIT, require_binary
+from conftest import TRANSPORTS, UNIT, require_binary
 
 from experiments.cluster import Cluster, free_port, haproxy_config, http_json
+from helpers.receivers import EventStreamReceiver
+from servers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "clients" / "locustfile.py"
 
 # 8 members in 2 rooms, each sending once a second: small enough to run several at once on a CI machine.
 PROFILE = """\
-users = 8
-spawn_rate = 20
+users = 24
+spawn_rate = 60
 rooms = 2
 messages_per_second = 1.0
 message_bytes = 40
@@ -102,6 +104,36 @@ async def test_a_post_on_one_instance_reaches_a_websocket_member_on_another_and_
         assert [m["id"] for m in (await get_json(session, f"{b}/rooms/hall/history"))["messages"]] == [1, 2]
         assert (await ws.receive_json(timeout=5 * UNIT))["id"] == 2
         await ws.close()
+
+
+async def test_an_event_stream_resumes_through_the_balancer_after_a_drain_with_last_event_id(cluster):
+    c = cluster("sse", 2, "pubsub")
+    async with aiohttp.ClientSession() as session:
+        # Round robin: two streams opened one after the other land on the two instances.
+        members = [EventStreamReceiver(session, c.url, "flow") for _ in range(2)]
+        streams = [await session.get(f"{c.url}/rooms/flow/events?since=0") for _ in members]
+        readers = [asyncio.create_task(m.read_events(s)) for m, s in zip(members, streams)]
+        for n in range(2):
+            await post(session, c.url, "flow", "ann", f"before {n}")
+        for member in members:
+            await member.wait_for(2)
+        c.drain(0)
+        done, _ = await asyncio.wait(readers, timeout=5 * UNIT, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1  # the stream on server-1 ended; the other goes on
+        ended = members[readers.index(done.pop())]
+        await post(session, c.url, "flow", "bob", "while it was away")
+        # As EventSource does: the same URL again, through the balancer, with the last id it saw.
+        resumed = EventStreamReceiver(session, c.url, "flow")
+        async with session.get(f"{c.url}/rooms/flow/events?since=0",
+                               headers={"Last-Event-ID": ended.last_event_id}) as again:
+            assert again.status == 200
+            task = asyncio.create_task(resumed.read_events(again))
+            await resumed.wait_for(1)
+            task.cancel()
+        assert ended.ids() == [1, 2] and resumed.ids() == [3]  # nothing lost, nothing twice
+        for stream, reader in zip(streams, readers):
+            reader.cancel()
+            stream.close()
 
 
 async def test_sticky_routing_keeps_each_room_on_one_instance(cluster):
@@ -245,7 +277,7 @@ def scenarios(tmp_path_factory) -> dict[str, Scenario]:
     base = tmp_path_factory.mktemp("scaling")
     profile = base / "profile.toml"
     profile.write_text(PROFILE)
-    both = ["WebSocketMember", "LongPollingMember"]
+    both = [registry.get(t).member_class for t in TRANSPORTS]  # every transport, beside one another
     plan = {
         # name: (cluster transport, instances, mode, Locust user classes, fault)
         "drain": ("all", 2, "pubsub", both, lambda c: c.drain(0)),
@@ -331,11 +363,16 @@ def assert_nothing_lost(scenario: Scenario, transport: str) -> dict:
 def test_a_drain_loses_nothing_and_members_reconnect_through_the_balancer(scenarios):
     drain = scenarios["drain"]
     assert drain.fault_error is None, drain.fault_error
-    assert drain.event["websockets_closed"] >= 1 and drain.event["polls_released"] >= 1, drain.event
-    ws = assert_nothing_lost(drain, "websocket")
-    assert_nothing_lost(drain, "long-polling")
-    # Every member closed with 1012 came back, timed; and a drain is not a failure of any kind.
+    # Round robin puts some of every transport's members on the drained instance (each reconnect is checked
+    # below; tests of their own drain one event stream and one socket there deterministically).
+    closed = [drain.event.get(what, 0) for what in ("websockets_closed", "polls_released", "streams_closed")]
+    assert sum(closed) >= 2, drain.event
+    for transport in TRANSPORTS:
+        assert_nothing_lost(drain, transport)
+    ws, sse = drain.transport("websocket"), drain.transport("sse")
+    # Every member closed with 1012, every stream ended, came back, timed; and a drain is not a failure.
     assert ws["reconnects"] >= drain.event["websockets_closed"] and ws["reconnect_failures"] == 0
+    assert sse["reconnects"] >= drain.event["streams_closed"] and sse["reconnect_failures"] == 0
     assert 0 < ws["reconnect_ms"]["max"] < 5000 * UNIT
     assert drain.count("RECONNECT", "websocket") == ws["reconnects"]
     assert drain.count("", "Aggregated", "Failure Count") == 0, drain.output
@@ -346,9 +383,9 @@ def test_a_drain_loses_nothing_and_members_reconnect_through_the_balancer(scenar
 def test_a_killed_instance_loses_no_message_with_history_in_redis(scenarios):
     kill = scenarios["kill"]
     assert kill.fault_error is None, kill.fault_error
-    assert_nothing_lost(kill, "websocket")
-    assert_nothing_lost(kill, "long-polling")
-    reconnects = kill.transport("websocket")["reconnects"] + kill.transport("long-polling")["reconnects"]
+    for transport in TRANSPORTS:
+        assert_nothing_lost(kill, transport)
+    reconnects = sum(kill.transport(t)["reconnects"] for t in TRANSPORTS)
     assert reconnects >= 1  # the members of the killed instance came back through HAProxy
     assert kill.transport("websocket")["reconnect_failures"] == 0
     assert not kill.cluster.instances[0].process.alive
@@ -358,16 +395,16 @@ def test_a_redis_restart_is_survived_gap_free(scenarios):
     restart = scenarios["redis-restart"]
     assert restart.fault_error is None, restart.fault_error
     assert restart.event["outage_s"] >= 0.5 * UNIT
-    assert_nothing_lost(restart, "websocket")  # WebSocket members caught up from history, in order
-    assert_nothing_lost(restart, "long-polling")
+    for transport in TRANSPORTS:  # pushed members caught up from history, in order
+        assert_nothing_lost(restart, transport)
     for name, health in restart.health.items():
         assert health["redis"]["connected"] and health["redis"]["reconnects"] == 1, (name, health)
 
 
 def test_sticky_routing_loses_nothing(scenarios):
     sticky = scenarios["sticky"]
-    assert_nothing_lost(sticky, "websocket")
-    assert_nothing_lost(sticky, "long-polling")
+    for transport in TRANSPORTS:
+        assert_nothing_lost(sticky, transport)
     assert sticky.returncode == 0, sticky.output
 
 
@@ -387,7 +424,7 @@ def test_locust_distributed_mode_merges_the_workers_results(scenarios, name, tra
     doc = run.completeness()
     assert doc["processes"] == 2
     c = assert_nothing_lost(run, transport)
-    assert c["receivers"] == 8
+    assert c["receivers"] == 24
     deliver = run.count("DELIVER", transport)
     assert deliver > 0 and c["deliveries_measured"] == deliver  # the master's CSV and the merged histogram agree
     names = json.loads((run.out / "generator.json").read_text())["cpu_samples_by_process"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 
@@ -10,68 +11,11 @@ import aiohttp
 import pytest
 
 from conftest import TRANSPORTS, UNIT
-from servers.long_polling import LONG_POLL_HUB
+from helpers.receivers import receiver
 
 
-class Receiver:
-    """A member of a room that collects what one transport delivers, the way a real client would."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str, transport: str, room: str, since: int = 0):
-        self.session, self.base, self.transport, self.room = session, base, transport, room
-        self.since = since
-        self.received: list[dict] = []
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-
-    async def __aenter__(self) -> Receiver:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.ready.wait(), 5 * UNIT)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        if self.ws is not None:
-            await self.ws.close()
-
-    async def _run(self) -> None:
-        url = f"{self.base}/rooms/{self.room}"
-        if self.transport == "websocket":
-            self.ws = await self.session.ws_connect(f"{url}/ws?since={self.since}")
-            self.ready.set()
-            async for frame in self.ws:
-                body = json.loads(frame.data)
-                assert body.pop("type") == "message", body
-                self.received.append(body)
-            return
-        since = self.since
-        wait = ""  # the first poll answers at once, so the member is known to be in the room
-        for _ in range(10_000):  # bounded
-            async with self.session.get(f"{url}/messages?since={since}{wait}") as resp:
-                assert resp.status == 200
-                page = await resp.json()
-            self.ready.set()
-            if self.transport == "long-polling":
-                wait = "&wait=5"
-            self.received.extend(page["messages"])
-            if page["messages"]:
-                since = page["messages"][-1]["id"]
-            if self.transport == "short-polling":
-                await asyncio.sleep(0.02)
-
-    async def wait_for(self, count: int, timeout: float = 5 * UNIT) -> list[dict]:
-        async with asyncio.timeout(timeout):
-            while len(self.received) < count:
-                await asyncio.sleep(0.01)
-        return self.received
-
-    def ids(self) -> list[int]:
-        return [m["id"] for m in self.received]
+def Receiver(session, base, transport, room, since=0):  # noqa: N802  (reads as the class it returns)
+    return receiver(session, base, transport, room, since)
 
 
 @pytest.fixture
@@ -96,7 +40,7 @@ async def test_healthz_names_the_transport(app_server, session, transport):
         assert resp.status == 200
         body = await resp.json()
     assert body["status"] == "ok" and body["transports"] == [transport]
-    assert body["compression"]["websocket_permessage_deflate"] is False
+    assert not any(body["compression"].values())  # off unless asked for, whichever transport reports it
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -181,18 +125,28 @@ async def test_websocket_backlog_shows_the_gap_when_history_dropped_messages(app
     assert member.ids() == [8, 9, 10, 11, 12]  # the first id after since=2 is 8: the client sees 5 lost
 
 
+# One route per transport that only that transport (or its polling sibling) serves.
+OWN_ROUTE = {
+    "short-polling": "/rooms/r/messages?since=0",
+    "long-polling": "/rooms/r/messages?since=0",
+    "websocket": "/rooms/r/ws",
+    "sse": "/rooms/r/events?since=0",
+}
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_other_transports_routes_are_404(app_server, session, transport):
     server = await app_server(transport)
-    routes = {"polling": "/rooms/r/messages?since=0", "websocket": "/rooms/r/ws"}
-    for owner, path in routes.items():
-        mine = transport == "websocket" if owner == "websocket" else transport != "websocket"
+    for owner, path in OWN_ROUTE.items():
+        if OWN_ROUTE[owner] == OWN_ROUTE[transport]:
+            continue  # its own route (an event stream would not end; the ws route wants an upgrade)
         async with session.get(f"{server.url}{path}") as resp:
             body = await resp.json()
-            if mine:
-                assert resp.status in (200, 400), body  # 400: the ws route without an upgrade
-            else:
-                assert resp.status == 404 and transport in body["error"]
+            assert resp.status == 404 and transport in body["error"], (owner, body)
+
+
+def test_every_transport_has_its_own_route_listed():
+    assert set(OWN_ROUTE) >= set(TRANSPORTS)
 
 
 async def test_short_polling_rejects_wait(app_server, session):
@@ -215,7 +169,7 @@ async def test_long_poll_is_released_by_a_post_and_times_out_empty(app_server, s
             return await resp.json()
 
     polls = [asyncio.create_task(held_poll()) for _ in range(3)]
-    hub = server.app[LONG_POLL_HUB]
+    hub = server.transport("long-polling").hub
     async with asyncio.timeout(5 * UNIT):
         while hub.held < 3:
             await asyncio.sleep(0.01)
@@ -244,7 +198,7 @@ async def test_abandoned_long_polls_are_not_held(app_server):
     if soft < 4096 and hard >= 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
     server = await app_server("long-polling")
-    hub = server.app[LONG_POLL_HUB]
+    hub = server.transport("long-polling").hub
     request = f"GET /rooms/r/messages?since=0&wait=30 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
     writers = []
     for _ in range(1000):
@@ -308,9 +262,7 @@ async def test_slow_websocket_reader_is_closed_with_1013_and_resumes(app_server,
             await asyncio.gather(*(post(session, server.url, "flood", text=text) for _ in range(4)))
         await healthy.wait_for(1000, timeout=30 * UNIT)
     assert healthy.ids() == list(range(1, 1001))
-    from servers.websocket import WS_HUB
-
-    assert server.app[WS_HUB].overflow_closes == 1
+    assert server.transport("websocket").hub.overflow_closes == 1
 
     # Now read what the slow member was sent: contiguous messages, then a close frame with 1013.
     async with asyncio.timeout(10 * UNIT):
@@ -330,17 +282,16 @@ async def test_slow_websocket_reader_is_closed_with_1013_and_resumes(app_server,
 
 async def test_all_mounts_every_transport_over_one_core(app_server, session):
     server = await app_server(TRANSPORTS)
-    async with (
-        Receiver(session, server.url, "short-polling", "one") as short,
-        Receiver(session, server.url, "long-polling", "one") as long_,
-        Receiver(session, server.url, "websocket", "one") as ws,
-    ):
+    members = [Receiver(session, server.url, transport, "one") for transport in TRANSPORTS]
+    async with contextlib.AsyncExitStack() as stack:
+        for member in members:
+            await stack.enter_async_context(member)
         for i in range(5):
             await post(session, server.url, "one", text=str(i))
-        for member in (short, long_, ws):
+        for member in members:
             await member.wait_for(5)
-    assert short.received == long_.received == ws.received
-    assert short.ids() == [1, 2, 3, 4, 5]
+    assert all(member.received == members[0].received for member in members)
+    assert members[0].ids() == [1, 2, 3, 4, 5]
 
 
 async def test_compression_is_explicit_and_reported(app_server, session):

@@ -12,11 +12,12 @@ from types import SimpleNamespace
 
 import aiohttp
 
-from conftest import UNIT
+from conftest import TRANSPORTS, UNIT
+from servers import registry
 from servers.demo import ClientLedgers
 
 STATIC = Path(__file__).resolve().parent.parent / "servers" / "static"
-HEARTBEAT_OFF = {"ws_heartbeat_s": 3600.0}  # no ping may slip into an exchange counted to the byte
+HEARTBEAT_OFF = {"ws_heartbeat_s": 3600.0, "sse_heartbeat_s": 3600.0}  # no ping in an exchange counted to the byte
 
 
 async def get(url: str) -> tuple[int, dict[str, str], str]:
@@ -24,19 +25,43 @@ async def get(url: str) -> tuple[int, dict[str, str], str]:
         return response.status, dict(response.headers), await response.text()
 
 
-async def test_page_is_mounted_only_with_every_transport(app_server):
-    for transport in ("short-polling", "long-polling", "websocket"):
+async def test_page_is_mounted_with_several_transports_or_when_asked(app_server):
+    for transport in TRANSPORTS:
         server = await app_server(transport)
         status, _, body = await get(server.url + "/")
         assert status == 404 and "error" in json.loads(body)
-    server = await app_server(("short-polling", "long-polling", "websocket"))
+    server = await app_server(TRANSPORTS)
     status, headers, body = await get(server.url + "/")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8" and "<title>" in body
+    one = await app_server("sse", demo=True)
+    assert (await get(one.url + "/"))[0] == 200
+    assert (await get((await app_server(TRANSPORTS[:2], demo=False)).url + "/"))[0] == 404
+
+
+async def test_the_panes_are_the_mounted_transports_with_the_registry_colours(app_server):
+    server = await app_server(TRANSPORTS[::-1])
+    status, _, body = await get(server.url + "/demo/transports")
+    panes = json.loads(body)["transports"]
+    assert status == 200 and [p["name"] for p in panes] == list(TRANSPORTS[::-1])  # /healthz's order
+    for pane in panes:
+        entry = registry.get(pane["name"])
+        assert (pane["label"], pane["colour"]) == (entry.label, entry.colour)
+        assert pane["module"] == f"/static/transports/{pane['name']}.js"
+        status, headers, source = await get(server.url + pane["module"])
+        assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+        assert source == entry.browser.read_text()
+    # A transport the server does not mount has no pane and no module here.
+    partial = await app_server(TRANSPORTS[:2])
+    assert [p["name"] for p in json.loads((await get(partial.url + "/demo/transports"))[2])["transports"]] == \
+        list(TRANSPORTS[:2])
+    assert (await get(f"{partial.url}/static/transports/{TRANSPORTS[-1]}.js"))[0] == 404
 
 
 async def test_page_and_assets_carry_a_policy_that_forbids_inline_script(app_server):
-    server = await app_server(("short-polling", "long-polling", "websocket"))
-    for path, kind in (("/", "text/html"), ("/static/demo.js", "text/javascript"), ("/static/demo.css", "text/css")):
+    server = await app_server(TRANSPORTS)
+    for path, kind in (("/", "text/html"), ("/static/demo.js", "text/javascript"), ("/static/pane.js", "text/javascript"),
+                       ("/static/demo.css", "text/css"), ("/demo/transports", "application/json"),
+                       *((f"/static/transports/{t}.js", "text/javascript") for t in TRANSPORTS)):
         status, headers, _ = await get(server.url + path)
         assert status == 200 and headers["Content-Type"].startswith(kind)
         policy = headers["Content-Security-Policy"]
@@ -50,13 +75,18 @@ async def test_page_and_assets_carry_a_policy_that_forbids_inline_script(app_ser
 
 def test_page_source_has_no_inline_script_no_html_sinks_and_no_third_party():
     html = (STATIC / "index.html").read_text()
-    assert [tag for tag in re.findall(r"<script[^>]*>", html)] == ['<script src="/static/demo.js" defer>']
+    assert [tag for tag in re.findall(r"<script[^>]*>", html)] == ['<script type="module" src="/static/demo.js">']
     assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
     assert not re.search(r"<style|\sstyle=", html), "inline style"
-    for name in ("index.html", "demo.js", "demo.css"):
-        assert not re.search(r"https?://", (STATIC / name).read_text()), f"{name} refers to another origin"
-    script = (STATIC / "demo.js").read_text()
-    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", script)
+    scripts = [STATIC / "demo.js", STATIC / "pane.js", *(registry.get(t).browser for t in TRANSPORTS)]
+    for path in [STATIC / "index.html", STATIC / "demo.css", *scripts]:
+        assert not re.search(r"https?://", path.read_text()), f"{path.name} refers to another origin"
+    for path in scripts:
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function",
+                             path.read_text()), path.name
+    # The page names no transport: its panes come from the server (/demo/transports).
+    for path in (STATIC / "index.html", STATIC / "demo.js", STATIC / "pane.js", STATIC / "demo.css"):
+        assert not [t for t in TRANSPORTS if re.search(rf"\b{t}\b", path.read_text())], path.name
 
 
 class Raw:
@@ -104,7 +134,7 @@ async def client_bytes(url: str, *ids: str) -> dict:
 
 
 async def test_bytes_are_counted_exactly_per_client_id_across_requests_and_connections(app_server):
-    server = await app_server(("short-polling", "long-polling", "websocket"), **HEARTBEAT_OFF)
+    server = await app_server(TRANSPORTS, **HEARTBEAT_OFF)
     host = f"Host: 127.0.0.1:{server.port}\r\n"
     poller, other = await Raw.open(server.port), await Raw.open(server.port)
 
@@ -141,22 +171,30 @@ async def test_bytes_are_counted_exactly_per_client_id_across_requests_and_conne
     await socket.read(length)  # the echo: {"type":"message",...}
     assert first == 0x81 and length < 126
 
-    counts = await client_bytes(server.url, "ann-sp", "bob-lp", "cy-ws", "nobody")
+    # An event stream: its request, its head and every chunk it has written, heartbeats included.
+    stream = await Raw.open(server.port)
+    await stream.send(f"GET /rooms/r/events?client=dee-sse HTTP/1.1\r\n{host}\r\n".encode())
+    await stream.read_head()
+    retry = await asyncio.wait_for(stream.reader.readuntil(b"\n\n\r\n"), 5 * UNIT)  # one chunk: retry: ...
+    stream.received += len(retry)
+
+    counts = await client_bytes(server.url, "ann-sp", "bob-lp", "cy-ws", "dee-sse", "nobody")
     assert counts == {
         "ann-sp": {"bytes_in": ann_in, "bytes_out": ann_out},
         "bob-lp": {"bytes_in": bob_in, "bytes_out": bob_out},
         "cy-ws": {"bytes_in": socket.sent, "bytes_out": socket.received},
+        "dee-sse": {"bytes_in": stream.sent, "bytes_out": stream.received},
     }
     # Asking for the counts is counted nowhere: not for a client, not under a transport in /metrics.
-    assert await client_bytes(server.url, "ann-sp", "bob-lp", "cy-ws") == counts
+    assert await client_bytes(server.url, "ann-sp", "bob-lp", "cy-ws", "dee-sse") == counts
     _, _, metrics = await get(server.url + "/metrics")
     assert "/demo/" not in metrics and 'route="GET /"' not in metrics
-    for raw in (poller, other, socket):
+    for raw in (poller, other, socket, stream):
         await raw.close()
 
 
 async def test_bad_client_ids_are_ignored_and_bad_asks_refused(app_server):
-    server = await app_server(("short-polling", "long-polling", "websocket"))
+    server = await app_server(TRANSPORTS)
     status, _, _ = await get(f"{server.url}/rooms/r/messages?since=0&client=no%20spaces")
     assert status == 200  # like any unknown parameter, a malformed client id is ignored...
     assert await client_bytes(server.url, "ok") == {}  # ...and counted for nobody
@@ -166,7 +204,7 @@ async def test_bad_client_ids_are_ignored_and_bad_asks_refused(app_server):
 
 
 async def test_client_bytes_say_not_exact_when_metrics_are_off(app_server):
-    server = await app_server(("short-polling", "long-polling", "websocket"), metrics=False)
+    server = await app_server(TRANSPORTS, metrics=False)
     status, _, body = await get(f"{server.url}/demo/clients/bytes?ids=a")
     assert status == 200 and json.loads(body) == {"exact": False, "clients": {}}
 

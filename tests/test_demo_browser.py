@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import REQUIRE_ALL, UNIT, require_binary, spawn_server
+from conftest import REQUIRE_ALL, TRANSPORTS, UNIT, require_binary, spawn_server
+from servers import registry
 
 try:
     from playwright import sync_api
@@ -30,7 +33,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TRANSPORTS = ("short-polling", "long-polling", "websocket")
 WAIT_MS = 10_000 * UNIT
 MARKUP = ("<img src=x onerror=alert(1)>", "<script>alert(1)</script>")
 
@@ -90,15 +92,18 @@ def open_demo(browser, demo_server, request):
     """Open the demo on a fresh page in a room of its own; wait until every pane has joined."""
     contexts = []
 
-    def open_(viewport=(1360, 900), room: str | None = None) -> Watched:
+    def open_(viewport=(1360, 900), room: str | None = None, server=None) -> Watched:
         context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
         contexts.append(context)
         watched = Watched(context.new_page())
         room = room or re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:64]
-        watched.page.goto(f"{demo_server.url}/?room={room}")
-        expect(watched.pane("websocket").locator(".status")).to_contain_text("connection open", timeout=WAIT_MS)
-        for transport in ("short-polling", "long-polling"):
-            expect(watched.pane(transport).locator(".stat-requests")).not_to_have_text("0", timeout=WAIT_MS)
+        watched.page.goto(f"{(server or demo_server).url}/?room={room}")
+        # The panes are the transports the server mounts, in its order; each says when it is live.
+        expect(watched.page.locator(".pane")).to_have_count(len(TRANSPORTS), timeout=WAIT_MS)
+        assert watched.page.locator(".pane").evaluate_all("panes => panes.map(p => p.dataset.transport)") == \
+            list(TRANSPORTS)
+        for transport in TRANSPORTS:
+            expect(watched.pane(transport)).to_have_attribute("data-state", "live", timeout=WAIT_MS)
         return watched
 
     yield open_
@@ -109,9 +114,14 @@ def open_demo(browser, demo_server, request):
 def test_page_loads_without_console_errors(open_demo):
     demo = open_demo()
     page = demo.page
-    assert demo.pane("short-polling").locator(".explain").text_content().strip()
     for transport in TRANSPORTS:
-        expect(demo.pane(transport).locator(".wire li").first).to_be_visible(timeout=WAIT_MS)
+        pane = demo.pane(transport)
+        assert pane.locator(".explain").text_content().strip()
+        assert pane.locator(".label").text_content() == registry.get(transport).label
+        # The pane wears its transport's colour from the registry, the notebooks' colour.
+        accent = pane.evaluate("p => getComputedStyle(p).getPropertyValue('--accent').trim()")
+        assert accent.lower() == registry.get(transport).colour.lower()
+        expect(pane.locator(".wire li").first).to_be_visible(timeout=WAIT_MS)
     page.click("button[data-view=charts]")
     expect(page.locator("#view-charts")).to_be_visible()
     expect(page.locator("#view-panes")).to_be_hidden()
@@ -184,7 +194,45 @@ def test_pause_stops_polling_and_a_burst_arrives_batched(open_demo):
     expect(short.locator(".messages .text")).to_have_count(20, timeout=WAIT_MS)
     expect(short.locator(".wire li").filter(has_text="20 msgs")).to_have_count(1, timeout=WAIT_MS)
     expect(demo.pane("long-polling").locator(".messages .text")).to_have_count(20, timeout=WAIT_MS)
+    expect(demo.pane("sse").locator(".messages .text")).to_have_count(20, timeout=WAIT_MS)
     assert demo.errors == [] and demo.dialogs == []
+
+
+def burst_at_once(port: int, room: str, count: int) -> None:
+    """POST `count` messages on `count` connections written in one go, so the server handles them all in
+    one turn of its loop, before any event stream's writer runs."""
+
+    async def burst() -> None:
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+        for i, (_, writer) in enumerate(connections):
+            body = f'{{"user": "burst", "text": "burst {i + 1}"}}'.encode()
+            writer.write(f"POST /rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        for reader, writer in connections:
+            await asyncio.wait_for(reader.read(), 10 * UNIT)
+            writer.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(burst(),))  # its own loop: Playwright's owns this thread
+    thread.start()
+    thread.join(30 * UNIT)
+
+
+def test_eventsource_reconnects_by_itself_with_last_event_id_and_misses_nothing(open_demo, tmp_path):
+    # One event queued per stream at most: a burst overflows it, the server ends the stream, and the page's
+    # EventSource comes back on its own with Last-Event-ID, as a class can watch in the wire log.
+    server = spawn_server(["--transport", "all", "--sse-send-queue", "1"], str(tmp_path / "server.log"))
+    try:
+        demo = open_demo(server=server, room="reconnect")
+        sse = demo.pane("sse")
+        burst_at_once(server.port, "reconnect", 40)
+        expect(sse.locator(".wire li").filter(has_text="EventSource reconnect")).not_to_have_count(0, timeout=WAIT_MS)
+        expect(sse.locator(".wire li").filter(has_text="Last-Event-ID:").first).to_be_visible()
+        expect(sse.locator(".messages .text")).to_have_count(40, timeout=WAIT_MS)
+        ids = [int(i) for i in sse.locator(".messages li").evaluate_all("items => items.map(i => i.dataset.id)")]
+        assert ids == list(range(1, 41))  # resumed after the last id seen: none lost, none twice
+        assert demo.errors == [] and demo.dialogs == []
+    finally:
+        server.stop()
 
 
 def test_screenshot_of_a_short_conversation(open_demo, tmp_path):
@@ -194,6 +242,7 @@ def test_screenshot_of_a_short_conversation(open_demo, tmp_path):
         ("websocket", "hi all, I'm on a WebSocket"),
         ("short-polling", "I only hear you when I ask"),
         ("long-polling", "and I wait for you to answer"),
+        ("sse", "mine streams down one response"),
         ("websocket", "look how little my wire log says"),
     ):
         demo.send(transport, text)
@@ -204,7 +253,7 @@ def test_screenshot_of_a_short_conversation(open_demo, tmp_path):
     path = tmp_path / "demo.png"
     demo.page.screenshot(path=str(path))
     data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(data) < 400_000
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(data) < 800_000
     if os.environ.get("RTLAB_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(path, SCREENSHOT)
     assert demo.errors == [] and demo.dialogs == []

@@ -7,7 +7,7 @@ import sys
 
 from conftest import UNIT
 
-from clients import TRANSPORTS
+from servers import registry
 from clients.__main__ import LOCUSTFILE, locust_command, parse_args
 from clients.profile import DEFAULT_PROFILE_PATH, load_profile
 
@@ -30,7 +30,13 @@ def test_run_options_come_from_the_profile():
     assert option(command, "--spawn-rate") == f"{profile.spawn_rate:g}"
     assert option(command, "--run-time") == f"{profile.duration_s}s"
     assert option(command, "--rtlab-profile") == str(DEFAULT_PROFILE_PATH)
-    assert command[-1] == TRANSPORTS["long-polling"][1] == "LongPollingMember"
+    assert command[-1] == registry.get("long-polling").member_class == "LongPollingMember"
+
+
+def test_every_transport_has_a_locust_user_named_after_its_client():
+    members = {name: registry.get(name).member_class for name in registry.names(None)}
+    assert members["websocket"] == "WebSocketMember" and members["sse"] == "SSEMember"
+    assert len(set(members.values())) == len(members)
 
 
 def test_the_web_ui_listens_on_loopback_8089_unless_headless():

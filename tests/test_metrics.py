@@ -8,15 +8,15 @@ import re
 import time
 
 import aiohttp
-from conftest import UNIT
+from conftest import TRANSPORTS, UNIT
 
 from experiments.figures import metric_total, parse_metrics
 from servers.__main__ import parse_args
 from servers.metrics import METER, MeteredTransport, Tally
-from servers.websocket import WS_HUB, Member
+from servers.websocket import Member
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ALL = ("short-polling", "long-polling", "websocket")
+ALL = TRANSPORTS
 
 
 async def scrape(url: str) -> tuple[str, dict]:
@@ -51,7 +51,7 @@ async def test_every_series_is_labelled_by_transport(app_server):
     server = await app_server(ALL)
     _, metrics = await scrape(server.url)
     labels = {dict(pairs).get("transport") for _, pairs in metrics}
-    assert labels == {"short-polling", "long-polling", "websocket", "common", "all"}
+    assert labels == {*TRANSPORTS, "common", "all"}
     single = await app_server("long-polling")
     _, metrics = await scrape(single.url)
     assert {dict(pairs).get("transport") for _, pairs in metrics} == {"long-polling"}
@@ -82,7 +82,7 @@ def test_ledger_holds_bytes_between_requests_and_hands_them_to_the_next():
 
 async def test_send_queues_and_overflow_closes_are_reported(app_server):
     server = await app_server("websocket", ws_send_queue=4)
-    hub = server.app[WS_HUB]
+    hub = server.transport("websocket").hub
 
     class SilentSocket:  # a member whose writer never runs: everything offered stays queued
         async def close(self, code, message):

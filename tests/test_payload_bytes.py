@@ -7,6 +7,7 @@ import pytest
 
 from conftest import TRANSPORTS, UNIT
 from experiments.figures import metric_total, parse_metrics
+from helpers.receivers import receiver
 
 
 async def payload_counter(session, url: str) -> float:
@@ -24,19 +25,21 @@ async def test_payload_counter_equals_the_messages_json_bytes(app_server, transp
             async with session.post(f"{server.url}/rooms/p/messages", json={"user": "ann", "text": text}) as resp:
                 stored.append(await resp.read())  # the 201 body is the message's JSON, as every transport sends it
         before = await payload_counter(session, server.url)
-        if transport == "websocket":
-            async with session.ws_connect(f"{server.url}/rooms/p/ws?since=0") as ws:
-                for _ in texts:
-                    await ws.receive(timeout=5 * UNIT)
-                await ws.send_json({"type": "send", "user": "bob", "text": "live ✓"})
-                live = await ws.receive(timeout=5 * UNIT)
-            expected = sum(map(len, stored)) + len(live.data.encode()) - len('"type":"message",')
-        else:
-            wait = "&wait=1" if transport == "long-polling" else ""
-            async with session.get(f"{server.url}/rooms/p/messages?since=0{wait}") as resp:
-                assert len((await resp.json())["messages"]) == 3
-            async with session.get(f"{server.url}/rooms/p/messages?since=3") as resp:  # empty: no payload
-                assert (await resp.json())["messages"] == []
-            expected = sum(map(len, stored))
+        async with receiver(session, server.url, transport, "p", since=0) as member:
+            await member.wait_for(3)
+            # Nothing more arrives (an empty poll, a heartbeat): no payload.
+            await session.get(f"{server.url}/rooms/p/history")
+            after = await payload_counter(session, server.url)
+    assert member.ids() == [1, 2, 3]
+    assert after - before == sum(map(len, stored))
+
+
+async def test_a_websocket_frame_counts_the_message_without_its_envelope(app_server):
+    server = await app_server("websocket")
+    async with aiohttp.ClientSession() as session:
+        before = await payload_counter(session, server.url)
+        async with session.ws_connect(f"{server.url}/rooms/p/ws") as ws:
+            await ws.send_json({"type": "send", "user": "bob", "text": "live ✓"})
+            live = await ws.receive(timeout=5 * UNIT)
         after = await payload_counter(session, server.url)
-    assert after - before == expected
+    assert after - before == len(live.data.encode()) - len('"type":"message",')

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 
+from servers import registry
 from servers.app import start_server
 from servers.broker import MemoryBroker
 from servers.config import ServerConfig
@@ -50,7 +51,7 @@ async def serve(transport: str, drop_id: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--transport", required=True, choices=["short-polling", "long-polling", "websocket"])
+    p.add_argument("--transport", required=True, choices=registry.names(None))
     p.add_argument("--drop-id", type=int, default=3)
     a = p.parse_args(argv)
     asyncio.run(serve(a.transport, a.drop_id))

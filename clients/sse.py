@@ -1,0 +1,260 @@
+"""Server-Sent Events client: read the room's event stream as a browser's EventSource does; send with POST."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import gevent
+
+from .base import (
+    Backoff,
+    ChatClient,
+    ClientError,
+    OnMessage,
+    PostSender,
+    Report,
+    ignore_report,
+    ms_since,
+)
+
+# The stream is read from a plain (gevent) socket with a small parser of our own rather than through an
+# HTTP library: a response that never ends must be readable and closable from another greenlet, and the
+# parse runs for every event a member receives, on the load generator's hot path (HTTP head, chunked
+# decoding, `id:`/`data:` lines: about forty lines here).
+RECV_BYTES = 65536
+MAX_HEAD_BYTES = 16 * 1024
+
+
+class StreamEnded(Exception):
+    """The server ended the stream (drain, shutdown, a full queue): reconnect with Last-Event-ID."""
+
+
+class EventStream:
+    """One `text/event-stream` response on a socket: the head, then events, chunked or not."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._raw = bytearray()  # received, not yet de-chunked
+        self._text = bytearray()  # de-chunked, not yet parsed into events
+        self._chunked = False
+        self._chunk_left = 0  # body bytes left in the current chunk
+        self._ended = False
+        self.retry_ms: int | None = None
+        self.head_bytes = 0
+
+    def read_head(self) -> tuple[int, dict[str, str]]:
+        """Read the response head; return (status, lower-cased headers)."""
+        while b"\r\n\r\n" not in self._raw:
+            if len(self._raw) > MAX_HEAD_BYTES:
+                raise ClientError("response head too long")
+            self._recv()
+        head, _, rest = bytes(self._raw).partition(b"\r\n\r\n")
+        self.head_bytes = len(head) + 4
+        self._raw = bytearray(rest)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        self._chunked = "chunked" in headers.get("transfer-encoding", "")
+        return int(status_line.split()[1]), headers
+
+    def body(self, limit: int = 65536) -> bytes:
+        """Read up to `limit` bytes of a non-stream answer (an error body), de-chunked, for the report."""
+        self._dechunk()
+        return bytes(self._text[:limit])
+
+    def events(self):
+        """Yield (id or None, data) for each event; raise StreamEnded when the response ends."""
+        while True:
+            self._dechunk()
+            text = self._text
+            end = text.find(b"\n\n")
+            while end >= 0:
+                block = bytes(text[:end])
+                del text[: end + 2]
+                event = self._parse(block)
+                if event is not None:
+                    yield event
+                end = text.find(b"\n\n")
+            if self._ended:
+                raise StreamEnded("the server ended the stream")
+            self._recv()
+
+    def _parse(self, block: bytes) -> tuple[str | None, str] | None:
+        event_id, data = None, []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"id:"):
+                event_id = (line[4:] if line[3:4] == b" " else line[3:]).decode()
+            elif line.startswith(b"retry:"):
+                value = line[6:].strip()
+                if value.isdigit():
+                    self.retry_ms = int(value)
+            # A line starting with ":" is a comment (the heartbeat); other fields are ignored, as EventSource does.
+        if not data:
+            return None
+        return event_id, b"\n".join(data).decode("utf-8")
+
+    def _recv(self) -> None:
+        data = self.sock.recv(RECV_BYTES)
+        if not data:
+            if self._chunked or not self._raw:
+                raise ConnectionError("the connection closed mid-stream")
+            self._ended = True
+            return
+        self._raw += data
+
+    def _dechunk(self) -> None:
+        raw = self._raw
+        if not self._chunked:
+            self._append(raw)
+            raw.clear()
+            return
+        while raw and not self._ended:
+            if self._chunk_left == 0:
+                line_end = raw.find(b"\r\n")
+                if line_end < 0:
+                    return
+                size = int(bytes(raw[:line_end]).split(b";")[0], 16)
+                if size == 0:
+                    self._ended = True
+                    return
+                del raw[: line_end + 2]
+                self._chunk_left = size + 2  # the chunk and its CRLF
+            take = min(self._chunk_left, len(raw))
+            piece = raw[:take]
+            self._chunk_left -= take
+            if self._chunk_left < 2:  # part of the chunk's trailing CRLF was taken
+                piece = piece[: len(piece) - (2 - self._chunk_left)]
+            self._append(piece)
+            del raw[:take]
+
+    def _append(self, data: bytes | bytearray) -> None:
+        if b"\r" in data:
+            data = bytes(data).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        self._text += data
+
+
+class SSEClient(PostSender, ChatClient):
+    """Joins with `GET /rooms/{room}/events?since=ID` and sends with POST on a second connection.
+
+    When the stream ends (a drain, a shutdown, an overflowing queue) or breaks, it reconnects as
+    EventSource does: after the server's `retry:` delay, to the same URL, with `Last-Event-ID` the last id
+    it saw, so the server resumes after it; failures back off with jitter. RECONNECT times the gap from
+    the stream's end to the new stream being open. A stream silent past `idle_timeout_s` (the server sends a
+    comment every 15 s by default) is taken as broken.
+    """
+
+    transport = "sse"
+
+    def __init__(
+        self,
+        base_url: str,
+        on_message: OnMessage,
+        report: Report = ignore_report,
+        *,
+        timeout_s: float = 10.0,
+        idle_timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(base_url, on_message, report, timeout_s=timeout_s)
+        self.idle_timeout_s = idle_timeout_s
+        self.retry_ms = 1000  # until the server says otherwise (retry:)
+        self._since = 0  # the join point: the URL's since=, as EventSource keeps its URL
+        self._stream: EventStream | None = None
+
+    def join(self, room: str, since: int) -> None:
+        self._since = since
+        super().join(room, since)
+
+    def _connect(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._stream = self._open()
+        except Exception as error:
+            self.report("CONNECT", self.transport, ms_since(started), 0, error)
+            raise
+        self.report("CONNECT", self.transport, ms_since(started), 0)
+
+    def _open(self) -> EventStream:
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        try:
+            headers = [f"GET /rooms/{self.room}/events?since={self._since} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                       "Accept: text/event-stream", "Cache-Control: no-cache"]
+            if self.last_id > self._since:
+                headers.append(f"Last-Event-ID: {self.last_id}")
+            sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
+            stream = EventStream(sock)
+            status, response_headers = stream.read_head()
+            if status != 200 or not response_headers.get("content-type", "").startswith("text/event-stream"):
+                raise ClientError(f"stream answered {status}: {stream.body(200)!r}")
+            sock.settimeout(self.idle_timeout_s)
+            return stream
+        except BaseException:
+            sock.close()
+            raise
+
+    def _receive(self) -> None:
+        backoff = Backoff()
+        while not self.closed:
+            stream = self._stream
+            try:
+                for _, data in stream.events():
+                    received_at = time.time()
+                    try:
+                        message = json.loads(data)
+                    except ValueError:
+                        self.report("RECEIVE", self.transport, 0, len(data),
+                                    ClientError(f"event data is not JSON: {data[:200]!r}"))
+                        continue
+                    self.deliver(message, received_at)
+                    backoff.reset()
+                failure: BaseException = StreamEnded("the stream ended")
+            except StreamEnded as ended:
+                failure = ended
+            except Exception as error:  # a reset, silence past idle_timeout_s, a closed socket
+                failure = error
+            if stream.retry_ms is not None:
+                self.retry_ms = stream.retry_ms
+            if self.closed:
+                return
+            if not isinstance(failure, StreamEnded):  # an end the server chose is not a failure
+                self.report("RECEIVE", self.transport, 0, 0, failure)
+            if not self._reconnect(backoff):
+                return
+
+    def _reconnect(self, backoff: Backoff) -> bool:
+        """Reconnect as EventSource does (the server's retry delay first, then backoff on failures), resuming
+        after the last id seen; report RECONNECT from the stream's end to the new stream being open."""
+        self._drop_stream()
+        started = time.perf_counter()
+        gevent.sleep(self.retry_ms / 1000)
+        while not self.closed:
+            try:
+                self._connect()
+            except Exception:
+                if backoff.retry():
+                    continue
+                self.report("RECONNECT", self.transport, ms_since(started), 0,
+                            ClientError(f"gave up after {backoff.failures} attempts"))
+                return False
+            backoff.recovered()
+            self.report("RECONNECT", self.transport, ms_since(started), 0)
+            return True
+        return False
+
+    def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            stream.sock.close()
+
+    def _disconnect(self) -> None:
+        self._drop_stream()
+        self.close_sender()

@@ -1,0 +1,165 @@
+"""Polling, short and long: one poll route, `GET /rooms/{room}/messages?since=ID[&wait=S]`, answered at once
+or held until a message after `since` exists or S seconds pass."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+
+from .broker import Broker
+from .core import InvalidInput, Message, Page, validate_room
+from .http import BROKER, CONFIG, int_param, json_text, page_json, seconds_param
+from .metrics import tally_of
+from .transport import ServerTransport
+
+POLL_LIMIT_DEFAULT = 100  # messages per poll answer unless `limit` says otherwise
+
+
+class LongPollHub:
+    """Held polls per room; one broker subscription per room that has any, released on every post."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
+        self._closing = False
+        self.held = 0  # polls being held right now
+
+    async def hold(self, room: str, since: int, limit: int, wait_s: float) -> Page:
+        """Answer at once when something is after `since`; otherwise wait up to `wait_s` for a post."""
+        if wait_s <= 0 or self._closing:
+            return await self._broker.since(room, since, limit)
+        # Register before reading, so a post landing between the read and the wait still wakes us.
+        waiter = self._add(room)
+        try:
+            page = await self._broker.since(room, since, limit)
+            if page.messages:
+                return page
+            try:
+                async with asyncio.timeout(wait_s):
+                    await waiter
+            except TimeoutError:
+                pass
+        finally:
+            # Also runs when the client goes away: aiohttp cancels the handler (handler_cancellation).
+            self._discard(room, waiter)
+        return await self._broker.since(room, since, limit)
+
+    def release_all(self) -> None:
+        """Answer every held poll now and hold no new ones (shutdown, draining)."""
+        self._closing = True
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _add(self, room: str) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.get(room)
+        if waiters is None:
+            waiters = self._waiters[room] = set()
+            self._unsubscribe[room] = self._broker.subscribe(room, self._on_message)
+        waiters.add(waiter)
+        self.held += 1
+        return waiter
+
+    def _discard(self, room: str, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(room)
+        if waiters is None or waiter not in waiters:
+            return
+        waiters.discard(waiter)
+        self.held -= 1
+        if not waiters:
+            del self._waiters[room]
+            self._unsubscribe.pop(room)()
+
+    def _on_message(self, message: Message) -> None:
+        for waiter in self._waiters.get(message.room, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class PollRoute:
+    """The poll route, added once whichever polling transport mounts first; held only with long polling."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.long: LongPolling | None = None
+        self.route = app.router.add_get("/rooms/{room}/messages", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        app = request.app
+        room = validate_room(request.match_info["room"])
+        since = int_param(request, "since", 0, 0, 2**53)
+        limit = int_param(request, "limit", POLL_LIMIT_DEFAULT, 1, app[CONFIG].limits.page)
+        long = self.long
+        if long is None:
+            if "wait" in request.query:
+                raise InvalidInput("this server does short polling and does not hold requests: drop wait")
+            page = await app[BROKER].since(room, since, limit)
+        else:
+            wait = seconds_param(request, "wait", long.max_wait_s) or 0.0
+            page = await long.hub.hold(room, since, limit, wait)
+        tally = tally_of(request)
+        tally.polls += 1
+        tally.messages_delivered += len(page.messages)
+        tally.payload_sent_bytes += sum(len(m.json.encode()) for m in page.messages)
+        if not page.messages:
+            tally.empty_polls += 1
+        return json_text(200, page_json(page))
+
+
+POLL_ROUTE = web.AppKey("poll_route", PollRoute)
+
+
+def asks_to_wait(request: web.Request) -> bool:
+    """Does this poll ask to be held (wait > 0)? A malformed wait is answered 400 as a short poll."""
+    raw = request.query.get("wait")
+    if not raw:
+        return False
+    try:
+        return float(raw) > 0
+    except ValueError:
+        return False
+
+
+def poll_route(app: web.Application) -> PollRoute:
+    if POLL_ROUTE not in app:
+        app[POLL_ROUTE] = PollRoute(app)
+    return app[POLL_ROUTE]
+
+
+class ShortPolling(ServerTransport):
+    """Answers every poll at once, even when nothing is new."""
+
+    def mount(self) -> list[web.AbstractRoute]:
+        return [poll_route(self.app).route]
+
+    def claims(self, request: web.Request) -> bool:
+        return not asks_to_wait(request)
+
+
+class LongPolling(ServerTransport):
+    """Holds a poll that asks to wait until a message after `since` exists or the wait runs out."""
+
+    def mount(self) -> list[web.AbstractRoute]:
+        self.max_wait_s = float(self.config.knob("long_poll_max_wait_s"))  # a longer `wait` is capped to this
+        self.hub = LongPollHub(self.app[BROKER])
+        route = poll_route(self.app)
+        route.long = self
+        return [route.route]
+
+    def claims(self, request: web.Request) -> bool:
+        return asks_to_wait(request)
+
+    async def close_members(self, code: int, reason: str) -> dict[str, int]:
+        released = self.hub.held
+        self.hub.release_all()
+        return {"polls_released": released}
+
+    def gauges(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("rtlab_long_polls_held", "Long polls being held now.", labels=["transport"])
+        family.add_metric([self.name], self.hub.held)
+        yield family

@@ -1,0 +1,308 @@
+"""The transport registry: each transport's name, label, colour, parts and knobs, read by every layer.
+
+A transport is one registry entry here (or in a plugin module), one server module, one client module and,
+when the demo page needs code of its own for it, one browser module. The CLI, the server, the Locust
+users, the experiment runner, the figures, the notebooks, the demo page and the tests all read this
+registry; nothing else lists transport names. The entries name their parts as "module:attribute" strings,
+so reading the registry imports neither aiohttp nor gevent.
+
+Plugins: a module named in the environment variable RTLAB_PLUGINS (comma-separated import names, as
+pytest's PYTEST_PLUGINS) is imported the first time the registry is read, and registers its transports
+with `register()`. Child processes inherit the variable, so a plugin's transport is known to the server,
+Locust and the notebooks of a run alike. Installed packages can do the same through the entry-point
+group "rtlab.transports".
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+STATIC = Path(__file__).with_name("static")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+KNOB_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+PLUGINS_ENV = "RTLAB_PLUGINS"
+ENTRY_POINT_GROUP = "rtlab.transports"
+PRODUCT = "product"  # rtlab's own transports: what `--transport all` and an experiment's "all" mean
+
+Value = bool | int | float | str
+
+
+class UnknownTransport(ValueError):
+    """A transport name the registry does not know; the message lists the known ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class Knob:
+    """One setting a transport owns: a server flag (and `[server]` key) or a load-profile key, with its default.
+
+    The name is the key in an experiment file or a profile, and `--name-with-dashes` is its CLI flag unless
+    `flag` says otherwise (flags that predate the registry keep their spelling).
+    """
+
+    name: str
+    default: Value
+    help: str
+    low: float | None = None  # inclusive, unless low_open
+    high: float | None = None  # inclusive
+    low_open: bool = False
+    flag: str | None = None
+    label: str = ""  # how a plot's axis names it, unit included (default: the name)
+    phrase: str = ""  # how a one-line description of a load says it, e.g. "poll every {:g} s"
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def check(self, value: object) -> Value:
+        """Return `value` as this knob's type, or raise ValueError naming the knob and the bound."""
+        kind = self.kind
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"{self.name} must be a string, got {value!r}")
+            return value
+        # bool is an int in Python; `interval = true` is a mistake, not 1.
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{self.name} must be an integer, got {value!r}")
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{self.name} must be a finite number, got {value!r}")
+            value = float(value)
+        low, high = self.low, self.high
+        too_low = low is not None and (value <= low if self.low_open else value < low)
+        if too_low or (high is not None and value > high):
+            lower = "" if low is None else (f"more than {_number(low)}" if self.low_open else f"at least {_number(low)}")
+            upper = "" if high is None else f"at most {_number(high)}"
+            raise ValueError(f"{self.name} must be {' and '.join(p for p in (lower, upper) if p)}, got {value}")
+        return value
+
+    def cli_args(self, value: Value) -> list[str]:
+        """The `python -m servers` arguments that set this knob to `value`."""
+        if self.kind is bool:
+            return [self.cli_flag if value else "--no-" + self.cli_flag[2:]]
+        return [self.cli_flag, str(value)]
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """One transport's registry entry."""
+
+    name: str  # "sse": the CLI's --transport, experiment files, summary rows, the /metrics label
+    label: str  # "Server-Sent Events": what plots, tables and the demo page call it
+    colour: str  # "#CC79A7": its colour in every plot and in the demo page
+    server: str  # "servers.sse:ServerSentEvents": its servers.transport.ServerTransport subclass
+    client: str  # "clients.sse:SSEClient": its clients.base.ChatClient subclass
+    browser: Path | None = None  # its demo pane, an ES module (servers/static/transports/<name>.js)
+    server_knobs: tuple[Knob, ...] = ()
+    profile_knobs: tuple[Knob, ...] = ()
+    group: str = PRODUCT  # PRODUCT, or e.g. "peer" for yardsticks that run beside rtlab's own
+    summary: str = ""  # one line: how a member learns of a new message
+    # The transport's own expected mean delivery latency from its profile knobs, where theory gives one
+    # (short polling: half the poll interval); shown beside the measured mean.
+    theory_latency_ms: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
+    # The longest a healthy run may hold a message back before this transport delivers it, from its profile
+    # knobs (short polling: one poll interval); the senders' ledger waits twice that for stragglers.
+    max_delay_s: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
+    # The longest a healthy connection of this transport stays silent, from its server knobs (a held long
+    # poll: its cap; a socket or stream: its heartbeat): a proxy's idle timeouts must be longer.
+    max_silence_s: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
+
+    @property
+    def member_class(self) -> str:
+        """The Locust user class that drives this transport: its client class name, Client -> Member."""
+        name = self.client.rsplit(":", 1)[1]
+        return (name[: -len("Client")] if name.endswith("Client") else name) + "Member"
+
+
+_registry: dict[str, Transport] = {}
+_plugins_loaded = False
+
+
+def register(transport: Transport) -> Transport:
+    """Add `transport` to the registry; its name and knob names must be new. Return it."""
+    if not NAME_RE.fullmatch(transport.name):
+        raise ValueError(f"transport name {transport.name!r} must match ^[a-z][a-z0-9-]{{0,31}}$")
+    if transport.name in _registry or transport.name in ("all",):
+        raise ValueError(f"transport {transport.name!r} is registered already")
+    if not re.fullmatch(r"#[0-9A-Fa-f]{6}", transport.colour):
+        raise ValueError(f"{transport.name}: colour must be #RRGGBB, got {transport.colour!r}")
+    for spec in (transport.server, transport.client):
+        if spec.count(":") != 1:
+            raise ValueError(f"{transport.name}: {spec!r} must be 'module:attribute'")
+    if transport.browser is not None and not Path(transport.browser).is_file():
+        raise ValueError(f"{transport.name}: browser module {transport.browser} does not exist")
+    taken = {knob.name for t in _registry.values() for knob in (*t.server_knobs, *t.profile_knobs)}
+    for knob in (*transport.server_knobs, *transport.profile_knobs):
+        if not KNOB_RE.fullmatch(knob.name):
+            raise ValueError(f"{transport.name}: knob name {knob.name!r} must match ^[a-z][a-z0-9_]{{0,63}}$")
+        if knob.name in taken:
+            raise ValueError(f"{transport.name}: knob {knob.name!r} belongs to another transport already")
+        taken.add(knob.name)
+        knob.check(knob.default)
+    _registry[transport.name] = transport
+    return transport
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for name in filter(None, (part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+
+
+def transports(group: str | None = None) -> tuple[Transport, ...]:
+    """Every registered transport in registration order (of one group, when given)."""
+    _load_plugins()
+    return tuple(t for t in _registry.values() if group is None or t.group == group)
+
+
+def names(group: str | None = PRODUCT) -> tuple[str, ...]:
+    """The names of the registered transports of `group` (default: rtlab's own; None: every one)."""
+    return tuple(t.name for t in transports(group))
+
+
+def get(name: str) -> Transport:
+    """Return the entry of `name`; raise UnknownTransport naming the known ones."""
+    _load_plugins()
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownTransport(f"unknown transport {name!r}; choose from {', '.join(_registry)}") from None
+
+
+def expand(selection: str | Iterable[str]) -> tuple[str, ...]:
+    """Resolve "all" (rtlab's own transports) or a list of names into names, checking each."""
+    if isinstance(selection, str):
+        return names() if selection == "all" else (get(selection).name,)
+    return tuple(get(name).name for name in selection)
+
+
+def server_knobs() -> dict[str, Knob]:
+    """Every registered transport's server knobs, by name."""
+    return {knob.name: knob for t in transports() for knob in t.server_knobs}
+
+
+def profile_knobs() -> dict[str, Knob]:
+    """Every registered transport's profile knobs, by name."""
+    return {knob.name: knob for t in transports() for knob in t.profile_knobs}
+
+
+def load(spec: str) -> Any:
+    """Import and return the attribute a "module:attribute" string names."""
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def colour(name: str, default: str = "#777777") -> str:
+    """The colour of transport `name`, or `default` for a name the registry does not know (an old run)."""
+    _load_plugins()
+    entry = _registry.get(name)
+    return entry.colour if entry else default
+
+
+def label(name: str) -> str:
+    """The label of transport `name`, or the name itself when the registry does not know it."""
+    _load_plugins()
+    entry = _registry.get(name)
+    return entry.label if entry else name
+
+
+# ---- rtlab's own transports -------------------------------------------------------------------------------------
+# Colours: Okabe-Ito, which colour-blind readers and grey print tell apart.
+
+register(Transport(
+    name="short-polling",
+    label="Short polling",
+    colour="#D55E00",
+    server="servers.polling:ShortPolling",
+    client="clients.short_polling:ShortPollingClient",
+    browser=STATIC / "transports" / "short-polling.js",
+    summary="the member asks for what is new every poll interval; the server answers at once",
+    profile_knobs=(
+        Knob("poll_interval_s", 1.0, "short polling: from the start of one poll to the start of the next, s",
+             low=0, low_open=True, high=3600, label="short-poll interval T (s)", phrase="poll every {:g} s"),
+    ),
+    theory_latency_ms=lambda knobs: float(knobs["poll_interval_s"]) * 1000 / 2,
+    max_delay_s=lambda knobs: float(knobs["poll_interval_s"]),
+))
+
+register(Transport(
+    name="long-polling",
+    label="Long polling",
+    colour="#0072B2",
+    server="servers.polling:LongPolling",
+    client="clients.long_polling:LongPollingClient",
+    browser=STATIC / "transports" / "long-polling.js",
+    summary="the member asks and the server holds the request until a message arrives or the wait runs out",
+    server_knobs=(
+        Knob("long_poll_max_wait_s", 30.0, "cap on a long poll's wait=, s", low=0, low_open=True, high=3600,
+             flag="--long-poll-max-wait"),
+    ),
+    profile_knobs=(
+        Knob("long_poll_wait_s", 20.0, "long polling: wait= sent with each poll, s (the server caps it, 30 s by default)",
+             low=0, low_open=True, high=30, label="long-poll wait (s)"),
+    ),
+    max_silence_s=lambda knobs: float(knobs["long_poll_max_wait_s"]),
+))
+
+register(Transport(
+    name="websocket",
+    label="WebSocket",
+    colour="#009E73",
+    server="servers.websocket:WebSocket",
+    client="clients.websocket:WebSocketClient",
+    browser=STATIC / "transports" / "websocket.js",
+    summary="one upgraded, persistent, full-duplex connection; the server pushes each message as a frame",
+    server_knobs=(
+        Knob("ws_send_queue", 1024, "frames queued per WebSocket before it is closed with 1013", low=1,
+             high=1_000_000),
+        Knob("ws_heartbeat_s", 20.0, "WebSocket ping interval, s; a peer that misses the pong is dropped",
+             low=0, low_open=True, high=3600, flag="--ws-heartbeat"),
+        Knob("ws_compress", False, "negotiate permessage-deflate"),
+        Knob("max_ws_message_bytes", 64 * 1024, "largest WebSocket message a client may send (1009)", low=1,
+             high=16 * 1024 * 1024),
+    ),
+    max_silence_s=lambda knobs: float(knobs["ws_heartbeat_s"]),
+))
+
+register(Transport(
+    name="sse",
+    label="Server-Sent Events",
+    colour="#CC79A7",
+    server="servers.sse:ServerSentEvents",
+    client="clients.sse:SSEClient",
+    browser=STATIC / "transports" / "sse.js",
+    summary="one long HTTP response the server streams events down; sends are ordinary POSTs",
+    server_knobs=(
+        Knob("sse_heartbeat_s", 15.0, "comment heartbeat on every event stream, s: idle streams stay open, "
+             "dead peers are noticed", low=0, low_open=True, high=3600, flag="--sse-heartbeat"),
+        Knob("sse_retry_ms", 1000, "the reconnection delay every stream tells its client (retry:), ms", low=0,
+             high=3_600_000),
+        Knob("sse_send_queue", 1024, "events queued per stream before it is cut off (it resumes with "
+             "Last-Event-ID)", low=1, high=1_000_000),
+    ),
+    max_silence_s=lambda knobs: float(knobs["sse_heartbeat_s"]),
+))

@@ -1,0 +1,154 @@
+"""A receiver for transport X: one member of a room that collects what the transport delivers, the way a real
+client would, on aiohttp in the test's event loop. Every transport of the registry needs one here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import aiohttp
+
+UNIT = float(os.environ.get("RTLAB_TIMEOUT_SCALE", "1"))
+
+
+class Receiver:
+    """`async with receiver(session, base, transport, room, since) as member:` ... `await member.wait_for(n)`.
+
+    Entering returns once the member is in the room (its first poll answered, its socket or stream open).
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, room: str, since: int = 0) -> None:
+        self.session, self.base, self.room, self.since = session, base, room, since
+        self.url = f"{base}/rooms/{room}"
+        self.received: list[dict] = []
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Receiver:
+        self._task = asyncio.create_task(self._run())
+        ready = asyncio.create_task(self.ready.wait())
+        done, _ = await asyncio.wait({ready, self._task}, timeout=5 * UNIT, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            ready.cancel()
+            self._task.result()  # raises what stopped it
+            raise AssertionError("the receiver stopped before it was ready")
+        if ready not in done:
+            ready.cancel()
+            raise TimeoutError("the receiver was not ready in time")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self.close()
+
+    async def close(self) -> None:
+        return None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def wait_for(self, count: int, timeout: float = 5 * UNIT) -> list[dict]:
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                if self._task is not None and self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0.01)
+        return self.received
+
+    def ids(self) -> list[int]:
+        return [m["id"] for m in self.received]
+
+
+class PollReceiver(Receiver):
+    wait = ""  # query added to every poll after the first
+
+    async def _run(self) -> None:
+        since, wait = self.since, ""  # the first poll answers at once, so the member is known to be in the room
+        for _ in range(10_000):  # bounded
+            async with self.session.get(f"{self.url}/messages?since={since}{wait}") as resp:
+                assert resp.status == 200, await resp.text()
+                page = await resp.json()
+            self.ready.set()
+            wait = self.wait
+            self.received.extend(page["messages"])
+            if page["messages"]:
+                since = page["messages"][-1]["id"]
+            if not wait:
+                await asyncio.sleep(0.02)
+
+
+class LongPollReceiver(PollReceiver):
+    wait = "&wait=5"
+
+
+class WebSocketReceiver(Receiver):
+    ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def _run(self) -> None:
+        self.ws = await self.session.ws_connect(f"{self.url}/ws?since={self.since}")
+        self.ready.set()
+        async for frame in self.ws:
+            body = json.loads(frame.data)
+            assert body.pop("type") == "message", body
+            self.received.append(body)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+
+class EventStreamReceiver(Receiver):
+    """Reads text/event-stream as EventSource does: `id:` and `data:` lines, an event at each blank line."""
+
+    last_event_id: str | None = None
+    retry_ms: int | None = None
+    comments = 0
+
+    async def _run(self) -> None:
+        async with self.session.get(f"{self.url}/events?since={self.since}") as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream", await resp.text()
+            self.ready.set()
+            await self.read_events(resp)
+
+    async def read_events(self, resp: aiohttp.ClientResponse) -> None:
+        data: list[str] = []
+        async for raw in resp.content:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line:
+                if data:
+                    self.received.append(json.loads("\n".join(data)))
+                data = []
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "":
+                self.comments += 1
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                self.last_event_id = value
+            elif name == "retry":
+                self.retry_ms = int(value)
+
+
+RECEIVERS: dict[str, type[Receiver]] = {
+    "short-polling": PollReceiver,
+    "long-polling": LongPollReceiver,
+    "websocket": WebSocketReceiver,
+    "sse": EventStreamReceiver,
+}
+
+
+def receiver(session: aiohttp.ClientSession, base: str, transport: str, room: str, since: int = 0) -> Receiver:
+    """A receiver for `transport`; a registered transport without one here fails the suites that need it."""
+    try:
+        kind = RECEIVERS[transport]
+    except KeyError:
+        raise AssertionError(f"tests/helpers/receivers.py has no receiver for {transport!r}: add one") from None
+    return kind(session, base, room, since)
