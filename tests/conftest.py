@@ -77,12 +77,12 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def spawn_server(args: list[str], log_path: str, timeout: float = 15 * UNIT) -> ServerProcess:
+def spawn_server(args: list[str], log_path: str, timeout: float = 15 * UNIT, env: dict | None = None) -> ServerProcess:
     """Run `python -m servers ARGS --port 0` and wait for the line that gives its URL."""
     log = open(log_path, "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "servers", *args, "--port", "0"],
-        stdout=log, stderr=subprocess.STDOUT, text=True,
+        stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

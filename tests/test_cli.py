@@ -35,13 +35,14 @@ def test_cli_serves_then_exits_0_on_sigterm(server_process, transport):
     assert time.monotonic() - started < 5 * UNIT
 
 
-def test_sigterm_closes_websockets_with_1001_and_answers_held_polls(server_process):
+def test_sigterm_closes_websockets_with_1001_answers_held_polls_and_ends_streams(server_process):
     server = server_process("all")
 
-    async def scenario() -> tuple[int | None, dict, float]:
+    async def scenario() -> tuple[int | None, dict, bytes, float]:
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"{server.url}/rooms/bye/ws")
             poll = asyncio.create_task(session.get(f"{server.url}/rooms/bye/messages?since=0&wait=30"))
+            stream = await session.get(f"{server.url}/rooms/bye/events?since=0")
             await asyncio.sleep(0.5 * UNIT)  # let the poll be held
             started = time.monotonic()
             server.proc.send_signal(15)
@@ -49,12 +50,14 @@ def test_sigterm_closes_websockets_with_1001_and_answers_held_polls(server_proce
             assert msg.type == aiohttp.WSMsgType.CLOSE
             resp = await asyncio.wait_for(poll, 5 * UNIT)
             page = await resp.json()
+            events = await asyncio.wait_for(stream.content.read(), 5 * UNIT)  # ends: a clean chunked end
             await ws.close()
-            return ws.close_code, page, time.monotonic() - started
+            return ws.close_code, page, events, time.monotonic() - started
 
-    close_code, page, elapsed = asyncio.run(scenario())
+    close_code, page, events, elapsed = asyncio.run(scenario())
     assert close_code == 1001
     assert page == {"messages": [], "last_id": 0, "truncated": False}
+    assert events == b"retry: 1000\n\n"
     assert elapsed < 5 * UNIT
     assert server.proc.wait(5 * UNIT) == 0
 
@@ -62,7 +65,8 @@ def test_sigterm_closes_websockets_with_1001_and_answers_held_polls(server_proce
 def test_cli_help_lists_the_limits():
     out = subprocess.run([sys.executable, "-m", "servers", "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--transport", "--host", "--port", "--history", "--max-body-bytes", "--max-ws-message-bytes",
-                 "--long-poll-max-wait", "--ws-send-queue", "--ws-compress"):
+                 "--long-poll-max-wait", "--ws-send-queue", "--ws-compress", "--sse-heartbeat", "--sse-retry-ms",
+                 "--sse-send-queue", "--demo"):
         assert flag in out
 
 
@@ -72,6 +76,9 @@ def test_cli_help_lists_the_limits():
         (["--transport", "carrier-pigeon"], "invalid choice"),
         (["--transport", "websocket", "--history", "0"], "--history must be at least 1"),
         (["--transport", "websocket", "--port", "70000"], "--port must be from 0 to 65535"),
+        (["--transport", "sse", "--sse-heartbeat", "0"], "--sse-heartbeat: sse_heartbeat_s must be more than 0"),
+        (["--transport", "sse", "--sse-send-queue", "0"], "--sse-send-queue: sse_send_queue must be at least 1"),
+        (["--transport", "all", "--ws-send-queue", "x"], "invalid int value"),
     ],
 )
 def test_cli_rejects_bad_flags(args, message):

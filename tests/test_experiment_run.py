@@ -1,4 +1,4 @@
-"""End to end: a --quick run of a tiny experiment over all three transports, and Ctrl-C mid-run."""
+"""End to end: a --quick run of a tiny experiment over every transport, and Ctrl-C mid-run."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import time
 
 import psutil
 
-from conftest import UNIT
+from conftest import TRANSPORTS, UNIT
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = """
 name = "tiny"
-description = "three transports, six members in two rooms"
-transports = ["short-polling", "long-polling", "websocket"]
+description = "every transport, six members in two rooms"
+transports = "all"
 
 [profile]
 users = 6
@@ -61,7 +61,8 @@ def test_quick_run_writes_every_file_and_leaves_no_process(tmp_path):
     for key in ("git_commit", "git_dirty", "versions", "machine", "pinning", "started_at", "ended_at"):
         assert key in manifest
     assert manifest["versions"]["aiohttp"] and manifest["versions"]["locust"]
-    assert len(manifest["points"]) == 3
+    assert len(manifest["points"]) == len(TRANSPORTS)
+    assert manifest["experiment"]["transports"] == list(TRANSPORTS)  # "all", resolved from the registry
     for point in manifest["points"]:
         folder = run / point["dir"]
         for name in POINT_FILES:
@@ -70,7 +71,7 @@ def test_quick_run_writes_every_file_and_leaves_no_process(tmp_path):
         assert not any(alive(pid) for pid in point["pids"].values()), point["pids"]
     with open(run / "summary.csv", newline="") as f:
         rows = {row["transport"]: row for row in csv.DictReader(f)}
-    assert set(rows) == {"short-polling", "long-polling", "websocket"}
+    assert set(rows) == set(TRANSPORTS)
     for transport, row in rows.items():
         assert float(row["delivered"]) > 0, transport
         assert float(row["lost"]) == 0 and float(row["duplicates"]) == 0, transport
@@ -81,8 +82,7 @@ def test_quick_run_writes_every_file_and_leaves_no_process(tmp_path):
 
 def test_interrupt_mid_run_stops_every_process(tmp_path):
     spec = tmp_path / "tiny.toml"
-    spec.write_text(TINY.replace('transports = ["short-polling", "long-polling", "websocket"]',
-                                 'transports = ["websocket"]'))
+    spec.write_text(TINY.replace('transports = "all"', 'transports = ["websocket"]'))
     out = tmp_path / "results"
     runner = subprocess.Popen(
         [sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out), "--quiet"],

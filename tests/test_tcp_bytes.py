@@ -29,14 +29,27 @@ def capture_or_skip(port: int) -> PortCapture:
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("transport", ["short-polling", "websocket"])
+@pytest.mark.parametrize("transport", ["short-polling", "websocket", "sse"])
 async def test_capture_payload_matches_the_server_counters(app_server, transport):
-    server = await app_server(transport, ws_heartbeat_s=3600.0)
+    server = await app_server(transport, ws_heartbeat_s=3600.0, sse_heartbeat_s=0.1)
+    if transport == "sse":  # posted before the capture starts: it sees one connection only
+        poster = await RawClient.open(server.port)
+        await poster.send(http_request("POST", "/rooms/k1/messages", server.port, post_body("over the wire"), close=True))
+        await poster.read_response()
+        await poster.read_to_eof()
+        await poster.close()
     before = await scrape(server.url)  # scrapes happen outside the capture: it sees one connection only
     capture = capture_or_skip(server.port)
     try:
         if transport == "websocket":
             await websocket_session(server.port, "k1")
+        elif transport == "sse":  # the stream's head, retry, the event and a heartbeat, then the client hangs up
+            c = await RawClient.open(server.port)
+            await c.send(http_request("GET", "/rooms/k1/events?since=0", server.port))
+            await c.read_head()
+            await c.read_until(b"id: 1\n")
+            await c.read_until(b": ping\n\n\r\n")
+            await c.close()
         else:
             c = await RawClient.open(server.port)
             await c.send(http_request("POST", "/rooms/k1/messages", server.port, post_body("over the wire")))

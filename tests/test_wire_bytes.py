@@ -10,11 +10,11 @@ import struct
 
 import aiohttp
 import pytest
-from conftest import UNIT
+from conftest import TRANSPORTS, UNIT
 
 from experiments.figures import metric_total, parse_metrics
 
-HEARTBEAT_OFF = {"ws_heartbeat_s": 3600.0}  # no server ping may slip into the counted exchange
+HEARTBEAT_OFF = {"ws_heartbeat_s": 3600.0, "sse_heartbeat_s": 3600.0}  # no ping may slip into a counted exchange
 
 
 class RawClient:
@@ -75,6 +75,14 @@ class RawClient:
         elif length == 127:
             (length,) = struct.unpack("!Q", await self.read_exactly(8))
         return first & 0x0F, await self.read_exactly(length)
+
+    async def read_until(self, marker: bytes) -> bytes:
+        """Read up to and including `marker` (e.g. the end of an event), whatever the framing around it."""
+        while marker not in self._buffer:
+            if not await self._fill():
+                raise EOFError(f"connection closed before {marker!r}")
+        data, _, self._buffer = self._buffer.partition(marker)
+        return data + marker
 
     async def read_to_eof(self) -> bytes:
         while await self._fill():
@@ -273,11 +281,54 @@ async def test_websocket_bytes_are_exact(app_server):
     )
 
 
+async def event_stream_session(port: int, room: str, heartbeats: int = 0) -> RawClient:
+    """Open a stream after id 0 (the room holds one message), read the retry line, that event, a live one
+    posted on another connection and `heartbeats` comments, then hang up: every byte counted."""
+    c = await RawClient.open(port)
+    await c.send(http_request("GET", f"/rooms/{room}/events?since=0", port))
+    status, headers = await c.read_head()
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    assert headers["transfer-encoding"] == "chunked"
+    assert b"retry: " in await c.read_until(b"\n\n\r\n")
+    assert b"id: 1\n" in await c.read_until(b"\n\n\r\n")
+    poster = await RawClient.open(port)
+    await poster.send(http_request("POST", f"/rooms/{room}/messages", port, post_body("live"), close=True))
+    assert (await poster.read_response())[0] == 201
+    await poster.read_to_eof()
+    await poster.close()
+    assert b"id: 2\n" in await c.read_until(b"\n\n\r\n")
+    for _ in range(heartbeats):
+        assert await c.read_until(b": ping\n\n\r\n")
+    await c.close()
+    c.sent += poster.sent  # the post's bytes are this session's too
+    c.received += poster.received
+    return c
+
+
+async def test_event_stream_bytes_are_exact_heartbeats_and_chunk_framing_included(app_server):
+    server = await app_server("sse", sse_heartbeat_s=0.2)
+    poster = await RawClient.open(server.port)
+    await poster.send(http_request("POST", "/rooms/r6/messages", server.port, post_body("first"), close=True))
+    assert (await poster.read_response())[0] == 201
+    await poster.read_to_eof()
+    await poster.close()
+    before = await scrape(server.url)
+
+    c = await event_stream_session(server.port, "r6", heartbeats=2)
+
+    after = await settled(server.url, byte_expectation("sse", c.sent, c.received), before)
+    assert_moved(
+        before, after, "sse",
+        wire_received_bytes_total=c.sent, wire_sent_bytes_total=c.received,
+        messages_accepted_total=1, messages_delivered_total=2, connections_opened_total=2, connections_open=0,
+    )
+
+
 async def test_all_transports_attribute_each_request_to_its_transport(app_server):
-    server = await app_server(("short-polling", "long-polling", "websocket"), **HEARTBEAT_OFF)
+    server = await app_server(TRANSPORTS, **HEARTBEAT_OFF)
     before = await scrape(server.url)
     port = server.port
-    counted = {label: [0, 0] for label in ("common", "short-polling", "long-polling", "websocket")}
+    counted = {label: [0, 0] for label in ("common", *TRANSPORTS)}
 
     async def exchange(c: RawClient, label: str, request: bytes) -> tuple[int, bytes]:
         sent, received = c.sent, c.received
@@ -300,6 +351,14 @@ async def test_all_transports_attribute_each_request_to_its_transport(app_server
 
     ws = await websocket_session(port, "r5")
     counted["websocket"] = [ws.sent, ws.received]
+    # The stream, then its live post (a common route: the POST is nobody's transport but the server's).
+    stream = await RawClient.open(port)
+    await stream.send(http_request("GET", "/rooms/r4/events?since=0", port))
+    await stream.read_head()
+    await stream.read_until(b"\n\n\r\n")  # retry:
+    await stream.read_until(b"\n\n\r\n")  # the message posted above
+    await stream.close()
+    counted["sse"] = [stream.sent, stream.received]
 
     expect = {}
     for label, (sent, received) in counted.items():
@@ -313,9 +372,10 @@ async def test_all_transports_attribute_each_request_to_its_transport(app_server
     assert_moved(
         before, after, "websocket", messages_accepted_total=1, messages_delivered_total=1, connections_opened_total=1
     )
+    assert_moved(before, after, "sse", messages_delivered_total=1, connections_opened_total=1)
 
 
-@pytest.mark.parametrize("transport", ["short-polling", "long-polling", "websocket"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_scraping_moves_no_figure(app_server, transport):
     server = await app_server(transport)
     first = await scrape(server.url)
