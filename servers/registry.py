@@ -303,6 +303,9 @@ register(Transport(
              high=3_600_000),
         Knob("sse_send_queue", 1024, "events queued per stream before it is cut off (it resumes with "
              "Last-Event-ID)", low=1, high=1_000_000),
+        Knob("sse_max_stream_s", 0.0, "end every stream after this long, s, so clients reconnect (with "
+             "Last-Event-ID) and a balancer can spread them again; 0: never", low=0, high=86_400,
+             flag="--sse-max-stream"),
     ),
     max_silence_s=lambda knobs: float(knobs["sse_heartbeat_s"]),
 ))

@@ -71,6 +71,7 @@ class ServerSentEvents(ServerTransport):
         self.heartbeat_s = float(knob("sse_heartbeat_s"))
         self.retry = b"retry: %d\n\n" % int(knob("sse_retry_ms"))
         self.send_queue = int(knob("sse_send_queue"))
+        self.max_stream_s = float(knob("sse_max_stream_s"))
         self.page = self.config.limits.page
         self.broker: Broker = self.app[BROKER]
         self.hub = PushHub(self.broker, encode, (0, "event queue overflow"))
@@ -105,9 +106,14 @@ class ServerSentEvents(ServerTransport):
         stream = Stream(response, self.send_queue, tally_of(request))
         hub.join(room, stream)  # before reading the backlog, so nothing posted meanwhile is missed
         hub.start_writer(stream, room, since, self.page, lambda task: _writer_done(stream, task))
+        # A stream's age limit: it ends, and the client comes back (through the balancer) after its last id.
+        limit = (asyncio.get_running_loop().call_later(self.max_stream_s, response.stop_streaming)
+                 if self.max_stream_s else None)
         try:
             await response.wait()  # until the heartbeat finds the peer gone, or close() stops the stream
         finally:
+            if limit is not None:
+                limit.cancel()
             hub.leave(room, stream)
             stream.closing = True
             stream.writer.cancel()

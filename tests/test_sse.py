@@ -144,3 +144,18 @@ async def test_a_drain_ends_every_stream_and_refuses_new_ones(app_server, sessio
         assert rest.startswith(b"retry:")
     async with session.get(f"{server.url}/rooms/r/events?since=0") as resp:
         assert resp.status == 503 and "draining" in (await resp.json())["error"]
+
+
+async def test_a_stream_older_than_its_limit_ends_and_the_client_resumes_with_last_event_id(app_server, session):
+    server = await app_server("sse", sse_max_stream_s=0.3)
+    await post(session, server.url, "r", "one")
+    member = EventStreamReceiver(session, server.url, "r")
+    async with session.get(f"{server.url}/rooms/r/events?since=0") as resp:
+        async with asyncio.timeout(5 * UNIT):
+            await member.read_events(resp)  # returns when the server ends the stream
+    assert member.ids() == [1]
+    await post(session, server.url, "r", "two")
+    async with session.get(f"{server.url}/rooms/r/events?since=0", headers={"Last-Event-ID": "1"}) as resp:
+        async with asyncio.timeout(5 * UNIT):
+            await member.read_events(resp)
+    assert member.ids() == [1, 2]
