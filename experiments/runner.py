@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from servers import registry
+from servers.config import server_settings
 
 from .spec import Experiment, Point
 from .summary import SUMMARY_COLUMNS, summarize_point
@@ -34,17 +35,9 @@ SERVER_START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # How long after its scheduled end a Locust run may take to write its files before it is killed.
 LOCUST_GRACE_S = 60.0
-COMMON_SERVER_FLAGS = {
-    "history": lambda v: ["--history", str(v)],
-    "metrics": lambda v: ["--metrics" if v else "--no-metrics"],
-}
-
-
 def server_flags(key: str, value: object) -> list[str]:
-    """The `python -m servers` arguments for one [server] key: a common one, or a transport's knob."""
-    if key in COMMON_SERVER_FLAGS:
-        return COMMON_SERVER_FLAGS[key](value)
-    return registry.server_knobs()[key].cli_args(value)
+    """The `python -m servers` arguments for one [server] key (a declared setting or a transport's knob)."""
+    return server_settings()[key].cli_args(value)
 
 
 @dataclass

@@ -12,22 +12,18 @@ from pathlib import Path
 from clients.profile import Profile, ProfileError, profile_from_dict
 from clients.profile import keys as profile_keys
 from servers import registry
+from servers.config import server_settings
+from servers.settings import Knob
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault")
 CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
 
-# Server settings an experiment may fix, besides every transport's server knobs (servers.registry);
-# recorded in the manifest so a run says how it was configured.
-COMMON_SERVER_KEYS: dict[str, tuple[type, ...]] = {
-    "history": (int,),
-    "metrics": (bool,),
-}
-
-
-def server_keys() -> list[str]:
-    return [*COMMON_SERVER_KEYS, *registry.server_knobs()]
+def server_keys() -> dict[str, Knob]:
+    """The settings an experiment's [server] table may fix: the server's own that allow it and every
+    transport's knobs (servers.config.server_settings); recorded in the manifest, so a run says how it ran."""
+    return {name: knob for name, knob in server_settings().items() if knob.experiment}
 
 QUICK_DURATION_S = 8
 QUICK_WARMUP_S = 2.0
@@ -190,21 +186,14 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     if not isinstance(server, dict):
         raise fail("server", "must be a table")
     server = dict(server)
-    knobs = registry.server_knobs()
+    allowed = server_keys()
     for key, value in server.items():
-        if key in knobs:
-            try:
-                server[key] = knobs[key].check(value)
-            except ValueError as error:
-                raise fail(f"server.{key}", str(error)) from None
-            continue
-        if key not in COMMON_SERVER_KEYS:
-            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join(server_keys())}")
-        kinds = COMMON_SERVER_KEYS[key]
-        if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
-            raise fail(f"server.{key}", f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
-        if not isinstance(value, bool) and value <= 0:
-            raise fail(f"server.{key}", f"must be positive, got {value!r}")
+        if key not in allowed:
+            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join(allowed)}")
+        try:
+            server[key] = allowed[key].check(value)
+        except ValueError as error:
+            raise fail(f"server.{key}", str(error)) from None
 
     cluster = _cluster(data.get("cluster", {}), fail)
     fault = _fault(data.get("fault", {}), cluster, profile, fail)

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import admin, demo, metrics, registry
+from .aio import LabAppRunner
 from .broker import Broker, MemoryBroker
 from .config import ServerConfig
-from .core import ChatCore, parse_post, validate_room
+from .core import ChatCore, RateLimited, parse_post, validate_room
+from .guard import GUARD, Guard
 from .http import BROKER, CONFIG, error_middleware, int_param, json_text, messages_json, read_json
 from .transport import CLOSE_GOING_AWAY, MOUNTED, ServerTransport, mounted
 
@@ -34,6 +36,8 @@ async def handle_healthz(request: web.Request) -> web.Response:
     body["compression"] = {**compression, "http": False}
     if config.instance:
         body["instance"] = config.instance
+    # The settings a run may change (limits, timeouts, origins, the transports' knobs), as configured here.
+    body["settings"] = config.settings()
     if hasattr(broker, "state"):
         body[broker.name] = broker.state()  # e.g. the Redis link: connected, reconnects, last outage
     return json_text(503 if draining else 200, json.dumps(body))
@@ -42,6 +46,10 @@ async def handle_healthz(request: web.Request) -> web.Response:
 async def handle_post(request: web.Request) -> web.Response:
     room = validate_room(request.match_info["room"])
     user, text, sent_at = parse_post(await read_json(request), request.app[CONFIG].limits.text_chars)
+    limiter = request.app[GUARD].limiter
+    wait = limiter.check((room, user))  # the member: this name in this room
+    if wait:
+        raise RateLimited(f"{user} sends faster than {limiter.rate:g} messages/s in {room}: wait {wait:.2f} s", wait)
     message = await request.app[BROKER].post(room, user, text, sent_at)
     metrics.tally_of(request).messages_accepted += 1
     return json_text(201, message.json)
@@ -70,10 +78,15 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     if broker is None:
         broker = make_broker(config)
     meter = metrics.Meter(config) if config.metrics else None
-    middlewares = [meter.middleware, error_middleware] if meter else [error_middleware]
+    guard = Guard(config)
+    # The meter first, so a refused request is still counted; the guard before anything reads the request.
+    middlewares = [guard.middleware, error_middleware]
+    if meter:
+        middlewares.insert(0, meter.middleware)
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[BROKER] = broker
+    app[GUARD] = guard
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_post("/rooms/{room}/messages", handle_post)
     app.router.add_get("/rooms/{room}/history", handle_history)
@@ -86,7 +99,7 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
         transports[name] = transport
     app[MOUNTED] = transports
     if meter:
-        meter.install(app, routes_of, transports)
+        meter.install(app, routes_of, transports, gauges=[lambda: guard.gauges(meter.mode)])
     if config.demo_mounted:
         # The teaching page at / shows one room over every mounted transport (docs/demo.md).
         demo.add_routes(app, config)
@@ -113,6 +126,7 @@ def runner_options(config: ServerConfig) -> dict:
         "handler_cancellation": True,
         "access_log": web.access_logger if config.access_log else None,
         "shutdown_timeout": config.shutdown_timeout_s,
+        "keepalive_timeout": config.keepalive_timeout_s,
     }
 
 
@@ -138,8 +152,7 @@ class RunningServer:
 async def start_server(config: ServerConfig, broker: Broker | None = None) -> RunningServer:
     """Start the app on config.host:config.port (port 0 picks a free one); call stop() when done."""
     app = create_app(config, broker)
-    runner_class = metrics.MeteredAppRunner if config.metrics else web.AppRunner
-    runner = runner_class(app, **runner_options(config))
+    runner = LabAppRunner(app, **runner_options(config))
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

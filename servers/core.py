@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .settings import setting
+
 ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USER_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
@@ -29,13 +31,23 @@ class Unavailable(ChatError):
     """The server is at a capacity limit (e.g. the number of rooms)."""
 
 
+class RateLimited(ChatError):
+    """A member sends faster than its limit; it may send again after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The core's bounds, read once at the edge and passed down."""
 
-    history: int = 10_000  # messages kept per room
-    text_chars: int = 4096
-    rooms: int = 10_000
+    history: int = field(default=10_000, metadata=setting("messages kept per room", low=1, high=10_000_000))
+    text_chars: int = field(default=4096, metadata=setting("longest message text, characters (413)", low=1,
+                                                           high=1_000_000, flag="--max-text-chars"))
+    rooms: int = field(default=10_000, metadata=setting("rooms kept at once (503 beyond)", low=1, high=10_000_000,
+                                                        flag="--max-rooms"))
     page: int = 1000  # the most messages one read may return
 
 

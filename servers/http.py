@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from .broker import Broker
 from .config import ServerConfig
-from .core import ChatError, InvalidInput, Message, Page, TooLarge, Unavailable
+from .core import ChatError, InvalidInput, Message, Page, RateLimited, TooLarge, Unavailable
 
 log = logging.getLogger("rtlab.server")
 
@@ -22,7 +23,7 @@ _INT_RE = re.compile(r"[0-9]{1,15}")
 _NUMBER_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 # The one place where domain errors meet HTTP.
-_STATUS_FOR = {InvalidInput: 400, TooLarge: 413, Unavailable: 503}
+_STATUS_FOR = {InvalidInput: 400, TooLarge: 413, Unavailable: 503, RateLimited: 429}
 
 
 def status_for(error: ChatError) -> int:
@@ -80,8 +81,17 @@ def seconds_param(request: web.Request, name: str, cap: float) -> float | None:
 
 
 async def read_json(request: web.Request) -> object:
-    """Read the body (bounded by the app's client_max_size, else 413) and decode it as JSON."""
-    body = await request.read()
+    """Read the body (bounded by the app's client_max_size, else 413; by the request timeout, else 408) and
+    decode it as JSON. Only application/json is read (else 415): a page on another site can send text/plain or
+    a form without asking first (no CORS preflight), but not JSON."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            reason=f"a request body must be application/json, not {request.content_type or 'unlabelled'}")
+    try:
+        async with asyncio.timeout(request.app[CONFIG].request_head_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body did not arrive in time") from None
     if not body:
         raise InvalidInput("request body must be a JSON object")
     try:
@@ -99,6 +109,8 @@ async def error_middleware(request: web.Request, handler):
     """Turn every failure into JSON `{"error": ...}`; never a traceback, never a dead server."""
     try:
         return await handler(request)
+    except RateLimited as error:
+        return error_response(429, str(error), {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))})
     except ChatError as error:
         return error_response(status_for(error), str(error))
     except web.HTTPException as exc:
@@ -108,7 +120,14 @@ async def error_middleware(request: web.Request, handler):
             # A GET on a path that only takes POST (the messages route without a polling transport) is
             # another transport's route, absent here: 404, as for any route this server does not mount.
             return error_response(404, _describe(request, web.HTTPNotFound()))
-        return error_response(exc.status, _describe(request, exc), _keep_headers(exc))
+        response = error_response(exc.status, _describe(request, exc), _keep_headers(exc))
+        if exc.status == 408 and request.transport is not None:
+            # A body that stopped coming is not waited for (aiohttp would linger, reading it): answer, then close.
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.transport.close()
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal server error")

@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from aiohttp import web, web_protocol
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,6 +18,7 @@ from prometheus_client.core import (
 
 from . import registry
 from .config import ServerConfig
+from .guard import ConnectionGuard, GuardedRequestHandler
 
 COMMON = "common"  # routes every transport shares (POST, history, healthz) when several are mounted
 UNMATCHED = "unmatched"  # the `route` label of requests no route matched (404, 405, a malformed request line)
@@ -179,13 +180,13 @@ class MeteredTransport(asyncio.Transport):
         return self._transport.get_protocol()
 
 
-class MeteredRequestHandler(web_protocol.RequestHandler):
-    """aiohttp's per-connection protocol, counting bytes received and wrapping the transport to count bytes sent."""
+class MeteredRequestHandler(GuardedRequestHandler):
+    """The guarded per-connection protocol, counting bytes received and wrapping the transport to count bytes sent."""
 
     __slots__ = ("_meter", "_wire")
 
-    def __init__(self, manager: web.Server, meter: Meter, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+    def __init__(self, manager: web.Server, guard: ConnectionGuard, meter: Meter, **kwargs: Any) -> None:
+        super().__init__(manager, guard, **kwargs)
         self._meter = meter
         self._wire: MeteredTransport | None = None
 
@@ -242,30 +243,6 @@ class MeteredRequestHandler(web_protocol.RequestHandler):
             self._meter.connection_closed(wire)
 
 
-class MeteredServer(web.Server):
-    """aiohttp's protocol factory, handing out metered protocols."""
-
-    def __init__(self, meter: Meter, base: web.Server) -> None:
-        super().__init__(
-            base.request_handler,
-            request_factory=base.request_factory,
-            handler_cancellation=base.handler_cancellation,
-            loop=base._loop,
-            **base._kwargs,
-        )
-        self._meter = meter
-
-    def __call__(self) -> MeteredRequestHandler:
-        return MeteredRequestHandler(self, self._meter, loop=self._loop, **self._kwargs)
-
-
-class MeteredAppRunner(web.AppRunner):
-    """An AppRunner whose connections count their bytes into the app's Meter."""
-
-    async def _make_server(self) -> web.Server:
-        return MeteredServer(self.app[METER], await super()._make_server())
-
-
 class Meter:
     """One app's instrumentation: counters per transport label, its own Prometheus registry, /metrics.
 
@@ -294,6 +271,7 @@ class Meter:
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         self.transports: dict[str, Any] = {}  # name -> servers.transport.ServerTransport: gauges, claims
+        self.sources: list[Callable[[], Iterable[Any]]] = []
         # route -> (tally, key), or (None, key) for a shared route: then _shared[route] lists (claims, tally).
         self._routes: dict[Any, tuple[Tally | None, str]] = {}
         self._shared: dict[Any, list[tuple[Callable[[web.Request], bool], Tally]]] = {}
@@ -309,15 +287,18 @@ class Meter:
         """Count `routes` nowhere, like /metrics: instruments of the lab, not traffic of a transport."""
         self._unlabelled.update(routes)
 
-    def install(self, app: web.Application, routes_of: dict[str, list[Any]], transports: dict[str, Any]) -> None:
-        """Mount /metrics and the loop-lag watcher; `routes_of` maps each transport to the routes it owns, and
-        `transports` are the mounted servers.transport.ServerTransport objects (their gauges and claims).
+    def install(self, app: web.Application, routes_of: dict[str, list[Any]], transports: dict[str, Any],
+                gauges: Iterable[Callable[[], Iterable[Any]]] = ()) -> None:
+        """Mount /metrics and the loop-lag watcher; `routes_of` maps each transport to the routes it owns,
+        `transports` are the mounted servers.transport.ServerTransport objects (their gauges and claims), and
+        `gauges` are more sources of metric families read at scrape time (the guard's).
 
         The app must also be built with `self.middleware` first in its middlewares and be run by
-        MeteredAppRunner, or no bytes are counted.
+        servers.aio.LabAppRunner, or no bytes are counted.
         """
         app[METER] = self
         self.transports = dict(transports)
+        self.sources = [*(t.gauges for t in transports.values()), *gauges]
         self._owners = {}
         for name, routes in routes_of.items():
             for route in routes:
@@ -460,5 +441,5 @@ class _Collector:
         histogram.add_metric([meter.mode], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
         yield histogram
 
-        for transport in meter.transports.values():
-            yield from transport.gauges()
+        for source in meter.sources:
+            yield from source()

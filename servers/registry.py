@@ -25,6 +25,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from .settings import Knob, Value
+
 STATIC = Path(__file__).with_name("static")
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 KNOB_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -32,74 +34,8 @@ PLUGINS_ENV = "RTLAB_PLUGINS"
 ENTRY_POINT_GROUP = "rtlab.transports"
 PRODUCT = "product"  # rtlab's own transports: what `--transport all` and an experiment's "all" mean
 
-Value = bool | int | float | str
-
-
 class UnknownTransport(ValueError):
     """A transport name the registry does not know; the message lists the known ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class Knob:
-    """One setting a transport owns: a server flag (and `[server]` key) or a load-profile key, with its default.
-
-    The name is the key in an experiment file or a profile, and `--name-with-dashes` is its CLI flag unless
-    `flag` says otherwise (flags that predate the registry keep their spelling).
-    """
-
-    name: str
-    default: Value
-    help: str
-    low: float | None = None  # inclusive, unless low_open
-    high: float | None = None  # inclusive
-    low_open: bool = False
-    flag: str | None = None
-    label: str = ""  # how a plot's axis names it, unit included (default: the name)
-    phrase: str = ""  # how a one-line description of a load says it, e.g. "poll every {:g} s"
-
-    @property
-    def kind(self) -> type:
-        return type(self.default)
-
-    @property
-    def cli_flag(self) -> str:
-        return self.flag or "--" + self.name.replace("_", "-")
-
-    def check(self, value: object) -> Value:
-        """Return `value` as this knob's type, or raise ValueError naming the knob and the bound."""
-        kind = self.kind
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise ValueError(f"{self.name} must be true or false, got {value!r}")
-            return value
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError(f"{self.name} must be a string, got {value!r}")
-            return value
-        # bool is an int in Python; `interval = true` is a mistake, not 1.
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{self.name} must be an integer, got {value!r}")
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{self.name} must be a finite number, got {value!r}")
-            value = float(value)
-        low, high = self.low, self.high
-        too_low = low is not None and (value <= low if self.low_open else value < low)
-        if too_low or (high is not None and value > high):
-            lower = "" if low is None else (f"more than {_number(low)}" if self.low_open else f"at least {_number(low)}")
-            upper = "" if high is None else f"at most {_number(high)}"
-            raise ValueError(f"{self.name} must be {' and '.join(p for p in (lower, upper) if p)}, got {value}")
-        return value
-
-    def cli_args(self, value: Value) -> list[str]:
-        """The `python -m servers` arguments that set this knob to `value`."""
-        if self.kind is bool:
-            return [self.cli_flag if value else "--no-" + self.cli_flag[2:]]
-        return [self.cli_flag, str(value)]
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .broker import Broker
-from .core import ChatError, InvalidInput, Limits, Message, Unavailable, parse_post, validate_room
+from .core import ChatError, InvalidInput, Limits, Message, RateLimited, Unavailable, parse_post, validate_room
+from .guard import GUARD, SendLimiter, TokenBucket
 from .http import BROKER, int_param
 from .metrics import NULL_TALLY, Tally, tally_of
 from .push import Encoded, PushHub, PushMember
@@ -21,6 +22,7 @@ log = logging.getLogger("rtlab.server")
 CLOSE_UNSUPPORTED_DATA = 1003  # binary frame
 CLOSE_TOO_BIG = 1009  # aiohttp closes with it when a message exceeds max_msg_size
 CLOSE_OVERFLOW = 1013  # "try again later" (overflow, broker unavailable): resume with since= from the last id seen
+CLOSE_POLICY = 1008  # policy violation: the member kept on sending past its rate limit
 
 
 def message_frame(message: Message) -> str:
@@ -38,13 +40,16 @@ def error_frame(error: str) -> str:
 
 
 class Member(PushMember):
-    """One open WebSocket."""
+    """One open WebSocket; its sends take from a token bucket of its own (the socket is the member)."""
 
-    __slots__ = ("ws",)
+    __slots__ = ("ws", "bucket", "refused_running")
 
-    def __init__(self, ws: web.WebSocketResponse, queue_size: int, tally: Tally = NULL_TALLY) -> None:
+    def __init__(self, ws: web.WebSocketResponse, queue_size: int, tally: Tally = NULL_TALLY,
+                 bucket: TokenBucket | None = None) -> None:
         super().__init__(queue_size, tally)
         self.ws = ws
+        self.bucket = bucket
+        self.refused_running = 0  # sends refused since the last one accepted
 
     async def send(self, data: str) -> None:
         await self.ws.send_str(data)
@@ -64,6 +69,7 @@ class WebSocket(ServerTransport):
         self.max_message_bytes = int(knob("max_ws_message_bytes"))
         self.limits: Limits = self.config.limits
         self.broker: Broker = self.app[BROKER]
+        self.limiter: SendLimiter = self.app[GUARD].limiter
         self.hub = PushHub(self.broker, encode, (CLOSE_OVERFLOW, "send queue overflow; reconnect with since="))
         return [self.app.router.add_get("/rooms/{room}/ws", self.handle)]
 
@@ -98,13 +104,13 @@ class WebSocket(ServerTransport):
             raise Unavailable("this instance is shutting down or draining: connect again (through the balancer)")
         await ws.prepare(request)
 
-        member = Member(ws, self.send_queue, tally_of(request))
+        member = Member(ws, self.send_queue, tally_of(request), self.limiter.bucket())
         hub.join(room, member)  # before reading the backlog, so nothing posted meanwhile is missed
         hub.start_writer(member, room, since, self.limits.page, lambda task: _writer_done(hub, member, task))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    await _on_text(self.broker, self.limits, room, member, msg.data)
+                    await _on_text(self.broker, self.limits, self.limiter, room, member, msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await ws.close(code=CLOSE_UNSUPPORTED_DATA, message=b"binary frames are not accepted")
                 # ERROR (e.g. a message over max_msg_size): aiohttp has already closed with its code (1009).
@@ -117,7 +123,8 @@ class WebSocket(ServerTransport):
         return ws
 
 
-async def _on_text(broker: Broker, limits: Limits, room: str, member: Member, data: str) -> None:
+async def _on_text(broker: Broker, limits: Limits, limiter: SendLimiter, room: str, member: Member,
+                   data: str) -> None:
     try:
         try:
             body = json.loads(data)
@@ -131,6 +138,14 @@ async def _on_text(broker: Broker, limits: Limits, room: str, member: Member, da
         if kind != "send":
             raise InvalidInput('type must be "send"')
         user, text, sent_at = parse_post(body, limits.text_chars)
+        wait = limiter.take(member.bucket) if member.bucket is not None else 0.0
+        if wait:
+            member.refused_running += 1
+            if member.refused_running >= limiter.burst:  # it keeps on after being told: cut it off
+                await member.ws.close(code=CLOSE_POLICY, message=b"sending too fast")
+                return
+            raise RateLimited(f"sending faster than {limiter.rate:g} messages/s: wait {wait:.2f} s", wait)
+        member.refused_running = 0
         await broker.post(room, user, text, sent_at)  # the sender hears its own message through fan-out
         member.tally.messages_accepted += 1
     except ChatError as error:

@@ -94,7 +94,7 @@ async def test_only_loopback_peers_may_drain(peer, loopback):
 def test_the_cli_takes_a_broker_url_and_refuses_anything_else():
     proc = subprocess.run([sys.executable, "-m", "servers", "--transport", "websocket", "--broker", "mysql://x"],
                           capture_output=True, text=True, timeout=30 * UNIT)
-    assert proc.returncode == 2 and "--broker must be memory or a redis://host:port/db URL" in proc.stderr
+    assert proc.returncode == 2 and "broker must be memory or a redis://host:port/db URL" in proc.stderr
 
 
 def test_an_unreachable_redis_stops_the_server_with_a_clear_message(tmp_path):

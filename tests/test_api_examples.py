@@ -55,6 +55,7 @@ def test_api_examples_run_as_documented(server_process):
     for command, expected in examples():
         server = short_only if SHORT_ONLY in command else everything
         run = command.replace("localhost:8080", f"127.0.0.1:{server.port}")
+        expected = expected.replace("localhost:8080", f"127.0.0.1:{server.port}")  # the server's own address
         out = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=10 * UNIT).stdout.strip()
         try:
             ok = same(json.loads(out), json.loads(expected))

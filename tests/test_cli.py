@@ -26,7 +26,8 @@ def test_cli_serves_then_exits_0_on_sigterm(server_process, transport):
     assert server.url.startswith("http://127.0.0.1:")  # loopback by default
     assert get_json(f"{server.url}/healthz")["transports"] == [transport]
     req = urllib.request.Request(
-        f"{server.url}/rooms/cli/messages", data=b'{"user": "ann", "text": "hi"}', method="POST"
+        f"{server.url}/rooms/cli/messages", data=b'{"user": "ann", "text": "hi"}', method="POST",
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=5 * UNIT) as resp:
         assert resp.status == 201
@@ -66,16 +67,24 @@ def test_cli_help_lists_the_limits():
     out = subprocess.run([sys.executable, "-m", "servers", "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--transport", "--host", "--port", "--history", "--max-body-bytes", "--max-ws-message-bytes",
                  "--long-poll-max-wait", "--ws-send-queue", "--ws-compress", "--sse-heartbeat", "--sse-retry-ms",
-                 "--sse-send-queue", "--demo"):
+                 "--sse-send-queue", "--demo", "--allow-origin", "--allow-host", "--send-rate", "--send-burst",
+                 "--max-connections", "--max-connections-per-client", "--request-head-timeout",
+                 "--keepalive-timeout"):
         assert flag in out
+    options = " ".join(out.split("options:", 1)[1].split())  # each limit's default is shown beside it
+    for flag, default in (("--send-rate RATE", "(default: 20.0)"), ("--send-burst N", "(default: 40)"),
+                          ("--max-connections N", "(default: 20000)"), ("--request-head-timeout S", "(default: 5.0)")):
+        text = options[options.index(flag + " "):]
+        assert default in text[: text.index(" --", len(flag))], flag
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--transport", "carrier-pigeon"], "invalid choice"),
-        (["--transport", "websocket", "--history", "0"], "--history must be at least 1"),
-        (["--transport", "websocket", "--port", "70000"], "--port must be from 0 to 65535"),
+        (["--transport", "websocket", "--history", "0"], "--history: history must be at least 1"),
+        (["--transport", "websocket", "--port", "70000"], "--port: port must be at least 0 and at most 65535"),
+        (["--transport", "all", "--request-head-timeout", "30"], "request_head_timeout_s must be more than 0 and at most 10"),
         (["--transport", "sse", "--sse-heartbeat", "0"], "--sse-heartbeat: sse_heartbeat_s must be more than 0"),
         (["--transport", "sse", "--sse-send-queue", "0"], "--sse-send-queue: sse_send_queue must be at least 1"),
         (["--transport", "all", "--ws-send-queue", "x"], "invalid int value"),

@@ -192,10 +192,25 @@ def test_the_haproxy_config_in_the_docs_is_what_the_code_writes():
     assert documented == haproxy_config(8080, 9999, [("server-1", 8081), ("server-2", 8082)], "uri", maxconn=10000)
 
 
-def test_the_balancer_refuses_the_admin_routes(cluster):
+def test_the_balancer_refuses_the_admin_routes_and_passes_the_origin_check_through(cluster):
+    import urllib.error
+    import urllib.request
+
     c = cluster("websocket", 1, "sticky")
     assert http_json("POST", f"{c.url}/admin/drain", 5 * UNIT)[0] == 403
     assert c.states() == {"server-1": "UP"}
+
+    def status(origin: str) -> int:
+        request = urllib.request.Request(f"{c.url}/rooms/r/history", headers={"Origin": origin})
+        try:
+            with urllib.request.urlopen(request, timeout=5 * UNIT) as resp:
+                return resp.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    # HAProxy passes the browser's Host on: a page served through the balancer is the instances' own origin.
+    assert status(c.url) == 200
+    assert status("http://evil.example") == 403
 
 
 # ---- Locust scenarios: the same load, a fault in the middle ----------------------------------------------------------

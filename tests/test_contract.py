@@ -10,7 +10,7 @@ import socket
 import aiohttp
 import pytest
 
-from conftest import TRANSPORTS, UNIT
+from conftest import FLOOD_OK, TRANSPORTS, UNIT
 from helpers.receivers import receiver
 
 
@@ -78,7 +78,7 @@ async def test_ids_contiguous_under_concurrent_posts(app_server, session, transp
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_history_paging(app_server, session, transport):
-    server = await app_server(transport)
+    server = await app_server(transport, **FLOOD_OK)
     async with session.get(f"{server.url}/rooms/empty/history") as resp:
         assert resp.status == 200 and await resp.json() == {"messages": []}
     for i in range(120):
@@ -181,7 +181,7 @@ async def test_long_poll_is_released_by_a_post_and_times_out_empty(app_server, s
 
 
 async def test_long_poll_misses_nothing_posted_between_polls(app_server, session):
-    server = await app_server("long-polling")
+    server = await app_server("long-polling", **FLOOD_OK)
     async with Receiver(session, server.url, "long-polling", "stream") as member:
         for i in range(200):
             await post(session, server.url, "stream", text=str(i))
@@ -245,14 +245,14 @@ def parse_server_frames(data: bytes) -> list[tuple[int, bytes]]:
 
 
 async def test_slow_websocket_reader_is_closed_with_1013_and_resumes(app_server, session):
-    server = await app_server("websocket", ws_send_queue=8)
+    server = await app_server("websocket", ws_send_queue=8, **FLOOD_OK)
     # A reader that stops reading: its socket buffers fill, its queue overflows; the room goes on.
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small window: the server's writes back up
     sock.connect(("127.0.0.1", server.port))
     raw_reader, raw_writer = await asyncio.open_connection(sock=sock)
     raw_writer.write(
-        b"GET /rooms/flood/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"GET /rooms/flood/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     await raw_reader.readuntil(b"\r\n\r\n")

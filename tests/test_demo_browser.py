@@ -206,7 +206,7 @@ def burst_at_once(port: int, room: str, count: int) -> None:
         connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
         for i, (_, writer) in enumerate(connections):
             body = f'{{"user": "burst", "text": "burst {i + 1}"}}'.encode()
-            writer.write(f"POST /rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            writer.write(f"POST /rooms/{room}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         for reader, writer in connections:
             await asyncio.wait_for(reader.read(), 10 * UNIT)
@@ -257,3 +257,59 @@ def test_screenshot_of_a_short_conversation(open_demo, tmp_path):
     if os.environ.get("RTLAB_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(path, SCREENSHOT)
     assert demo.errors == [] and demo.dialogs == []
+
+
+EVIL_PAGE = """<!doctype html><meta charset="utf-8"><title>a page on another site</title>
+<script>
+const target = "TARGET";
+const results = {};
+const settle = (name, promise) => promise.then((v) => (results[name] = v), () => (results[name] = "blocked"));
+const ws = new Promise((resolve) => {
+  const socket = new WebSocket(target.replace("http", "ws") + "/rooms/victim/ws");
+  socket.onopen = () => { socket.send(JSON.stringify({type: "send", user: "evil", text: "over the socket"}));
+                          resolve("open"); };
+  socket.onerror = () => resolve("refused");
+});
+const events = new Promise((resolve) => {
+  const source = new EventSource(target + "/rooms/victim/events");
+  source.onopen = () => resolve("open");
+  source.onerror = () => { source.close(); resolve("refused"); };
+});
+const body = JSON.stringify({user: "evil", text: "forged"});
+Promise.all([
+  ws.then((v) => (results.websocket = v)),
+  events.then((v) => (results.events = v)),
+  // A "simple" request: no preflight, so it is sent; only the server can refuse it.
+  settle("post_text", fetch(target + "/rooms/victim/messages", {method: "POST", mode: "no-cors",
+         headers: {"Content-Type": "text/plain"}, body}).then(() => "sent")),
+  settle("post_json", fetch(target + "/rooms/victim/messages", {method: "POST",
+         headers: {"Content-Type": "application/json"}, body}).then((r) => r.status)),
+  settle("read_history", fetch(target + "/rooms/victim/history").then((r) => r.json()).then(() => "read")),
+]).then(() => { window.results = results; });
+</script>"""
+
+
+def test_a_page_from_another_origin_can_neither_use_the_socket_nor_post(browser, demo_server, tmp_path):
+    """Cross-site WebSocket hijacking and CSRF, tried for real: a page served from another local port."""
+    import functools
+    import http.server
+    import json
+    import urllib.request
+
+    (tmp_path / "index.html").write_text(EVIL_PAGE.replace("TARGET", demo_server.url))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/index.html")
+        page.wait_for_function("() => window.results !== undefined", timeout=WAIT_MS)
+        results = page.evaluate("() => window.results")
+        page.close()
+    finally:
+        evil.shutdown()
+    assert results["websocket"] == "refused" and results["events"] == "refused", results
+    assert results["read_history"] == "blocked" and results["post_json"] == "blocked", results
+    assert results["post_text"] == "sent", results  # the browser sent it; the server refused it (415, 403)
+    with urllib.request.urlopen(f"{demo_server.url}/rooms/victim/history", timeout=5 * UNIT) as resp:
+        assert json.loads(resp.read())["messages"] == []  # nothing got in

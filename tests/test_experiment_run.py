@@ -69,6 +69,9 @@ def test_quick_run_writes_every_file_and_leaves_no_process(tmp_path):
             assert (folder / name).is_file(), f"{point['dir']}/{name} missing"
         assert (folder / f"deliver_latency_{point['transport']}.hdr").is_file()
         assert not any(alive(pid) for pid in point["pids"].values()), point["pids"]
+        # How the server was configured, limits included (docs/security.md), as it said at start.
+        settings = point["healthz"]["settings"]
+        assert settings["send_rate_per_s"] == 20.0 and settings["request_head_timeout_s"] == 5.0
     with open(run / "summary.csv", newline="") as f:
         rows = {row["transport"]: row for row in csv.DictReader(f)}
     assert set(rows) == set(TRANSPORTS)

@@ -86,6 +86,9 @@ def test_quick_shortens_durations(tmp_path):
         (("users = [4, 8]", "volume = [1, 2]"), "sweep.volume"),
         (("[sweep]", "[server]\nws_compress = 'yes'\n[sweep]"), "server.ws_compress"),
         (("[sweep]", "[server]\nthreads = 4\n[sweep]"), "server.threads"),
+        (("[sweep]", "[server]\nport = 9000\n[sweep]"), "server.port"),  # the runner's, not the file's
+        (("[sweep]", "[server]\nrequest_head_timeout_s = 60\n[sweep]"), "server.request_head_timeout_s"),
+        (("[sweep]", "[server]\nallow_origins = 'http://x'\n[sweep]"), "server.allow_origins"),
         (("[profile]", "[profile]\n[profile]"), "not valid TOML"),
     ],
 )
@@ -115,3 +118,21 @@ def test_cli_exits_2_for_a_missing_file(tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 2 and "no such experiment file" in proc.stderr
+
+
+def test_a_servers_declared_settings_are_experiment_keys_and_become_its_flags(tmp_path):
+    from experiments.runner import server_flags
+
+    text = GOOD.replace("[sweep]", "[server]\nsend_rate_per_s = 50\nmax_connections_per_client = 8000\n"
+                                   "allow_origins = [\"http://lab.example:9000\"]\nws_compress = true\n[sweep]")
+    experiment = load_experiment(write(tmp_path, text))
+    assert experiment.server == {"send_rate_per_s": 50.0, "max_connections_per_client": 8000,
+                                 "allow_origins": ("http://lab.example:9000",), "ws_compress": True}
+    flags = [flag for key, value in experiment.server.items() for flag in server_flags(key, value)]
+    assert flags == ["--send-rate", "50.0", "--max-connections-per-client", "8000",
+                     "--allow-origin", "http://lab.example:9000", "--ws-compress"]
+    from servers.__main__ import parse_args
+
+    config = parse_args(["--transport", "all", *flags])
+    assert (config.send_rate_per_s, config.max_connections_per_client, config.allow_origins) == (
+        50.0, 8000, ("http://lab.example:9000",)) and config.knob("ws_compress") is True

@@ -9,7 +9,7 @@ import socket
 
 import aiohttp
 import pytest
-from conftest import UNIT
+from conftest import FLOOD_OK, UNIT
 from helpers.receivers import EventStreamReceiver
 
 
@@ -102,12 +102,12 @@ async def test_bad_requests_are_refused_before_the_stream_starts(app_server, ses
 
 
 async def test_a_slow_reader_is_cut_off_and_resumes_with_last_event_id(app_server, session):
-    server = await app_server("sse", sse_send_queue=8)
+    server = await app_server("sse", sse_send_queue=8, **FLOOD_OK)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small window: the server's writes back up
     sock.connect(("127.0.0.1", server.port))
     raw_reader, raw_writer = await asyncio.open_connection(sock=sock)
-    raw_writer.write(b"GET /rooms/flood/events?since=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw_writer.write(b"GET /rooms/flood/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await raw_reader.readuntil(b"\r\n\r\n")
     async with EventStreamReceiver(session, server.url, "flood") as healthy:
         text = "x" * 4000
