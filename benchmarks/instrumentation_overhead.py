@@ -20,11 +20,14 @@ import glob
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+from experiments import supervisor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSPORTS = ("short-polling", "long-polling", "websocket")
@@ -158,16 +161,8 @@ def median_interval(values: list[float]) -> tuple[float, float, float]:
     return xs[k - 1], xs[n - k], 1 - 2 * tail
 
 
-def pin(pid: int, cpu: int) -> None:
-    """Keep `pid` on one CPU: both servers share one, the load process has another, so neither server
-    is favoured by where the scheduler happens to put it."""
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(pid, {cpu})
-
-
-def start_server(transport: str, metrics: bool, hash_seed: int) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, "-m", "servers", "--transport", transport, "--host", "127.0.0.1", "--port", "0",
-            "--metrics" if metrics else "--no-metrics"]
+def start_server(transport: str, metrics: bool, hash_seed: int) -> tuple[supervisor.Process, str]:
+    args = ["--transport", transport, "--host", "127.0.0.1", "--metrics" if metrics else "--no-metrics"]
     # Both servers of a pair get the same hash seed: with its own random seed each process lays out
     # its dicts differently and runs a few per cent faster or slower for its whole life, noise larger
     # than the effect measured. The seed changes from pair to pair, so no one layout decides the
@@ -175,14 +170,10 @@ def start_server(transport: str, metrics: bool, hash_seed: int) -> tuple[subproc
     # lines (--metrics, --no-metrics) differ in length, fix two different stack alignments, and
     # bias the comparison by 10-15 % either way.
     env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pin(proc.pid, SERVER_CPU)
-    line = proc.stdout.readline()
-    match = re.search(r"on (http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line}{proc.stdout.read()}")
-    return proc, match.group(1)
+    cpus = [SERVER_CPU] if (os.cpu_count() or 1) >= 2 else None
+    log = Path(tempfile.mkstemp(prefix="rtlab-bench-server-", suffix=".log")[1])
+    server = supervisor.start_server(args, log, env=env, cpus=cpus)
+    return server.process, server.url
 
 
 def run_pair(transport: str, on_first: bool, hash_seed: int, a: argparse.Namespace) -> dict[bool, dict]:
@@ -195,35 +186,27 @@ def run_pair(transport: str, on_first: bool, hash_seed: int, a: argparse.Namespa
     try:
         for metrics in order:
             servers.append(start_server(transport, metrics and not a.control, hash_seed))
-        loader = subprocess.Popen(
+        loader = supervisor.Process(
+            "load",
             [sys.executable, os.path.abspath(__file__), "--load", transport, "--url", *(url for _, url in servers),
              "--rooms", str(a.rooms), "--members", str(a.members), "--rate", str(a.rate),
              "--warmup", str(a.warmup), "--duration", str(a.duration), "--poll-interval", str(a.poll_interval)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )
-        pin(loader.pid, LOAD_CPU)
+            cpus=[LOAD_CPU] if (os.cpu_count() or 1) >= 2 else None, stdout=subprocess.PIPE,
+        ).start()
         try:
-            line = loader.stdout.readline()
+            line = loader.proc.stdout.readline()
             assert line.strip() == "start", f"load process said {line!r}"
             cpu_start = [cpu_seconds(proc.pid) for proc, _ in servers]
-            line = loader.stdout.readline()
+            line = loader.proc.stdout.readline()
             cpu_end = [cpu_seconds(proc.pid) for proc, _ in servers]
             assert line.startswith("end "), f"load process said {line!r}"
             counts = json.loads(line[4:])
-            loader.wait(timeout=30 + a.duration)
+            loader.wait(30 + a.duration)
         finally:
-            if loader.poll() is None:
-                loader.kill()
-                loader.wait()
+            loader.stop()
     finally:
         for proc, _ in servers:
-            proc.terminate()
-        for proc, _ in servers:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.stop()
     results = {}
     for i, metrics in enumerate(order):
         cpu_s = cpu_end[i] - cpu_start[i]

@@ -1,16 +1,16 @@
 """`python -m clients`: run Locust for one transport with the run options a load profile gives, optionally
-starting the server for it first (start, wait for its URL, run, stop in `finally`)."""
+starting the server for it first (experiments.supervisor: start, wait until it listens, run, stop in `finally`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import subprocess
 import sys
-import threading
+import tempfile
 from pathlib import Path
+
+from experiments.supervisor import Process, ProcessError, start_server
 
 from servers import registry
 
@@ -18,7 +18,7 @@ from . import locust_user_class
 from .profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-SERVER_START_TIMEOUT_S = 15.0  # from spawning the server to its URL line
+SERVER_START_TIMEOUT_S = 15.0  # from spawning the server to its saying it listens
 SERVER_STOP_TIMEOUT_S = 10.0
 
 
@@ -69,50 +69,6 @@ def locust_command(a: argparse.Namespace, profile: Profile, host: str) -> list[s
     return [*command, *a.locust_args, locust_user_class(a.transport)]
 
 
-class Server:
-    """`python -m servers` for one transport on a free loopback port, stopped with SIGTERM."""
-
-    def __init__(self, transport: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "servers", "--transport", transport, "--host", "127.0.0.1", "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            # Its own session: Ctrl-C in the terminal reaches Locust, which then stops its users and
-            # writes its summary while the server still serves; the server is stopped after that.
-            start_new_session=True,
-        )
-        self.url: str | None = None
-        self._seen: list[str] = []
-        self._listening = threading.Event()
-        # One reader for the server's whole life: it finds the URL line, then relays the rest, so
-        # the server never blocks on a full pipe.
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._listening.wait(SERVER_START_TIMEOUT_S) or self.url is None:
-            self.stop()
-            raise RuntimeError("the server did not start:\n" + "".join(self._seen))
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if self.url is not None:
-                sys.stderr.write(f"[server] {line}")
-                continue
-            sys.stderr.write(line)
-            self._seen.append(line)
-            match = re.search(r" on (http://\S+)", line)
-            if match:
-                self.url = match.group(1)
-                self._listening.set()
-        self._listening.set()  # the server exited: stop waiting
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
@@ -120,18 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as error:
         print(f"python -m clients: {error}", file=sys.stderr)
         return 2
-    try:
-        server = Server(a.transport) if a.serve else None
-    except RuntimeError as error:
-        print(f"python -m clients: {error}", file=sys.stderr)
-        return 1
+    server = None
+    if a.serve:
+        # In a session of its own (the supervisor's default): Ctrl-C in the terminal reaches Locust, which then
+        # stops its users and writes its summary while the server still serves; the server is stopped after.
+        log = Path(a.out) / "server.log" if a.out else Path(tempfile.mkstemp(prefix="rtlab-server-", suffix=".log")[1])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            server = start_server(["--transport", a.transport, "--host", "127.0.0.1"], log,
+                                  timeout_s=SERVER_START_TIMEOUT_S)
+        except ProcessError as error:
+            print(f"python -m clients: the server did not start: {error}", file=sys.stderr)
+            return 1
+        print(f"rtlab: {a.transport} server on {server.url} (its log: {log})", file=sys.stderr, flush=True)
     try:
         command = locust_command(a, profile, server.url if server else a.host)
         if not a.headless:
             print(f"rtlab: Locust web UI on http://{a.web_host}:{a.web_port}; Ctrl-C to stop", file=sys.stderr, flush=True)
-        locust = subprocess.Popen(command)
+        # In the foreground, in our session: the terminal's Ctrl-C is Locust's too.
+        locust = Process("locust", command, None, session=False, stdin=None).start()
         # A SIGTERM for us (e.g. from the experiment runner) is one for Locust, which then shuts down cleanly.
-        signal.signal(signal.SIGTERM, lambda signum, frame: locust.send_signal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, lambda signum, frame: locust.signal(signal.SIGTERM))
         try:
             return locust.wait()
         except KeyboardInterrupt:
@@ -139,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return locust.wait()
     finally:
         if server is not None:
-            server.stop()
+            server.stop(SERVER_STOP_TIMEOUT_S)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--quiet", action="store_true", help="no live progress")
     show = sub.add_parser("show", help="print the comparison table of a finished run")
     show.add_argument("run_dir", nargs="?", default=str(ROOT / "results" / "latest"))
-    from .cluster import add_drain_arguments
+    from .drain import add_drain_arguments
 
     add_drain_arguments(sub.add_parser("drain", help="drain one instance: out of HAProxy, WebSockets closed with 1012"))
     report = sub.add_parser("report", help="run the notebooks headless on a run; write <run>/report/index.html")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(Path(a.run_dir))
         return 0
     if a.command == "drain":
-        from .cluster import run_drain
+        from .drain import run_drain
 
         return run_drain(a)
     if a.command == "report":

@@ -15,13 +15,12 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from servers import registry
@@ -29,12 +28,15 @@ from servers.config import server_settings
 
 from .spec import Experiment, Point
 from .summary import SUMMARY_COLUMNS, summarize_point
+from .supervisor import Group, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # How long after its scheduled end a Locust run may take to write its files before it is killed.
 LOCUST_GRACE_S = 60.0
+
+
 def server_flags(key: str, value: object) -> list[str]:
     """The `python -m servers` arguments for one [server] key (a declared setting or a transport's knob)."""
     return server_settings()[key].cli_args(value)
@@ -55,59 +57,9 @@ class Pinning:
         return cls(cpus[:1], cpus[1:])
 
 
-@dataclass
-class Processes:
-    """Every process a point started, so `stop_all` can end them whatever happened."""
-
-    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
-
-    def start(self, name: str, command: list[str], log: Path, cpus: list[int] | None, **kwargs) -> subprocess.Popen:
-        def pin() -> None:
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=pin, start_new_session=True, cwd=ROOT, **kwargs,
-            )
-        self.procs.append((name, proc))
-        return proc
-
-    def stop_all(self) -> None:
-        """SIGTERM every process group (Locust's workers included), then SIGKILL what is left."""
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            # Kill the whole group even when the leader exited: a child may have outlived it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            if proc.poll() is None:
-                proc.wait()
-
-
 def http_get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read().decode()
-
-
-def wait_for_url(log: Path, proc: subprocess.Popen, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(r" on (http://\S+)", log.read_text())
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"the server did not start; its log:\n{log.read_text()}")
 
 
 def wait_healthy(url: str, timeout: float) -> dict:
@@ -169,7 +121,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
     """Run one transport at one point on fresh processes; return what the summary needs to find its files."""
     point_dir.mkdir(parents=True, exist_ok=True)
     write_profile(point, point_dir / "profile.toml")
-    procs = Processes()
+    procs = Group()
     flags = [flag for key, value in experiment.server.items() for flag in server_flags(key, value)]
     window: dict[str, float] = {}
     cluster = None
@@ -186,16 +138,13 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             scrape_urls = {i.name: i.url for i in cluster.instances}
             targets = cluster.pids()
         else:
-            server_log = point_dir / "server.log"
-            server = procs.start(
-                "server",
-                [sys.executable, "-m", "servers", "--transport", point.transport, "--host", "127.0.0.1", "--port",
-                 "0", "--no-access-log", *flags],
-                server_log, pinning.server,
+            server = start_server(
+                ["--transport", point.transport, "--host", "127.0.0.1", "--no-access-log", *flags],
+                point_dir / "server.log", cpus=pinning.server, timeout_s=SERVER_START_TIMEOUT_S, group=procs,
             )
-            url = wait_for_url(server_log, server, SERVER_START_TIMEOUT_S)
+            url = server.url
             scrape_urls = {"server": url}
-            targets = {"server": server.pid}
+            targets = {"server": server.process.pid}
         health = wait_healthy(next(iter(scrape_urls.values())), SERVER_START_TIMEOUT_S)
 
         extra = ["--", "--processes", str(experiment.processes)] if experiment.processes > 1 else []
@@ -205,7 +154,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             [sys.executable, "-m", "clients", "--transport", point.transport, "--host", url,
              "--profile", repo_relative(point_dir / "profile.toml"), "--headless", "--out", repo_relative(point_dir),
              *extra],
-            point_dir / "locust.log", pinning.generator,
+            point_dir / "locust.log", cpus=pinning.generator,
         )
         sampled = [arg for label, pid in {**targets, "generator": locust.pid}.items()
                    for arg in ("--pid", str(pid), "--label", label)]
@@ -214,7 +163,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             [sys.executable, "-m", "experiments.sampler", *sampled, "--children",
              "--out", str(point_dir / "resources.csv"),
              "--max-duration", str(point.profile.duration_s + LOCUST_GRACE_S)],
-            point_dir / "sampler.log", None,
+            point_dir / "sampler.log",
         )
 
         test_start = started + startup_delay(point_dir, started)
@@ -224,7 +173,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         last_total, last_t, next_rate_at, rate = None, None, 0.0, None
         for _ in range(int((point.profile.duration_s + LOCUST_GRACE_S) * 10)):  # bounded
             now = time.monotonic()
-            if locust.poll() is not None:
+            if not locust.alive:
                 break
             if "before" not in window and now >= measure_from:
                 scrape_all(scrape_urls, point_dir, "metrics_before")
@@ -244,18 +193,17 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             phase = "warm-up" if now < measure_from else ("measure" if now < measure_to else "finish")
             display.update(index, point, phase, now - test_start, rate)
             time.sleep(0.1)
-        if locust.poll() is None:
-            locust.wait(LOCUST_GRACE_S)
+        code = locust.wait(LOCUST_GRACE_S)
         if "after" not in window:
             raise RuntimeError(f"Locust ended before the measured window did; see {point_dir / 'locust.log'}")
-        if locust.returncode not in (0, 1):  # 1: Locust saw failures (losses are failures); still a result
-            raise RuntimeError(f"Locust exited with {locust.returncode}; see {point_dir / 'locust.log'}")
+        if code not in (0, 1):  # 1: Locust saw failures (losses are failures); still a result
+            raise RuntimeError(f"Locust exited with {code}; see {point_dir / 'locust.log'}")
     finally:
         procs.stop_all()
         if cluster is not None:
             cluster.stop()
     return {
-        "pids": {**{name: proc.pid for name, proc in procs.procs}, **targets},
+        "pids": {**{p.label: p.pid for p in procs.processes}, **targets},
         "health": health,
         "window_mono_s": [window["before"], window["after"]],
         "cluster": cluster.describe() if cluster is not None else None,

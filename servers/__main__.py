@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import resource
 import signal
 import sys
+from pathlib import Path
 
 from . import registry
 from .app import start_server
@@ -18,6 +21,11 @@ from .settings import Knob
 
 
 def parse_args(argv: list[str] | None) -> ServerConfig:
+    return parse(argv)[0]
+
+
+def parse(argv: list[str] | None) -> tuple[ServerConfig, str | None]:
+    """Return the configuration and the --ready-file path (None when not given)."""
     p = argparse.ArgumentParser(
         prog="python -m servers",
         description="rtlab chat server: " + ", ".join(t.label for t in registry.transports(registry.PRODUCT))
@@ -26,6 +34,8 @@ def parse_args(argv: list[str] | None) -> ServerConfig:
     )
     p.add_argument("--transport", required=True, choices=[*registry.names(None), "all"],
                    help="which transport to mount; all: every one of rtlab's own over one core")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="once listening, write {url, port, pid, transports} here as JSON (for supervisors)")
     # Every other flag is a declared setting (servers/config.py, servers/core.py Limits) or a transport's knob
     # (its registry entry): the flag, its default, its help and its bounds come from the declaration.
     add_knobs(p, own_knobs())
@@ -39,7 +49,7 @@ def parse_args(argv: list[str] | None) -> ServerConfig:
         except ValueError as error:
             p.error(f"{knob.cli_flag}: {error}")
     try:
-        return config_from_settings(registry.expand(a.transport), values)
+        return config_from_settings(registry.expand(a.transport), values), a.ready_file
     except ValueError as error:
         p.error(str(error))
 
@@ -82,7 +92,15 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(config: ServerConfig) -> None:
+def write_ready_file(path: str | Path, info: dict) -> None:
+    """Write `info` to `path` as JSON, atomically: a supervisor reading it sees all of it or nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, path)
+
+
+async def serve(config: ServerConfig, ready_file: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then close every transport's members (WebSockets 1001, held polls
     answered, streams ended), and return."""
     raise_fd_limit()
@@ -93,6 +111,9 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     broker = "" if config.broker_url == "memory" else f" (broker {config.broker_url})"
     print(f"rtlab serving {', '.join(config.transports)} on {server.url}{broker}", flush=True)
+    if ready_file:
+        write_ready_file(ready_file, {"url": server.url, "port": server.port, "pid": os.getpid(),
+                                      "transports": list(config.transports), "instance": config.instance})
     try:
         await stop.wait()
     finally:
@@ -100,10 +121,10 @@ async def serve(config: ServerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, ready_file = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, ready_file))
     except OSError as error:  # e.g. the port is taken
         print(f"rtlab: cannot serve on {config.host}:{config.port}: {error.strerror or error}", file=sys.stderr)
         return 1

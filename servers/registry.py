@@ -16,7 +16,6 @@ group "rtlab.transports".
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
+from experiments.supervisor import ServerProcess, start_server
 from servers import registry
-from servers.app import RunningServer, start_server
+from servers.app import RunningServer
+from servers.app import start_server as start_app_server
 from servers.config import ServerConfig
 
 # Every timeout in the tests is a multiple of UNIT seconds; a slow machine sets RTLAB_TIMEOUT_SCALE.
@@ -48,7 +46,7 @@ async def app_server():
             transports = registry.expand(transports)
         knobs = {k: overrides.pop(k) for k in list(overrides) if k not in config_fields}
         config = ServerConfig(transports=tuple(transports), port=0, knobs=knobs, **overrides)
-        server = await start_server(config)
+        server = await start_app_server(config)
         started.append(server)
         return server
 
@@ -57,47 +55,9 @@ async def app_server():
         await server.stop()
 
 
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen
-    url: str
-    log_path: str
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stop(self, timeout: float = 10 * UNIT) -> int:
-        """SIGTERM the server and return its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
 def spawn_server(args: list[str], log_path: str, timeout: float = 15 * UNIT, env: dict | None = None) -> ServerProcess:
-    """Run `python -m servers ARGS --port 0` and wait for the line that gives its URL."""
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servers", *args, "--port", "0"],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log.seek(0)
-        match = re.search(r"on (http://\S+)", log.read())
-        if match:
-            return ServerProcess(proc, match.group(1), log_path)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    log.seek(0)
-    raise RuntimeError(f"server did not start: {log.read()}")
+    """Run `python -m servers ARGS` on a free port (experiments.supervisor) and wait until it listens."""
+    return start_server(args, Path(log_path), timeout_s=timeout, env=env)
 
 
 @pytest.fixture
@@ -117,9 +77,9 @@ def server_process(tmp_path):
 
 @pytest.fixture
 def redis_server(tmp_path):
-    """A real `redis-server` on a free loopback port (experiments.cluster.RedisServer), stopped afterwards."""
+    """A real `redis-server` on a free loopback port (experiments.redis_server.RedisServer), stopped afterwards."""
     binary = require_binary("redis-server")
-    from experiments.cluster import RedisServer
+    from experiments.redis_server import RedisServer
 
     server = RedisServer(tmp_path / "redis", binary=binary).start(10 * UNIT)
     yield server

@@ -98,7 +98,7 @@ def test_the_cli_takes_a_broker_url_and_refuses_anything_else():
 
 
 def test_an_unreachable_redis_stops_the_server_with_a_clear_message(tmp_path):
-    from experiments.cluster import free_port
+    from experiments.supervisor import free_port
 
     proc = subprocess.run(
         [sys.executable, "-m", "servers", "--transport", "websocket", "--port", "0",

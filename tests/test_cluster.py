@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -24,7 +23,9 @@ import aiohttp
 import pytest
 from conftest import TRANSPORTS, UNIT, require_binary
 
-from experiments.cluster import Cluster, free_port, haproxy_config, http_json
+from experiments.cluster import Cluster, http_json
+from experiments.haproxy import haproxy_config
+from experiments.supervisor import Process, ServerProcess, free_port, start_server
 from helpers.receivers import EventStreamReceiver
 from servers import registry
 
@@ -220,10 +221,10 @@ def test_the_balancer_refuses_the_admin_routes_and_passes_the_origin_check_throu
 class Scenario:
     name: str
     out: Path
-    proc: subprocess.Popen | None = None
-    extra: list[subprocess.Popen] = field(default_factory=list)  # Locust workers
+    proc: Process | None = None
+    extra: list[Process] = field(default_factory=list)  # Locust workers
     cluster: Cluster | None = None
-    server: subprocess.Popen | None = None
+    server: ServerProcess | None = None
     fault: Callable[[Cluster], dict] | None = None
     event: dict | None = None
     fault_error: BaseException | None = None
@@ -252,21 +253,8 @@ def locust_command(host: str, profile: Path, out: Path, classes: list[str], *ext
             "--rtlab-profile", str(profile), "--rtlab-out", str(out), "--csv", str(out / "locust"), *extra, *classes]
 
 
-def spawn(command: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as file:
-        return subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                start_new_session=True)
-
-
-def start_server(transport: str, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = spawn([sys.executable, "-m", "servers", "--transport", transport, "--port", str(port)], log)
-    deadline = time.monotonic() + 20 * UNIT
-    while " on http://" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start: {log.read_text()}")
-        time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port}"
+def spawn(command: list[str], log: Path) -> Process:
+    return Process(log.stem, command, log).start()
 
 
 def inject_fault(scenario: Scenario) -> None:
@@ -275,7 +263,7 @@ def inject_fault(scenario: Scenario) -> None:
     deadline = time.monotonic() + 30 * UNIT
     try:
         while not marker.exists():
-            if time.monotonic() > deadline or scenario.proc.poll() is not None:
+            if time.monotonic() > deadline or not scenario.proc.alive:
                 raise RuntimeError(f"{scenario.name}: Locust did not start its test")
             time.sleep(0.05)
         time.sleep(FAULT_AFTER_S)
@@ -318,12 +306,14 @@ def scenarios(tmp_path_factory) -> dict[str, Scenario]:
         # Locust's distributed mode on one machine, against one plain server: --processes, then master + workers.
         processes = runs["processes"] = Scenario("processes", base / "processes")
         processes.out.mkdir()
-        processes.server, url = start_server("websocket", processes.out / "server.log")
+        processes.server = start_server(["--transport", "websocket"], processes.out / "server.log", timeout_s=20 * UNIT)
+        url = processes.server.url
         processes.proc = spawn(locust_command(url, profile, processes.out, ["WebSocketMember"], "--processes", "2"),
                                processes.out / "output.log")
         workers = runs["master-worker"] = Scenario("master-worker", base / "master-worker")
         workers.out.mkdir()
-        workers.server, workers.url = start_server("long-polling", workers.out / "server.log")
+        workers.server = start_server(["--transport", "long-polling"], workers.out / "server.log", timeout_s=20 * UNIT)
+        workers.url = workers.server.url
         url = workers.url
         port = free_port()
         # --rtlab-local-rooms: rooms of each worker's own, as generators on separate machines need so that
@@ -340,11 +330,9 @@ def scenarios(tmp_path_factory) -> dict[str, Scenario]:
 
         deadline = time.monotonic() + 90 * UNIT
         for scenario in runs.values():
-            try:
-                scenario.returncode = scenario.proc.wait(max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                scenario.proc.kill()
-                scenario.returncode = scenario.proc.wait()
+            scenario.returncode = scenario.proc.wait(max(1.0, deadline - time.monotonic()))
+            if scenario.returncode is None:
+                scenario.returncode = scenario.proc.stop()
             scenario.output = (scenario.out / "output.log").read_text()
         for thread in threads:
             thread.join(10 * UNIT)
@@ -354,10 +342,9 @@ def scenarios(tmp_path_factory) -> dict[str, Scenario]:
         yield runs
     finally:
         for scenario in runs.values():
-            for proc in [scenario.proc, scenario.server, *scenario.extra]:
-                if proc is not None and proc.poll() is None:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
+            for process in [scenario.proc, scenario.server, *scenario.extra]:
+                if process is not None:
+                    process.stop()
             if scenario.cluster is not None:
                 scenario.cluster.stop()
 

@@ -13,6 +13,7 @@ import time
 import psutil
 
 from conftest import TRANSPORTS, UNIT
+from experiments.supervisor import Process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = """
@@ -87,10 +88,8 @@ def test_interrupt_mid_run_stops_every_process(tmp_path):
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY.replace('transports = "all"', 'transports = ["websocket"]'))
     out = tmp_path / "results"
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-    )
+    runner = Process("runner", [sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out), "--quiet"],
+                     tmp_path / "runner.log", session=False).start()
     try:
         deadline = time.monotonic() + 30 * UNIT
         started = None
@@ -101,11 +100,11 @@ def test_interrupt_mid_run_stops_every_process(tmp_path):
         # Everything the runner started so far: its descendants.
         descendants = [p.pid for p in psutil.Process(runner.pid).children(recursive=True)]
         assert descendants
-        runner.send_signal(signal.SIGINT)
-        output, _ = runner.communicate(timeout=30 * UNIT)
+        runner.signal(signal.SIGINT)
+        code = runner.wait(30 * UNIT)
     finally:
-        if runner.poll() is None:
-            runner.kill()
-    assert runner.returncode == 130, output
+        runner.stop()
+    output = runner.log()
+    assert code == 130, output
     time.sleep(0.5)
     assert not [pid for pid in descendants if alive(pid)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TRANSPORTS, UNIT
+from experiments.supervisor import Process
 from helpers.processes import dropping_server
 
 from clients.results import read_histogram
@@ -66,21 +66,17 @@ class Run:
         return json.loads((self.out / "completeness.json").read_text())["transports"][transport]
 
 
-def start(command: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+def start(command: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[Process, Path]:
     out.mkdir(parents=True)
     log = out / "output.log"
-    with open(log, "w") as file:
-        proc = subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
-    return proc, log
+    return Process(out.name, command, log, env=env).start(), log
 
 
-def finish(proc: subprocess.Popen, log: Path, out: Path, timeout_s: float) -> Run:
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return Run(out, proc.returncode, log.read_text())
+def finish(process: Process, log: Path, out: Path, timeout_s: float) -> Run:
+    code = process.wait(timeout_s)
+    if code is None:
+        code = process.stop()
+    return Run(out, code, log.read_text())
 
 
 @pytest.fixture(scope="module")

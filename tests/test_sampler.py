@@ -13,6 +13,7 @@ from conftest import UNIT
 
 from experiments.figures import read_samples
 from experiments.sampler import FIELDS, sample
+from experiments.supervisor import Process
 
 BURN_CPU_S = 0.5
 # Burn CPU until the process has used BURN_CPU_S, report its own user + system seconds, then wait
@@ -29,27 +30,24 @@ sys.stdin.read()
 
 def test_sampler_reads_the_cpu_a_process_burned_and_stops_when_it_exits(tmp_path):
     out = tmp_path / "samples.csv"
-    burner = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    sampler = subprocess.Popen(
-        [sys.executable, "-m", "experiments.sampler", "--pid", str(burner.pid), "--label", "burner",
-         "--out", str(out), "--hz", "20", "--max-duration", str(60 * UNIT)],
-    )
+    burner = Process("burner", [sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE).start()
+    sampler = Process("sampler", [sys.executable, "-m", "experiments.sampler", "--pid", str(burner.pid), "--label",
+                                  "burner", "--out", str(out), "--hz", "20", "--max-duration", str(60 * UNIT)],
+                      tmp_path / "sampler.log").start()
     try:
-        self_reported_cpu_s = float(burner.stdout.readline())
+        self_reported_cpu_s = float(burner.proc.stdout.readline())
         burned_at = time.monotonic()
         # Let the sampler take a reading after the burn, then let the burner exit.
         deadline = time.monotonic() + 10 * UNIT
         while not any(float(row["t_mono_s"]) > burned_at for row in _rows(out)):
             assert time.monotonic() < deadline, "the sampler wrote no row after the burn"
             time.sleep(0.05)
-        burner.stdin.close()
+        burner.proc.stdin.close()
         burner.wait(10 * UNIT)
         assert sampler.wait(10 * UNIT) == 0  # it stops by itself once its target has gone
     finally:
-        for proc in (burner, sampler):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for process in (burner, sampler):
+            process.stop()
 
     rows = _rows(out)
     assert tuple(rows[0].keys()) == FIELDS

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from servers import registry
+from servers.__main__ import write_ready_file
 from servers.app import start_server
 from servers.broker import MemoryBroker
 from servers.config import ServerConfig
@@ -36,13 +37,15 @@ class DroppingBroker(MemoryBroker):
         return tuple(m for m in await super().history(room, before, limit) if m.id != self.drop_id)
 
 
-async def serve(transport: str, drop_id: int) -> None:
-    config = ServerConfig(transports=(transport,), port=0)
+async def serve(transport: str, drop_id: int, port: int, ready_file: str | None) -> None:
+    config = ServerConfig(transports=(transport,), port=port)
     server = await start_server(config, DroppingBroker(ChatCore(config.limits), drop_id))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     print(f"rtlab serving {transport} (dropping id {drop_id}) on {server.url}", flush=True)
+    if ready_file:
+        write_ready_file(ready_file, {"url": server.url, "port": server.port, "transports": [transport]})
     try:
         await stop.wait()
     finally:
@@ -53,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--transport", required=True, choices=registry.names(None))
     p.add_argument("--drop-id", type=int, default=3)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--ready-file")
     a = p.parse_args(argv)
-    asyncio.run(serve(a.transport, a.drop_id))
+    asyncio.run(serve(a.transport, a.drop_id, a.port, a.ready_file))
     return 0
 
 
