@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from servers import registry
+from servers.settings import field_knobs, read_toml, setting
 
 DEFAULT_PROFILE_PATH = Path(__file__).with_name("default_profile.toml")
 ARRIVALS = ("poisson", "fixed")
@@ -29,28 +28,32 @@ class Profile:
     take their defaults otherwise; `knobs` holds every registered one.
     """
 
-    users: int  # chat members at full load
-    spawn_rate: float  # members started per second while ramping up
-    rooms: int  # rooms the members are spread over evenly (member i joins room i % rooms)
-    messages_per_second: float  # sends per member per second (0: members only listen)
-    message_bytes: int  # length of each message text, ASCII, so characters = bytes
-    arrival: str  # "poisson" (exponential gaps) or "fixed" (equal gaps, random phase per member)
-    duration_s: int  # whole run, warm-up included; Locust's --run-time
-    warmup_s: float  # first part of the run left out of the HDR histogram and named "[warm-up]" in Locust
+    users: int = field(metadata=setting("chat members at full load (Locust's --users)", value_type=int, low=1,
+                                        high=100_000))
+    spawn_rate: float = field(metadata=setting("members started per second while ramping up", value_type=float,
+                                               low=0, low_open=True, high=10_000))
+    rooms: int = field(metadata=setting("rooms the members are dealt over, round robin (member i joins room i % rooms)",
+                                        value_type=int, low=1, high=100_000))
+    messages_per_second: float = field(metadata=setting("sends per member per second (0: members only listen)",
+                                                        value_type=float, low=0, high=1000))
+    message_bytes: int = field(metadata=setting("length of each message text, ASCII, so characters = bytes",
+                                                value_type=int, low=1, high=MAX_MESSAGE_BYTES))
+    arrival: str = field(metadata=setting('"poisson" (exponential gaps) or "fixed" (equal gaps, a random phase '
+                                          "per member)", value_type=str, choices=ARRIVALS))
+    duration_s: int = field(metadata=setting("the whole run, warm-up included (Locust's --run-time)", value_type=int,
+                                             low=1, high=7 * 24 * 3600))
+    warmup_s: float = field(metadata=setting('the first part of the run, left out of the HDR histogram and named '
+                                             '"[warm-up]" in Locust', value_type=float, low=0))
     knobs: dict[str, object] = field(default_factory=dict)  # the transports' own keys, defaults filled in
 
     def __post_init__(self) -> None:
-        _check_int("users", self.users, 1, 100_000)
-        _check_number("spawn_rate", self.spawn_rate, low=0, low_open=True, high=10_000)
-        _check_int("rooms", self.rooms, 1, 100_000)
+        for knob in COMMON:
+            try:
+                object.__setattr__(self, knob.name, knob.check(getattr(self, knob.name)))
+            except ValueError as error:
+                raise ProfileError(str(error)) from None
         if self.rooms > self.users:
             raise ProfileError(f"rooms must not exceed users ({self.users}), got {self.rooms}: a room would be empty")
-        _check_number("messages_per_second", self.messages_per_second, low=0, high=1000)
-        _check_int("message_bytes", self.message_bytes, 1, MAX_MESSAGE_BYTES)
-        if self.arrival not in ARRIVALS:
-            raise ProfileError(f"arrival must be one of {', '.join(map(repr, ARRIVALS))}, got {self.arrival!r}")
-        _check_int("duration_s", self.duration_s, 1, 7 * 24 * 3600)
-        _check_number("warmup_s", self.warmup_s, low=0, high=math.inf)
         if self.warmup_s >= self.duration_s:
             raise ProfileError(f"warmup_s must be shorter than duration_s ({self.duration_s}), got {self.warmup_s}")
         known = registry.profile_knobs()
@@ -87,7 +90,8 @@ class Profile:
         return {**{key: getattr(self, key) for key in COMMON_KEYS}, **self.knobs}
 
 
-COMMON_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "knobs")
+COMMON = field_knobs(Profile)  # the keys every profile holds, declared on the fields above
+COMMON_KEYS: tuple[str, ...] = tuple(knob.name for knob in COMMON)
 
 
 def keys() -> tuple[str, ...]:
@@ -113,30 +117,4 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
 
 def load_profile(path: str | Path) -> Profile:
     """Read and validate the TOML profile at `path`."""
-    path = Path(path)
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: no such profile file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ProfileError(f"{path}: not valid TOML: {error}") from None
-    return profile_from_dict(data, str(path))
-
-
-def _check_int(key: str, value: object, low: int, high: int) -> None:
-    # bool is an int in Python; `users = true` is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProfileError(f"{key} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ProfileError(f"{key} must be from {low} to {high}, got {value}")
-
-
-def _check_number(key: str, value: object, *, low: float, high: float, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProfileError(f"{key} must be a finite number, got {value!r}")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        bound = f"more than {low}" if low_open else f"at least {low}"
-        upper = "" if math.isinf(high) else f" and at most {high}"
-        raise ProfileError(f"{key} must be {bound}{upper}, got {value}")
+    return profile_from_dict(read_toml(Path(path), ProfileError, "profile"), str(path))

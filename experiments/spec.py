@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from clients.profile import Profile, ProfileError, profile_from_dict
 from clients.profile import keys as profile_keys
 from servers import registry
 from servers.config import server_settings
-from servers.settings import Knob
+from servers.settings import Knob, read_toml
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault")
@@ -115,15 +114,7 @@ class Point:
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file; raise SpecError naming the file and the key."""
-    path = Path(path)
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such experiment file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"{path}: not valid TOML: {error}") from None
-    return experiment_from_dict(data, str(path))
+    return experiment_from_dict(read_toml(Path(path), SpecError, "experiment"), str(path))
 
 
 def experiment_from_dict(data: dict, source: str) -> Experiment:

@@ -3,7 +3,7 @@
 aiohttp has no public hook for the protocol class, so LabAppRunner wraps the web.Server that AppRunner makes
 (its private `_make_server`, and the Server's `_loop` and `_kwargs`) to hand out the lab's protocol: guarded
 (servers.guard: connection caps, request timeouts) and, with metrics on, metered (servers.metrics: exact
-bytes). tests/test_aio_adapter.py fails loudly when an aiohttp upgrade changes any of these.
+bytes). tests/servers/test_aio_adapter.py fails loudly when an aiohttp upgrade changes any of these.
 """
 
 from __future__ import annotations

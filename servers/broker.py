@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Iterator
+from typing import Callable, Generic, Protocol, TypeVar
 
 from .core import ChatCore, Message, Page
 
@@ -79,3 +80,48 @@ class MemoryBroker:
                 del self._listeners[room]
 
         return unsubscribe
+
+
+T = TypeVar("T")
+
+
+class RoomListeners(Generic[T]):
+    """What a transport keeps per room on this server (its members, its held polls), with one broker
+    subscription per room that has any: taken for the first, dropped after the last. Every transport that
+    keeps members counts them here, so a room is subscribed once however many members it has.
+    """
+
+    def __init__(self, broker: Broker, on_message: Listener) -> None:
+        self._broker = broker
+        self._on_message = on_message
+        self._rooms: dict[str, set[T]] = {}
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
+
+    def add(self, room: str, item: T) -> None:
+        """Add `item` to `room` (subscribing the room when it is its first); do it before reading the room,
+        so that nothing posted between the read and the subscription is missed."""
+        items = self._rooms.get(room)
+        if items is None:
+            items = self._rooms[room] = set()
+            self._unsubscribe[room] = self._broker.subscribe(room, self._on_message)
+        items.add(item)
+
+    def discard(self, room: str, item: T) -> bool:
+        """Remove `item` from `room` (unsubscribing the room when it was its last); False when it was not there."""
+        items = self._rooms.get(room)
+        if items is None or item not in items:
+            return False
+        items.discard(item)
+        if not items:
+            del self._rooms[room]
+            self._unsubscribe.pop(room)()
+        return True
+
+    def of(self, room: str) -> set[T] | tuple[()]:
+        return self._rooms.get(room, ())
+
+    def rooms(self) -> Iterator[set[T]]:
+        return iter(tuple(self._rooms.values()))
+
+    def count(self) -> int:
+        return sum(len(items) for items in self._rooms.values())

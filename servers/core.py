@@ -72,9 +72,21 @@ class Message:
         }
 
 
+def fields_json(room: str, user: str, text: str, sent_at: float | None, ts: float) -> str:
+    """A message's JSON without its id (the id comes first: with_id adds it; the Redis broker's script does the
+    same in Redis, where the id is allocated)."""
+    fields = {"room": room, "user": user, "text": text, "sent_at": sent_at, "ts": ts}
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+def with_id(message_id: int, fields: str) -> str:
+    """The message's one JSON encoding: `{"id":N,` spliced in front of fields_json's."""
+    return f'{{"id":{message_id},{fields[1:]}'
+
+
 def encode_message(message: Message) -> Message:
     """Return `message` carrying its JSON encoding, so fan-out never encodes it again."""
-    text = json.dumps(message.as_dict(), separators=(",", ":"), ensure_ascii=False)
+    text = with_id(message.id, fields_json(message.room, message.user, message.text, message.sent_at, message.ts))
     return Message(message.id, message.room, message.user, message.text, message.sent_at, message.ts, text)
 
 
@@ -122,6 +134,25 @@ def validate_sent_at(sent_at: object) -> float | None:
     if sent_at < 0:
         raise InvalidInput("sent_at must not be negative")
     return sent_at
+
+
+def check_message(room: object, user: object, text: object, sent_at: object,
+                  limits: Limits) -> tuple[str, str, str, float | None]:
+    """Validate a message to store, as every broker must: return (room, user, text, sent_at)."""
+    return (validate_room(room), validate_user(user), validate_text(text, limits.text_chars),
+            validate_sent_at(sent_at))
+
+
+def check_id(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"{name} must be a non-negative integer")
+    return value
+
+
+def check_limit(limit: object, page: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= page:
+        raise InvalidInput(f"limit must be an integer from 1 to {page}")
+    return limit
 
 
 def parse_post(body: object, max_chars: int) -> tuple[str, str, float | None]:
@@ -183,10 +214,7 @@ class ChatCore:
 
     def post(self, room: str, user: str, text: str, sent_at: float | None = None) -> Message:
         """Validate and store a message; return it with its id and the server's receive time."""
-        validate_room(room)
-        validate_user(user)
-        validate_text(text, self.limits.text_chars)
-        sent_at = validate_sent_at(sent_at)
+        room, user, text, sent_at = check_message(room, user, text, sent_at, self.limits)
         state = self._rooms.get(room)
         if state is None:
             if len(self._rooms) >= self.limits.rooms:
@@ -208,8 +236,8 @@ class ChatCore:
         caller has missed them for good and should say so.
         """
         validate_room(room)
-        self._check_id("since", after_id)
-        self._check_limit(limit)
+        check_id("since", after_id)
+        check_limit(limit, self.limits.page)
         state = self._rooms.get(room)
         if state is None or after_id >= state.last_id:
             return Page((), state.last_id if state else 0, False)
@@ -221,8 +249,8 @@ class ChatCore:
         """Return the newest `limit` messages with id < before (default: all), oldest first."""
         validate_room(room)
         if before is not None:
-            self._check_id("before", before)
-        self._check_limit(limit)
+            check_id("before", before)
+        check_limit(limit, self.limits.page)
         state = self._rooms.get(room)
         if state is None:
             return ()
@@ -231,11 +259,3 @@ class ChatCore:
         if start >= stop:
             return ()
         return state.slice(start, stop)
-
-    def _check_id(self, name: str, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidInput(f"{name} must be a non-negative integer")
-
-    def _check_limit(self, limit: int) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.limits.page:
-            raise InvalidInput(f"limit must be an integer from 1 to {self.limits.page}")

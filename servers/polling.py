@@ -4,12 +4,12 @@ or held until a message after `since` exists or S seconds pass."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
-from .broker import Broker
+from .broker import Broker, RoomListeners
 from .core import InvalidInput, Message, Page, validate_room
 from .http import BROKER, CONFIG, int_param, json_text, page_json, seconds_param
 from .metrics import tally_of
@@ -19,12 +19,12 @@ POLL_LIMIT_DEFAULT = 100  # messages per poll answer unless `limit` says otherwi
 
 
 class LongPollHub:
-    """Held polls per room; one broker subscription per room that has any, released on every post."""
+    """Held polls per room (servers.broker.RoomListeners: one subscription per room that has any), released on
+    every post."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._unsubscribe: dict[str, Callable[[], None]] = {}
+        self._waiters: RoomListeners[asyncio.Future[None]] = RoomListeners(broker, self._on_message)
         self._closing = False
         self.held = 0  # polls being held right now
 
@@ -33,7 +33,9 @@ class LongPollHub:
         if wait_s <= 0 or self._closing:
             return await self._broker.since(room, since, limit)
         # Register before reading, so a post landing between the read and the wait still wakes us.
-        waiter = self._add(room)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(room, waiter)
+        self.held += 1
         try:
             page = await self._broker.since(room, since, limit)
             if page.messages:
@@ -45,39 +47,20 @@ class LongPollHub:
                 pass
         finally:
             # Also runs when the client goes away: aiohttp cancels the handler (handler_cancellation).
-            self._discard(room, waiter)
+            if self._waiters.discard(room, waiter):
+                self.held -= 1
         return await self._broker.since(room, since, limit)
 
     def release_all(self) -> None:
         """Answer every held poll now and hold no new ones (shutdown, draining)."""
         self._closing = True
-        for waiters in self._waiters.values():
+        for waiters in self._waiters.rooms():
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _add(self, room: str) -> asyncio.Future[None]:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.get(room)
-        if waiters is None:
-            waiters = self._waiters[room] = set()
-            self._unsubscribe[room] = self._broker.subscribe(room, self._on_message)
-        waiters.add(waiter)
-        self.held += 1
-        return waiter
-
-    def _discard(self, room: str, waiter: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(room)
-        if waiters is None or waiter not in waiters:
-            return
-        waiters.discard(waiter)
-        self.held -= 1
-        if not waiters:
-            del self._waiters[room]
-            self._unsubscribe.pop(room)()
-
     def _on_message(self, message: Message) -> None:
-        for waiter in self._waiters.get(message.room, ()):
+        for waiter in self._waiters.of(message.room):
             if not waiter.done():
                 waiter.set_result(None)
 

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from .broker import Broker
+from .broker import Broker, RoomListeners
 from .core import Message
 from .metrics import NULL_TALLY, Tally
 
@@ -86,39 +86,28 @@ class PushHub:
         self._broker = broker
         self.encode = encode
         self._overflow = overflow
-        self._rooms: dict[str, set[PushMember]] = {}
-        self._unsubscribe: dict[str, Callable[[], None]] = {}
+        self._rooms: RoomListeners[PushMember] = RoomListeners(broker, self._on_message)
         self._closers: set[asyncio.Task] = set()
         self.overflow_closes = 0
         self.closing: tuple[int, str] | None = None  # set by close_all: later members are closed the same way
 
     @property
     def members(self) -> int:
-        return sum(len(m) for m in self._rooms.values())
+        return self._rooms.count()
 
     def queued(self) -> tuple[int, int]:
         """Return the items waiting in all queues and in the fullest one (read when /metrics is scraped)."""
-        depths = [member.queue.qsize() for members in self._rooms.values() for member in members]
+        depths = [member.queue.qsize() for members in self._rooms.rooms() for member in members]
         return sum(depths), max(depths, default=0)
 
     def join(self, room: str, member: PushMember) -> None:
         """Add `member` to `room`; do it before reading the backlog, so nothing posted meanwhile is missed."""
-        members = self._rooms.get(room)
-        if members is None:
-            members = self._rooms[room] = set()
-            self._unsubscribe[room] = self._broker.subscribe(room, self._on_message)
-        members.add(member)
+        self._rooms.add(room, member)
         if self.closing is not None:  # close_all ran while this member was being accepted
             self.close_soon(member, *self.closing)
 
     def leave(self, room: str, member: PushMember) -> None:
-        members = self._rooms.get(room)
-        if members is None or member not in members:
-            return
-        members.discard(member)
-        if not members:
-            del self._rooms[room]
-            self._unsubscribe.pop(room)()
+        self._rooms.discard(room, member)
 
     def start_writer(self, member: PushMember, room: str, since: int | None, page_size: int,
                      on_done: Callable[[asyncio.Task], None]) -> None:
@@ -129,7 +118,7 @@ class PushHub:
     def _on_message(self, message: Message) -> None:
         data, payload = self.encode(message)
         item = (message.id, data, payload)
-        for member in tuple(self._rooms.get(message.room, ())):
+        for member in tuple(self._rooms.of(message.room)):
             if not member.offer(item):
                 # A slow reader must not stall the room or grow memory: cut it loose; it resumes after its last id.
                 self.overflow_closes += 1
@@ -150,7 +139,7 @@ class PushHub:
         return how many were open."""
         self.closing = (code, reason)
         closed = self.members
-        for members in tuple(self._rooms.values()):
+        for members in self._rooms.rooms():
             for member in tuple(members):
                 self.close_soon(member, code, reason)
         if self._closers:

@@ -18,15 +18,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .broker import Listener
 from .core import (
-    InvalidInput,
     Limits,
     Message,
     Page,
     Unavailable,
+    check_id,
+    check_limit,
+    check_message,
+    fields_json,
     validate_room,
-    validate_sent_at,
-    validate_text,
-    validate_user,
+    with_id,
 )
 
 log = logging.getLogger("rtlab.redis")
@@ -64,17 +65,6 @@ return {last, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMI
 """
 
 CONTROL_CHANNEL = "control"  # always subscribed, so the subscriber connection exists before any room does
-
-
-def _check_id(name: str, value: int) -> None:
-    # The same checks and words as ChatCore's, so both brokers refuse alike.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{name} must be a non-negative integer")
-
-
-def _check_limit(limit: int, page: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= page:
-        raise InvalidInput(f"limit must be an integer from 1 to {page}")
 
 
 def decode_message(raw: str) -> Message:
@@ -222,29 +212,21 @@ class RedisBroker:
     # ---- the Broker protocol --------------------------------------------------------------------------------------
 
     async def post(self, room: str, user: str, text: str, sent_at: float | None) -> Message:
-        validate_room(room)
-        validate_user(user)
-        validate_text(text, self.limits.text_chars)
-        sent_at = validate_sent_at(sent_at)
+        # The core validates and encodes; Redis stores, numbers and publishes (the script splices the id in).
+        room, user, text, sent_at = check_message(room, user, text, sent_at, self.limits)
         ts = self._clock()
-        # Every key but the id, encoded as servers.core.encode_message would: the script splices the id in front.
-        fields = {"room": room, "user": user, "text": text, "sent_at": sent_at, "ts": ts}
-        body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-        try:
-            body.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput("text must be valid Unicode (no lone surrogates)") from None
+        body = fields_json(room, user, text, sent_at, ts)
         keys = (self._key(room, "last"), self._key(room, "log"), f"{self.prefix}rooms")
         args = (room, body, self.limits.history, self.limits.rooms, self._channel(room))
         message_id = await self._call(self._post(keys, args))
         if message_id < 0:
             raise Unavailable(f"room limit reached ({self.limits.rooms} rooms)")
-        return Message(message_id, room, user, text, sent_at, ts, f'{{"id":{message_id},{body[1:]}')
+        return Message(message_id, room, user, text, sent_at, ts, with_id(message_id, body))
 
     async def since(self, room: str, after_id: int, limit: int) -> Page:
         validate_room(room)
-        _check_id("since", after_id)
-        _check_limit(limit, self.limits.page)
+        check_id("since", after_id)
+        check_limit(limit, self.limits.page)
         page = await self._read_since(room, after_id, limit)
         sub = self._rooms.get(room)
         if sub is not None and not sub.confirmed:
@@ -254,8 +236,8 @@ class RedisBroker:
     async def history(self, room: str, before: int | None, limit: int) -> tuple[Message, ...]:
         validate_room(room)
         if before is not None:
-            _check_id("before", before)
-        _check_limit(limit, self.limits.page)
+            check_id("before", before)
+        check_limit(limit, self.limits.page)
         # Only the newest `history` ids are kept, so the newest `limit` below `before` are exactly ChatCore's.
         high = "+inf" if before is None else f"({before}"
         raws = await self._call(self._redis.zrevrangebyscore(self._key(room, "log"), high, "-inf", 0, limit))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Value = bool | int | float | str | tuple | None
@@ -32,6 +34,8 @@ class Knob:
     phrase: str = ""  # how a one-line description of a load says it, e.g. "poll every {:g} s"
     value_type: type | None = None  # when the default does not say it (a default of None: bool | None)
     experiment: bool = True  # may an experiment's [server] table set it (the runner sets host, port, ...)
+    choices: tuple = ()  # the values it may take, when they are few
+    required: bool = False  # no default: a file must give it
 
     @property
     def kind(self) -> type:
@@ -44,8 +48,12 @@ class Knob:
     def check(self, value: object) -> Value:
         """Return `value` as this knob's type, or raise ValueError naming the knob and the bound."""
         kind = self.kind
-        if value is None and self.default is None:
+        if value is None and self.default is None and not self.required:
             return None
+        if self.choices:
+            if value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
+            return value
         if kind is tuple:
             if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
                     not all(isinstance(item, str) for item in value):
@@ -62,10 +70,9 @@ class Knob:
         # bool is an int in Python; `interval = true` is a mistake, not 1.
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{self.name} must be an integer, got {value!r}")
-        if kind is float:
+        if kind is float:  # an integer is a number too, and keeps the type it was written with
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{self.name} must be a finite number, got {value!r}")
-            value = float(value)
         low, high = self.low, self.high
         too_low = low is not None and (value <= low if self.low_open else value < low)
         if too_low or (high is not None and value > high):
@@ -95,13 +102,30 @@ def setting(help: str, **options: Any) -> dict:
     return {SETTING: (help, options)}
 
 
-def field_knobs(cls: type, prefix_skip: tuple[str, ...] = ()) -> list[Knob]:
-    """The Knobs a dataclass's fields declare with setting(), in field order."""
+def field_knobs(cls: type) -> list[Knob]:
+    """The Knobs a dataclass's fields declare with setting(), in field order (a field without a default is
+    required; its setting() then says its value_type)."""
     knobs = []
     for f in dataclasses.fields(cls):
         if SETTING not in f.metadata:
             continue
         help_text, options = f.metadata[SETTING]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default, options = None, {"required": True, **options}
         knobs.append(Knob(f.name, default, help_text, **options))
     return knobs
+
+
+def read_toml(path: Path, error: type[Exception], what: str) -> dict:
+    """Read the TOML file at `path`; a missing or malformed file raises `error`, naming the file."""
+    try:
+        with Path(path).open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except tomllib.TOMLDecodeError as problem:
+        raise error(f"{path}: not valid TOML: {problem}") from None

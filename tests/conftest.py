@@ -15,6 +15,8 @@ from servers.app import RunningServer
 from servers.app import start_server as start_app_server
 from servers.config import ServerConfig
 
+TESTS = Path(__file__).resolve().parent  # tests/: its helpers/, fixtures/ and plugins/ are shared by every suite
+ROOT = TESTS.parent
 # Every timeout in the tests is a multiple of UNIT seconds; a slow machine sets RTLAB_TIMEOUT_SCALE.
 UNIT = float(os.environ.get("RTLAB_TIMEOUT_SCALE", "1"))
 REQUIRE_ALL = os.environ.get("RTLAB_REQUIRE_ALL") == "1"

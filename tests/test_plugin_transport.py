@@ -11,14 +11,12 @@ import os
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, TESTS, UNIT, require_binary, spawn_server
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS
 
-from conftest import UNIT, require_binary, spawn_server
-
-ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = Path(__file__).resolve().parent / "plugins"
+PLUGINS = TESTS / "plugins"
 NAME = "ndjson"
 ENV = os.environ | {
     "RTLAB_PLUGINS": "ndjson_transport",
@@ -103,10 +101,8 @@ def test_the_plugin_transport_runs_under_locust_into_the_summary_and_the_noteboo
 
 
 def test_the_plugin_transport_gets_a_pane_in_the_demo(tmp_path):
-    chromium = require_binary("chromium", "/usr/bin/chromium")
+    chromium = require_binary("chromium", CHROMIUM)
     from playwright import sync_api
-
-    from test_demo_browser import CHROMIUM_ARGS
 
     server = spawn_server(["--transport", "all"], str(tmp_path / "server.log"), env=ENV)
     try:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
 

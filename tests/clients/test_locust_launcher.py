@@ -7,9 +7,9 @@ import sys
 
 from conftest import UNIT
 
-from servers import registry
 from clients.__main__ import LOCUSTFILE, locust_command, parse_args
 from clients.profile import DEFAULT_PROFILE_PATH, load_profile
+from servers import registry
 
 
 def command_for(*argv: str) -> list[str]:
@@ -61,5 +61,5 @@ def test_a_bad_profile_is_refused_naming_the_key_before_locust_starts(tmp_path):
         check=False, capture_output=True, text=True, timeout=30 * UNIT,
     )
     assert result.returncode == 2
-    assert "rooms must be from 1" in result.stderr
+    assert "rooms must be at least 1" in result.stderr
     assert "Starting Locust" not in result.stderr and "rtlab serving" not in result.stderr

@@ -7,16 +7,15 @@ import base64
 import json
 import os
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
+from conftest import ROOT, TRANSPORTS, UNIT
 
-from conftest import TRANSPORTS, UNIT
 from servers import registry
 from servers.demo import ClientLedgers
 
-STATIC = Path(__file__).resolve().parent.parent / "servers" / "static"
+STATIC = ROOT / "servers" / "static"
 HEARTBEAT_OFF = {"ws_heartbeat_s": 3600.0, "sse_heartbeat_s": 3600.0}  # no ping in an exchange counted to the byte
 
 

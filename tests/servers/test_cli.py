@@ -11,7 +11,6 @@ import urllib.request
 
 import aiohttp
 import pytest
-
 from conftest import TRANSPORTS, UNIT
 
 

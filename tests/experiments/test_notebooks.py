@@ -6,14 +6,14 @@ import csv
 import json
 import re
 import shutil
-from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import TESTS
 
 from experiments import notebooks
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
+FIXTURE = TESTS / "fixtures" / "run-small"
 # The figures each notebook saves for the fixture run (a users sweep over every transport).
 EXPECTED_FIGURES = {
     "01-latency": ["01-latency-cdf", "01-latency-vs-users"],

@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TRANSPORTS, UNIT
-from experiments.supervisor import Process
+from conftest import ROOT, TRANSPORTS, UNIT
 from helpers.processes import dropping_server
 
 from clients.results import read_histogram
-
-ROOT = Path(__file__).resolve().parents[1]
+from experiments.supervisor import Process
 
 # Small enough for a CI machine, big enough that rooms have several members: 10 members in 2 rooms.
 SMALL_PROFILE = """\

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import pathlib
 import subprocess
 import sys
 
-from conftest import UNIT, require_binary
+from conftest import ROOT, UNIT, require_binary
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCALE = """
 name = "scale-tiny"
 transports = ["websocket", "long-polling"]

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import pathlib
 import re
 
 import pytest
+from conftest import ROOT
 
 from experiments import figures
 from experiments.figures import FIGURES, RunData, Samples, compute, metric_total, parse_metrics
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Four samples a second apart; RSS grows 50 bytes per connection from 1000.
 SERVER = Samples(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from clients.profile import (
     COMMON_KEYS,
@@ -17,8 +17,6 @@ from clients.profile import (
     profile_from_dict,
 )
 from servers import registry
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_dict() -> dict:

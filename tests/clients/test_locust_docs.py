@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import UNIT
+from conftest import ROOT, UNIT
 
 from clients.profile import DEFAULT_PROFILE_PATH, load_profile
 from clients.results import RunResults
 
-ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "locust.md").read_text()
 
 

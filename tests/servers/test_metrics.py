@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import pathlib
 import re
 import time
 
 import aiohttp
-from conftest import TRANSPORTS, UNIT
+from conftest import ROOT, TRANSPORTS, UNIT
 
 from experiments.figures import metric_total, parse_metrics
 from servers.__main__ import parse_args
 from servers.metrics import METER, MeteredTransport, Tally
 from servers.websocket import Member
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 ALL = TRANSPORTS
 
 

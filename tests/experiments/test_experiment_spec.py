@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from experiments.spec import SpecError, load_experiment
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOOD = """
 name = "tiny"
 description = "a test"
@@ -126,10 +126,10 @@ def test_a_servers_declared_settings_are_experiment_keys_and_become_its_flags(tm
     text = GOOD.replace("[sweep]", "[server]\nsend_rate_per_s = 50\nmax_connections_per_client = 8000\n"
                                    "allow_origins = [\"http://lab.example:9000\"]\nws_compress = true\n[sweep]")
     experiment = load_experiment(write(tmp_path, text))
-    assert experiment.server == {"send_rate_per_s": 50.0, "max_connections_per_client": 8000,
+    assert experiment.server == {"send_rate_per_s": 50, "max_connections_per_client": 8000,
                                  "allow_origins": ("http://lab.example:9000",), "ws_compress": True}
     flags = [flag for key, value in experiment.server.items() for flag in server_flags(key, value)]
-    assert flags == ["--send-rate", "50.0", "--max-connections-per-client", "8000",
+    assert flags == ["--send-rate", "50", "--max-connections-per-client", "8000",
                      "--allow-origin", "http://lab.example:9000", "--ws-compress"]
     from servers.__main__ import parse_args
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-
 from conftest import TRANSPORTS, UNIT
-from experiments.figures import metric_total, parse_metrics
 from helpers.receivers import receiver
+
+from experiments.figures import metric_total, parse_metrics
 
 
 async def payload_counter(session, url: str) -> float:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import pathlib
 import signal
 import subprocess
 import sys
 import time
 
 import psutil
+from conftest import ROOT, TRANSPORTS, UNIT
 
-from conftest import TRANSPORTS, UNIT
 from experiments.supervisor import Process
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = """
 name = "tiny"
 description = "every transport, six members in two rooms"

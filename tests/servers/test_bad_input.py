@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-
 from conftest import TRANSPORTS, UNIT
 
 POLLING = ("short-polling", "long-polling")

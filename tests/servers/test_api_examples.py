@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import re
 import subprocess
 
-from conftest import UNIT, require_binary
+from conftest import ROOT, UNIT, require_binary
 
-API_MD = pathlib.Path(__file__).resolve().parent.parent / "docs" / "api.md"
+API_MD = ROOT / "docs" / "api.md"
 SHORT_ONLY = "# on a short-polling-only server"
 
 

@@ -7,11 +7,11 @@ import os
 import re
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
+from conftest import REQUIRE_ALL, ROOT, TRANSPORTS, UNIT, require_binary, spawn_server
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS
 
-from conftest import REQUIRE_ALL, TRANSPORTS, UNIT, require_binary, spawn_server
 from servers import registry
 
 try:
@@ -22,17 +22,7 @@ except ImportError:
     pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
 expect = sync_api.expect
 
-ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "demo.png"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 10_000 * UNIT
 MARKUP = ("<img src=x onerror=alert(1)>", "<script>alert(1)</script>")
 
@@ -46,7 +36,7 @@ def demo_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = require_binary("chromium", "/usr/bin/chromium")
+    executable = require_binary("chromium", CHROMIUM)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         yield browser

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import math
 import shutil
-from pathlib import Path
 
 import pytest
+from conftest import TESTS
 
 from experiments import analysis, figures
 from experiments.summary import COLUMN_FIGURES
 from servers import registry
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
+FIXTURE = TESTS / "fixtures" / "run-small"
 WS10 = "users=10/websocket-r1"  # the point most values below are worked out for
 
 

@@ -21,15 +21,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import TRANSPORTS, UNIT, require_binary
+from conftest import ROOT, TRANSPORTS, UNIT, require_binary
+from helpers.receivers import EventStreamReceiver
 
 from experiments.cluster import Cluster, http_json
 from experiments.haproxy import haproxy_config
 from experiments.supervisor import Process, ServerProcess, free_port, start_server
-from helpers.receivers import EventStreamReceiver
 from servers import registry
 
-ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "clients" / "locustfile.py"
 
 # 8 members in 2 rooms, each sending once a second: small enough to run several at once on a CI machine.
