@@ -55,9 +55,10 @@ class JsonHttp:
             host, port, connection_timeout=timeout_s, network_timeout=timeout_s, concurrency=1
         )
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None,
+                content_type: str = "application/json") -> tuple[int, bytes]:
         """Send one request and read the whole answer; return (status, body)."""
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        headers = {"Content-Type": content_type} if body is not None else None
         response = self._client.request(method, path, body=body, headers=headers)
         try:
             return response.status_code, bytes(response.read())

@@ -191,8 +191,10 @@ def load_run(path: str | Path | None = None) -> Run:
         profile = load_profile(point_dir / "profile.toml")
         point = Point(entry["transport"], entry["repeat"], entry["swept"], profile)
         window = entry["window_mono_s"]
-        data = dataclasses.replace(load_run_data(point, point_dir, window, processes), cpus=cpus,
-                                   **message_sizes(profile))
+        # The payload of runs from before the server counted it is estimated from the profile; a peer's, whose
+        # server does not count it, is absent, never guessed.
+        sizes = message_sizes(profile) if counts_payload(entry["transport"]) else {}
+        data = dataclasses.replace(load_run_data(point, point_dir, window, processes), cpus=cpus, **sizes)
         points.append({**ids, **profile.as_dict(), **figures.compute(data), "window_s": window[1] - window[0]})
         latency.append(_latency_frame(data, ids))
         resources.append(_resources_frame(point_dir / "resources.csv", window, ids))
@@ -224,6 +226,25 @@ def load_run(path: str | Path | None = None) -> Run:
 def point_keys(experiment: dict) -> list[str]:
     """The parameters that tell a run's points apart: swept profile keys, then a cluster's instances and mode."""
     return [*experiment["sweep"], *(["instances", "mode"] if experiment.get("cluster") else [])]
+
+
+def counts_payload(transport: str) -> bool:
+    try:
+        return registry.get(transport).counts_payload
+    except registry.UnknownTransport:
+        return True
+
+
+def ratios(run: Run) -> pd.DataFrame:
+    """run.points' ID columns with, per figures.RATIO_FIGURES, each point's figure divided by its rtlab
+    transport's at the same point (a peer's registry compare_with; rtlab's own rows are 1.0), and `vs`."""
+    rows = run.points.to_dict("records")
+    computed = figures.ratios(rows, {name: name for name in figures.RATIO_FIGURES}, [*run.swept, "repeat"])
+    frame = run.points[[*ID_COLUMNS, *run.swept]].copy()
+    frame["vs"] = [r["vs"] for r in computed]
+    for name in figures.RATIO_FIGURES:
+        frame[name] = [r[name] for r in computed]
+    return frame
 
 
 def message_sizes(profile) -> dict[str, float]:

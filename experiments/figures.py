@@ -143,6 +143,8 @@ class RunData:
     latency_us: HdrHistogram | None = None
     completeness: Mapping[str, float] | None = None  # received, lost, duplicates, out_of_order
     measured_s: float | None = None  # the clients' measured time: duration_s - warmup_s
+    members: int | None = None  # chat members at full load (the profile's users)
+    idle_rss_bytes: float | None = None  # the server's RSS at its first sample, before any member joined
     generator_processes: int = 1
     transport: str | None = None
     knobs: Mapping[str, object] | None = None  # the point's profile knobs (servers.registry): e.g. the poll interval
@@ -305,6 +307,14 @@ def server_peak_rss_bytes(run: RunData) -> float:
 @_figure("B", "Mean of the server resident set sizes sampled in the window (samples are evenly spaced).")
 def server_mean_rss_bytes(run: RunData) -> float:
     return _ratio(sum(run.server.rss_bytes), len(run.server.rss_bytes))
+
+
+@_figure("B/member", "Mean server RSS over the window less the idle server's (its first sample, before any member "
+                     "joined), divided by the chat members connected (the profile's users): what one member costs.")
+def server_rss_per_member_bytes(run: RunData) -> float:
+    if run.idle_rss_bytes is None:
+        return math.nan
+    return _ratio(server_mean_rss_bytes(run) - run.idle_rss_bytes, run.members or 0)
 
 
 @_figure("B/conn", "Server RSS per TCP connection: least-squares slope of RSS against open connections.")
@@ -500,6 +510,49 @@ def capacity(rows: Iterable[Mapping[str, object]], p99_limit_ms: float = CAPACIT
         if ok and (math.isnan(best[transport]) or float(row["users"]) > best[transport]):
             best[transport] = float(row["users"])
     return best
+
+
+# The figures a peer is compared on, each divided by its rtlab transport's at the same point (rtlab = 1.0).
+RATIO_FIGURES = ("server_cpu_us_per_delivered_message", "bytes_per_delivered_message", "latency_p50_ms",
+                 "latency_p99_ms", "server_rss_per_member_bytes")
+
+
+def counterpart(transport: str) -> str:
+    """The rtlab transport `transport` is compared with: a peer's registry `compare_with`, else itself."""
+    try:
+        return registry.get(transport).compare_with or transport
+    except registry.UnknownTransport:
+        return transport
+
+
+def ratios(rows: list[Mapping[str, object]], columns: Mapping[str, str], keys: Iterable[str]) -> list[dict]:
+    """For each row (a point: its transport, `keys` and figure values), the ratio of each figure to the same
+    figure of its counterpart's row at the same point: {"vs": counterpart, name: ratio}; NaN where the run
+    has no such row, or the counterpart's figure is 0 or absent. `columns` maps a ratio's name to the figure
+    (or summary column) it divides."""
+    keys = list(keys)
+
+    def at(row: Mapping[str, object]) -> tuple:
+        return tuple(row.get(k) for k in keys)
+
+    index = {(str(row["transport"]), at(row)): row for row in rows}
+    out = []
+    for row in rows:
+        vs = counterpart(str(row["transport"]))
+        other = index.get((vs, at(row)))
+        result: dict[str, object] = {"vs": vs}
+        for name, column in columns.items():
+            mine, theirs = _number(row.get(column)), _number(other.get(column)) if other else math.nan
+            result[name] = mine / theirs if theirs and not math.isnan(theirs) and not math.isnan(mine) else math.nan
+        out.append(result)
+    return out
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # Unix seconds as time.time() gives them these years: ten digits, a point, about seven decimals.

@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from servers import registry
+
 from . import figures
 
 COLUMNS = (
@@ -66,15 +68,22 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
 
 
 def findings(rows: list[dict], swept: list[str]) -> list[str]:
-    """Sentences the table implies: short polling against its T/2 theory, each transport's capacity."""
+    """Sentences the table implies: a transport against its theory (short polling's T/2), each peer against
+    its rtlab transport, each transport's capacity."""
     lines = []
     for row in rows:
+        where = ", ".join(f"{k}={row[k]}" for k in swept) or row["transport"]
         if row.get("latency_theory_ms"):
-            where = ", ".join(f"{k}={row[k]}" for k in swept) or row["transport"]
             lines.append(
-                f"short polling ({where}): measured mean delivery latency {cell(row['latency_mean_ms'], '{:,.0f}')} ms"
-                f" beside the T/2 theory {cell(row['latency_theory_ms'], '{:,.0f}')} ms"
+                f"{registry.label(row['transport'])} ({where}): measured mean delivery latency "
+                f"{cell(row['latency_mean_ms'], '{:,.0f}')} ms beside the theory's {cell(row['latency_theory_ms'], '{:,.0f}')} ms"
             )
+        if row.get("vs") and row["vs"] != row["transport"] and row.get("cpu_ratio"):
+            ratios = ", ".join(f"{label} x{cell(row.get(key, ''), '{:.2f}')}" for key, label in (
+                ("cpu_ratio", "CPU/delivered"), ("bytes_ratio", "bytes/delivered"), ("p50_ratio", "p50"),
+                ("p99_ratio", "p99"), ("rss_per_member_ratio", "RSS/member")))
+            at = f" ({where})" if swept else ""
+            lines.append(f"{row['transport']} against rtlab's {row['vs']}{at}, rtlab = 1: {ratios}")
     if "users" in swept:
         limit = figures.CAPACITY_P99_MS
         for transport, users in figures.capacity(rows).items():

@@ -27,7 +27,7 @@ from servers import registry
 from servers.config import server_settings
 
 from .spec import Experiment, Point
-from .summary import SUMMARY_COLUMNS, summarize_point
+from .summary import SUMMARY_COLUMNS, add_ratios, summarize_point
 from .supervisor import Group, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,8 +262,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def versions() -> dict:
-    """Python's version and every installed version of what rtlab depends on (pyproject.toml's dependencies)."""
+def versions(extra: list[str] = ()) -> dict:
+    """Python's version and every installed version of what rtlab depends on (pyproject.toml's dependencies),
+    and of `extra` (the libraries the run's peers are)."""
     from importlib.metadata import PackageNotFoundError, requires, version
 
     out = {"python": platform.python_version()}
@@ -272,7 +273,7 @@ def versions() -> dict:
                   if "extra ==" not in line]
     except PackageNotFoundError:  # run from a tree that was never installed
         wanted = []
-    for package in wanted:
+    for package in dict.fromkeys([*wanted, *extra]):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -303,7 +304,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         "name": experiment.name,
         "git_commit": git("rev-parse", "HEAD") or None,
         "git_dirty": bool(git("status", "--porcelain")),
-        "versions": versions(),
+        "versions": versions([p for t in experiment.transports for p in registry.get(t).packages]),
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "pinning": {"server_cpus": pinning.server, "generator_cpus": pinning.generator},
         "quick": quick,
@@ -331,6 +332,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         display.close()
         manifest["ended_at"] = utc_now()
         write_json(run_dir / "manifest.json", manifest)
+        add_ratios(rows, experiment.point_keys)
         write_summary(run_dir / "summary.csv", rows, experiment.point_keys)
         point_latest(out_root, run_dir)
     return run_dir

@@ -41,11 +41,20 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "server_rss_peak_mb": ("server_peak_rss_bytes", 1e-6),
     "server_rss_mean_mb": ("server_mean_rss_bytes", 1e-6),
     "rss_per_connection_kb": ("rss_per_connection_bytes", 1e-3),
+    "rss_per_member_kb": ("server_rss_per_member_bytes", 1e-3),
     "empty_poll_ratio": ("empty_poll_ratio", 1),
     "generator_cpu_peak": ("generator_cpu_peak", 1),
     "generator_saturated": ("generator_saturated", 1),
 }
-SUMMARY_COLUMNS = [*COLUMN_FIGURES, "window_s"]
+# A peer's figures divided by its rtlab transport's at the same point (figures.ratios; rtlab's own rows: 1.0).
+RATIO_COLUMNS = {
+    "cpu_ratio": "server_cpu_us_per_delivered",
+    "bytes_ratio": "bytes_per_delivered",
+    "p50_ratio": "latency_p50_ms",
+    "p99_ratio": "latency_p99_ms",
+    "rss_per_member_ratio": "rss_per_member_kb",
+}
+SUMMARY_COLUMNS = [*COLUMN_FIGURES, "window_s", "vs", *RATIO_COLUMNS]
 
 
 def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1) -> figures.RunData:
@@ -69,6 +78,8 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         measured_s=point.profile.duration_s - point.profile.warmup_s,
         generator_processes=processes,
         knobs=point.profile.knobs,
+        members=point.profile.users,
+        idle_rss_bytes=sum(s.rss_bytes[0] for label, s in samples.items() if label != "generator" and s.rss_bytes),
     )
 
 
@@ -92,3 +103,11 @@ def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], p
         row["generator_saturated"] = bool(row["generator_saturated"])
     row["window_s"] = round(window_mono_s[1] - window_mono_s[0], 3)
     return row
+
+
+def add_ratios(rows: list[dict], keys: list[str]) -> None:
+    """Fill each row's `vs` and ratio columns (RATIO_COLUMNS) from the run's rows at the same point."""
+    for row, ratio in zip(rows, figures.ratios(rows, RATIO_COLUMNS, [*keys, "repeat"]), strict=True):
+        row["vs"] = ratio["vs"]
+        for name in RATIO_COLUMNS:
+            row[name] = "" if math.isnan(ratio[name]) else round(ratio[name], 4)

@@ -87,14 +87,19 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     app[CONFIG] = config
     app[BROKER] = broker
     app[GUARD] = guard
+    classes = {name: registry.load(registry.get(name).server) for name in config.transports}
+    standalone = [name for name, cls in classes.items() if cls.standalone]
+    if standalone and len(classes) > 1:
+        raise ValueError(f"{standalone[0]} serves every chat route itself: mount it alone")
     app.router.add_get("/healthz", handle_healthz)
-    app.router.add_post("/rooms/{room}/messages", handle_post)
-    app.router.add_get("/rooms/{room}/history", handle_history)
+    if not standalone:
+        app.router.add_post("/rooms/{room}/messages", handle_post)
+        app.router.add_get("/rooms/{room}/history", handle_history)
     admin.add_routes(app, config)
     transports: dict[str, ServerTransport] = {}
     routes_of: dict[str, list[web.AbstractRoute]] = {}  # which transport owns which routes, for the metrics' labels
-    for name in config.transports:
-        transport = registry.load(registry.get(name).server)(name, app, config)
+    for name, cls in classes.items():
+        transport = cls(name, app, config)
         routes_of[name] = transport.mount()
         transports[name] = transport
     app[MOUNTED] = transports

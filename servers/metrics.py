@@ -260,6 +260,7 @@ class Meter:
         labels = (self.single,) if self.single else (*transports, COMMON)
         self.tallies = {label: Tally(label) for label in labels}
         self.default = self.tallies[self.single or COMMON]  # requests no route claims, connections never routed
+        self.no_payload = {name for name in transports if not registry.get(name).counts_payload}
         self.excluded = Tally("metrics")  # /metrics requests and their bytes; never exported
         if self.single:
             self.mode = self.single
@@ -419,6 +420,8 @@ class _Collector:
         for kind, name, doc, attribute in _PER_LABEL:
             family = kind(name, doc, labels=["transport"])
             for t in tallies:
+                if attribute == "payload_sent_bytes" and t.label in meter.no_payload:
+                    continue  # its server does not count them (a peer): absent, never a zero
                 family.add_metric([t.label], getattr(t, attribute))
             yield family
 

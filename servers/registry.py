@@ -32,6 +32,7 @@ KNOB_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 PLUGINS_ENV = "RTLAB_PLUGINS"
 ENTRY_POINT_GROUP = "rtlab.transports"
 PRODUCT = "product"  # rtlab's own transports: what `--transport all` and an experiment's "all" mean
+PEER = "peer"  # other implementations of the same chat, measured beside rtlab's (servers/peers, docs/peers.md)
 
 class UnknownTransport(ValueError):
     """A transport name the registry does not know; the message lists the known ones."""
@@ -49,8 +50,12 @@ class Transport:
     browser: Path | None = None  # its demo pane, an ES module (servers/static/transports/<name>.js)
     server_knobs: tuple[Knob, ...] = ()
     profile_knobs: tuple[Knob, ...] = ()
-    group: str = PRODUCT  # PRODUCT, or e.g. "peer" for yardsticks that run beside rtlab's own
+    group: str = PRODUCT  # PRODUCT, or PEER for the other implementations that run beside rtlab's own
     summary: str = ""  # one line: how a member learns of a new message
+    compare_with: str = ""  # a peer: rtlab's own transport its figures are divided by (the ratios; rtlab = 1.0)
+    packages: tuple[str, ...] = ()  # distributions whose versions a run's manifest records (a peer's library)
+    member: str = ""  # its Locust user class, when several entries share a client class (default: from it)
+    counts_payload: bool = True  # its server counts the delivered messages' own bytes (a peer does not: absent)
     # The transport's own expected mean delivery latency from its profile knobs, where theory gives one
     # (short polling: half the poll interval); shown beside the measured mean.
     theory_latency_ms: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
@@ -63,7 +68,9 @@ class Transport:
 
     @property
     def member_class(self) -> str:
-        """The Locust user class that drives this transport: its client class name, Client -> Member."""
+        """The Locust user class that drives this transport: `member`, or its client class name, Client -> Member."""
+        if self.member:
+            return self.member
         name = self.client.rsplit(":", 1)[1]
         return (name[: -len("Client")] if name.endswith("Client") else name) + "Member"
 
@@ -85,6 +92,8 @@ def register(transport: Transport) -> Transport:
             raise ValueError(f"{transport.name}: {spec!r} must be 'module:attribute'")
     if transport.browser is not None and not Path(transport.browser).is_file():
         raise ValueError(f"{transport.name}: browser module {transport.browser} does not exist")
+    if transport.member_class in {t.member_class for t in _registry.values()}:
+        raise ValueError(f"{transport.name}: Locust user class {transport.member_class} is taken: set member=")
     taken = {knob.name for t in _registry.values() for knob in (*t.server_knobs, *t.profile_knobs)}
     for knob in (*transport.server_knobs, *transport.profile_knobs):
         if not KNOB_RE.fullmatch(knob.name):
@@ -243,4 +252,64 @@ register(Transport(
              flag="--sse-max-stream"),
     ),
     max_silence_s=lambda knobs: float(knobs["sse_heartbeat_s"]),
+))
+
+
+# ---- peers: the same chat served by other code, measured beside rtlab's own (docs/peers.md) ----------------------
+# Not in "all": an experiment names them. Colours: Paul Tol's muted scheme, apart from rtlab's Okabe-Ito.
+
+register(Transport(
+    name="floor-websocket",
+    counts_payload=False,
+    label="Floor: WebSocket",
+    colour="#117733",
+    server="servers.peers.floor_websocket:FloorWebSocket",
+    client="clients.websocket:WebSocketClient",
+    member="FloorWebSocketMember",
+    group=PEER,
+    compare_with="websocket",
+    summary="the yardstick: WebSocket fan-out as an expert writes it in forty lines of aiohttp",
+    max_silence_s=lambda knobs: 20.0,
+))
+
+register(Transport(
+    name="floor-long-polling",
+    counts_payload=False,
+    label="Floor: long polling",
+    colour="#88CCEE",
+    server="servers.peers.floor_long_polling:FloorLongPolling",
+    client="clients.long_polling:LongPollingClient",
+    member="FloorLongPollingMember",
+    group=PEER,
+    compare_with="long-polling",
+    summary="the yardstick: long polling as an expert writes it in forty lines of aiohttp",
+    max_silence_s=lambda knobs: 30.0,
+))
+
+register(Transport(
+    name="socketio-websocket",
+    counts_payload=False,
+    label="Socket.IO: WebSocket",
+    colour="#999933",
+    server="servers.peers.socketio_chat:SocketIOChat",
+    client="clients.peers.socketio:SocketIOWebSocketClient",
+    group=PEER,
+    compare_with="websocket",
+    packages=("python-socketio", "python-engineio"),
+    summary="python-socketio's AsyncServer on aiohttp, Engine.IO's WebSocket transport only",
+    max_silence_s=lambda knobs: 25.0,
+))
+
+register(Transport(
+    name="socketio-polling",
+    counts_payload=False,
+    label="Socket.IO: long polling",
+    colour="#332288",
+    server="servers.peers.socketio_chat:SocketIOPollingChat",
+    client="clients.peers.socketio:SocketIOPollingClient",
+    group=PEER,
+    compare_with="long-polling",
+    packages=("python-socketio", "python-engineio"),
+    summary="python-socketio's AsyncServer on aiohttp, Engine.IO's HTTP long-polling transport only",
+    max_silence_s=lambda knobs: 25.0,
 ))

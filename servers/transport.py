@@ -21,6 +21,10 @@ class ServerTransport:
     background work starts in `mount` (e.g. on `app.on_startup`) and stops in `close_members`.
     """
 
+    # A transport that serves every chat route itself (a peer's whole server): the app mounts none of its
+    # common routes (posts, history) beside it, and no other transport.
+    standalone: bool = False
+
     def __init__(self, name: str, app: web.Application, config: ServerConfig) -> None:
         self.name = name  # one class may serve several registry entries (e.g. both polling transports)
         self.app = app

@@ -11,7 +11,10 @@ import pytest
 from conftest import TRANSPORTS, UNIT
 from helpers.processes import HELPERS, dropping_server
 
+from servers import registry
+
 MESSAGES = 5  # per member; two members
+WITH_PEERS = TRANSPORTS + registry.names(registry.PEER)  # a peer's client is held to the same account
 
 
 def probe(transport: str, url: str, *extra: str) -> dict:
@@ -25,7 +28,7 @@ def probe(transport: str, url: str, *extra: str) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", WITH_PEERS)
 def test_every_member_receives_every_message_once_in_order(transport, server_process):
     server = server_process(transport)
     seen = probe(transport, server.url)
@@ -43,7 +46,7 @@ def test_every_member_receives_every_message_once_in_order(transport, server_pro
     assert reports.get(f"CONNECT {transport}") == 2 or reports.get(f"POLL {transport}", 0) > 0, reports
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", WITH_PEERS)
 def test_a_member_joining_late_starts_after_the_newest_id(transport, server_process):
     server = server_process(transport)
     probe(transport, server.url)  # room "probe" now holds 2 * MESSAGES messages

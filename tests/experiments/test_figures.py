@@ -37,6 +37,8 @@ RUN = RunData(
     generator=GENERATOR,
     cpus=2,
     ip_bytes=8000,
+    members=30,
+    idle_rss_bytes=250.0,
 )
 
 EXPECTED = {
@@ -49,6 +51,7 @@ EXPECTED = {
     "server_peak_rss_bytes": 2500.0,
     "server_mean_rss_bytes": 1750.0,  # (1000 + 1500 + 2000 + 2500) / 4
     "rss_per_connection_bytes": 50.0,
+    "server_rss_per_member_bytes": 50.0,  # (1750 mean - 250 idle) / 30 members
     "empty_poll_ratio": 0.2,  # 10 / 50
     "generator_cpu_share": 0.25,  # (5.5 - 4.0) s / (3 s x 2 CPUs)
 }
@@ -84,6 +87,20 @@ def test_the_cost_figures_are_documented():
     docs = (ROOT / "docs" / "metrics.md").read_text()
     for name in EXPECTED:
         assert f"| `{name}` | {FIGURES[name].unit} |" in docs, f"{name} is not in docs/metrics.md's table"
+
+
+def test_a_peers_figures_as_ratios_to_its_rtlab_transport_at_the_same_point():
+    rows = [
+        {"transport": "websocket", "users": 10, "repeat": 1, "cpu": 50.0},
+        {"transport": "websocket", "users": 20, "repeat": 1, "cpu": 40.0},
+        {"transport": "floor-websocket", "users": 10, "repeat": 1, "cpu": 30.0},
+        {"transport": "floor-websocket", "users": 20, "repeat": 1, "cpu": ""},  # absent: no ratio
+        {"transport": "socketio-polling", "users": 10, "repeat": 1, "cpu": 90.0},  # no long-polling row
+    ]
+    got = figures.ratios(rows, {"cpu_ratio": "cpu"}, ["users"])
+    assert [r["vs"] for r in got] == ["websocket", "websocket", "websocket", "websocket", "long-polling"]
+    assert [r["cpu_ratio"] for r in got[:3]] == [1.0, 1.0, pytest.approx(0.6)]
+    assert math.isnan(got[3]["cpu_ratio"]) and math.isnan(got[4]["cpu_ratio"])
 
 
 def test_samples_window_and_cpu():

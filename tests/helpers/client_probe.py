@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             state["tracker"].observe(message["id"])
 
         client = cls(a.url, on_message, report, **options)
+        client.transport = a.transport  # as the Locust user does: one client class may drive several entries
         since = client.latest_id(a.room)
         state["tracker"] = ReceiverTracker(since)
         state["since"] = since

@@ -61,7 +61,8 @@ def test_rtlabs_own_transports_and_their_parts():
     with pytest.raises(registry.UnknownTransport, match="choose from short-polling"):
         registry.get("carrier-pigeon")
     for transport in registry.transports():
-        assert transport.browser is not None and transport.browser.is_file()
+        if transport.group == registry.PRODUCT:  # the demo shows rtlab's own; a peer has no pane
+            assert transport.browser is not None and transport.browser.is_file()
         assert registry.load(transport.server).__name__
         # The client module exists (not imported here: clients import gevent, which this process keeps out).
         assert importlib.util.find_spec(transport.client.split(":")[0]) is not None

@@ -10,7 +10,7 @@ from servers.registry import Knob, Transport, register
 register(Transport(
     name="ndjson",
     label="NDJSON stream",
-    colour="#56B4E9",
+    colour="#882255",
     server="ndjson_transport.server:NdjsonStream",
     client="ndjson_transport.client:NdjsonClient",
     browser=Path(__file__).with_name("pane.js"),
