@@ -114,6 +114,12 @@ def sum_samples(series: Iterable[Samples]) -> Samples:
     return Samples(base.t_s, *(tuple(totals[c]) for c in columns))
 
 
+# Rows of the sampler's CSV that are not the server under test (a cluster's server is every other label).
+GENERATOR_LABEL = "generator"
+SAMPLER_LABEL = "sampler"
+NOT_SERVER = (GENERATOR_LABEL, SAMPLER_LABEL)
+
+
 def read_samples(path: str | os.PathLike) -> dict[str, Samples]:
     """Read a sampler CSV into {label: Samples}."""
     by_label: dict[str, list[dict[str, str]]] = {}
@@ -151,6 +157,7 @@ class RunData:
     # One chat message's own bytes (MessageSizes.typical): its JSON as the server sends it and as a client sends it.
     message_json_bytes: float | None = None
     send_json_bytes: float | None = None
+    sampler: Samples | None = None  # the resource sampler's own rows (the observer's cost); None: not sampled
 
     @classmethod
     def from_scrapes(
@@ -297,6 +304,26 @@ def ip_bytes_per_delivered_message(run: RunData) -> float:
 @_figure("us/msg", "Server CPU time (user + system), in microseconds, per message delivered to a client.")
 def server_cpu_us_per_delivered_message(run: RunData) -> float:
     return _ratio(run.server.cpu_s * 1e6, run.messages_delivered)
+
+
+@_figure("us/member/s", "Server CPU time (user + system), in microseconds, per connected member per second of the "
+                        "window: the cost of holding a member, talking or not (cf. experiments/idle.toml).")
+def server_cpu_us_per_member_s(run: RunData) -> float:
+    return _ratio(run.server.cpu_s * 1e6, (run.members or 0) * run.server.wall_s)
+
+
+@_figure("B/member/s", "TCP payload bytes both ways per connected member per second of the window: polls, "
+                       "heartbeats and messages alike.")
+def bytes_per_member_s(run: RunData) -> float:
+    return _ratio(run.wire_received_bytes + run.wire_sent_bytes, (run.members or 0) * run.server.wall_s)
+
+
+@_figure("ratio", "The resource sampler's own CPU as a share of one core over the window: the observer's cost, "
+                  "spent on the generator's CPUs, never the server's.")
+def sampler_cpu_share(run: RunData) -> float:
+    if run.sampler is None:
+        return math.nan
+    return _ratio(run.sampler.cpu_s, run.sampler.wall_s)
 
 
 @_figure("B", "Largest server resident set size sampled in the window.")
@@ -593,6 +620,52 @@ def slope(xs: Iterable[float], ys: Iterable[float]) -> float:
     sxx = sum((x - mean_x) ** 2 for x in xs)
     sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
     return _ratio(sxy, sxx)
+
+
+def line_fit(xs: Iterable[float], ys: Iterable[float]) -> tuple[float, float]:
+    """Return the least-squares (slope, intercept) of ys against xs; NaNs when xs do not vary."""
+    xs, ys = list(xs), list(ys)
+    b = slope(xs, ys)
+    if math.isnan(b):
+        return math.nan, math.nan
+    return b, sum(ys) / len(ys) - b * sum(xs) / len(xs)
+
+
+# Marginal and fixed costs: over points that differ only in the message rate, a server's CPU per second (and its
+# wire bytes per second) against its deliveries per second is close to a line: the slope is what one more
+# delivered message costs, the intercept what holding the members costs while nobody talks.
+MARGINAL_COLUMNS = ("marginal_cpu_us_per_delivered", "fixed_cpu_us_per_member_s", "marginal_bytes_per_delivered",
+                    "fixed_bytes_per_member_s", "rates")
+
+
+def marginal_costs(rows: Iterable[Mapping[str, object]]) -> dict[str, dict[str, float]]:
+    """Per transport, from summary rows (with users, delivered_per_s, server_cpu_us_per_member_s and
+    bytes_per_member_s) at several message rates: the marginal CPU (us) and bytes per delivered message and the
+    fixed CPU (us) and bytes per member per second; transports with fewer than two rates are left out."""
+    points: dict[str, list[tuple[float, float, float, float]]] = {}
+    for row in rows:
+        try:
+            users = float(row["users"])
+            values = (float(row["delivered_per_s"]), float(row["server_cpu_us_per_member_s"]) * users,
+                      float(row["bytes_per_member_s"]) * users, users)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not any(math.isnan(v) for v in values):
+            points.setdefault(str(row["transport"]), []).append(values)
+    fits = {}
+    for transport, found in points.items():
+        if len({x for x, *_ in found}) < 2:
+            continue
+        xs = [x for x, *_ in found]
+        users = sum(u for *_, u in found) / len(found)
+        cpu_slope, cpu_intercept = line_fit(xs, [cpu for _, cpu, _, _ in found])
+        bytes_slope, bytes_intercept = line_fit(xs, [b for _, _, b, _ in found])
+        fits[transport] = {
+            "marginal_cpu_us_per_delivered": cpu_slope, "fixed_cpu_us_per_member_s": cpu_intercept / users,
+            "marginal_bytes_per_delivered": bytes_slope, "fixed_bytes_per_member_s": bytes_intercept / users,
+            "rates": len(found),
+        }
+    return fits
 
 
 def compute(run: RunData, names: Iterable[str] | None = None) -> dict[str, float]:

@@ -63,7 +63,8 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
             values[-1] += " SATURATED"
         table.add_row(*values)
     console.print(table)
-    for line in findings(rows, swept):
+    users = experiment["profile"].get("users")
+    for line in findings([{"users": users, **row} for row in rows], swept):
         console.print(line)
 
 
@@ -84,6 +85,14 @@ def findings(rows: list[dict], swept: list[str]) -> list[str]:
                 ("p99_ratio", "p99"), ("rss_per_member_ratio", "RSS/member")))
             at = f" ({where})" if swept else ""
             lines.append(f"{row['transport']} against rtlab's {row['vs']}{at}, rtlab = 1: {ratios}")
+    if "messages_per_second" in swept:
+        for transport, fit in figures.marginal_costs(rows).items():
+            lines.append(
+                f"{registry.label(transport)}: one more delivered message costs {fit['marginal_cpu_us_per_delivered']:,.1f} µs "
+                f"of server CPU and {fit['marginal_bytes_per_delivered']:,.0f} B; holding a member costs "
+                f"{fit['fixed_cpu_us_per_member_s']:,.1f} µs and {fit['fixed_bytes_per_member_s']:,.1f} B per second "
+                f"while nobody talks (a line through {fit['rates']} rates)"
+            )
     if "users" in swept:
         limit = figures.CAPACITY_P99_MS
         for transport, users in figures.capacity(rows).items():

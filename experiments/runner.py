@@ -26,6 +26,7 @@ from pathlib import Path
 from servers import registry
 from servers.config import server_settings
 
+from . import figures
 from .spec import Experiment, Point
 from .summary import SUMMARY_COLUMNS, add_ratios, summarize_point
 from .supervisor import Group, start_server
@@ -160,10 +161,10 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
                    for arg in ("--pid", str(pid), "--label", label)]
         procs.start(
             "sampler",
-            [sys.executable, "-m", "experiments.sampler", *sampled, "--children",
+            [sys.executable, "-m", "experiments.sampler", *sampled, "--children", "--self",
              "--out", str(point_dir / "resources.csv"),
              "--max-duration", str(point.profile.duration_s + LOCUST_GRACE_S)],
-            point_dir / "sampler.log",
+            point_dir / "sampler.log", cpus=pinning.generator,  # the observer never runs on the server's CPU
         )
 
         test_start = started + startup_delay(point_dir, started)
@@ -306,7 +307,9 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         "git_dirty": bool(git("status", "--porcelain")),
         "versions": versions([p for t in experiment.transports for p in registry.get(t).packages]),
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "pinning": {"server_cpus": pinning.server, "generator_cpus": pinning.generator},
+        # The sampler and the runner itself share the generator's CPUs: nothing but the server runs on its CPU.
+        "pinning": {"server_cpus": pinning.server, "generator_cpus": pinning.generator,
+                    "sampler_cpus": pinning.generator, "runner_cpus": pinning.generator},
         "quick": quick,
         "experiment": experiment.as_dict(),
         "started_at": utc_now(),
@@ -314,6 +317,9 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         "points": [],
     }
     write_json(run_dir / "manifest.json", manifest)
+    # The runner's own scrapes and bookkeeping stay off the server's CPU too.
+    own_cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, pinning.generator)
     points = experiment.points()
     display = Display(len(points), quiet)
     rows = []
@@ -326,14 +332,18 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
                                        "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
                                        "cluster": info["cluster"],
+                                       "observer": {"sampler_cpu_percent": row["sampler_cpu_percent"],
+                                                    "cpus": pinning.generator},
                                        "window_mono_s": info["window_mono_s"]})
             write_json(run_dir / "manifest.json", manifest)
     finally:
+        os.sched_setaffinity(0, own_cpus)
         display.close()
         manifest["ended_at"] = utc_now()
         write_json(run_dir / "manifest.json", manifest)
         add_ratios(rows, experiment.point_keys)
         write_summary(run_dir / "summary.csv", rows, experiment.point_keys)
+        write_marginal_costs(run_dir / "marginal.csv", rows, experiment)
         point_latest(out_root, run_dir)
     return run_dir
 
@@ -348,6 +358,19 @@ def write_summary(path: Path, rows: list[dict], swept: list[str]) -> None:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_marginal_costs(path: Path, rows: list[dict], experiment: Experiment) -> None:
+    """A message-rate sweep's marginal and fixed costs per transport (figures.marginal_costs), when it has one."""
+    if "messages_per_second" not in experiment.sweep:
+        return
+    users = experiment.profile.users
+    fits = figures.marginal_costs([{"users": users, **row} for row in rows])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["transport", *figures.MARGINAL_COLUMNS])
+        for transport, fit in fits.items():
+            writer.writerow([transport, *(round(fit[c], 4) for c in figures.MARGINAL_COLUMNS)])
 
 
 def point_latest(out_root: Path, run_dir: Path) -> None:

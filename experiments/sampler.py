@@ -1,9 +1,16 @@
 """Resource sampler: CPU, RSS, fds, threads and TCP connections of given processes, at a fixed rate, into CSV.
 
-    python -m experiments.sampler --pid 1234 --label server --pid 1240 --label generator --out run.csv
+    python -m experiments.sampler --pid 1234 --label server --pid 1240 --label generator --self --out run.csv
 
-It runs as its own process so its work is charged to neither the server nor the load generator,
-and it stops by itself once every target has exited.
+It runs as its own process so its work is charged to neither the server nor the load generator (the runner
+pins it to the generator's CPUs, off the server's), it stops by itself once every target has exited, and with
+--self it samples itself too (label "sampler"): the observer's own cost is in the same CSV.
+
+Counting file descriptors and TCP connections is the costly part (psutil's net_connections parses every socket
+of the machine for each process): the sampler reads the socket table once per count for all targets, counts
+at most `--conn-hz` times a second (default 1) and less often when counting would take more than 1 % of a
+CPU (tens of thousands of descriptors); rows in between repeat the last count. Descendants are listed again
+once a second.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import math
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +41,10 @@ FIELDS = (
     "tcp_connections",  # TCP sockets that are not listening
 )
 DEFAULT_HZ = 5.0
+DEFAULT_CONN_HZ = 1.0
+SELF_LABEL = "sampler"
+LISTEN = b"0A"  # the state column of /proc/net/tcp for a listening socket
+DESCRIPTOR_BUDGET = 0.01  # of a CPU, for counting file descriptors and TCP connections
 
 
 @dataclass
@@ -41,20 +55,86 @@ class Target:
 
 
 class _Watched:
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, count_tcp: bool = True) -> None:
         self.target = target
         self.process = psutil.Process(target.pid)
         self.gone = False
+        self.count_tcp = count_tcp
+        self.fds = 0  # the last counts
+        self.tcp = 0
+        self.descendants: list[psutil.Process] = []
+        self.listed_at = -math.inf
+
+    def family(self, now: float) -> list[psutil.Process] | None:
+        """The target's live descendants, listed again at most once a second (listing reads every process)."""
+        if not self.target.children:
+            return []
+        if now - self.listed_at >= 1.0:
+            try:
+                self.descendants = self.process.children(recursive=True)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                return None
+            self.listed_at = now
+        return self.descendants
 
 
-def sample(process: psutil.Process, children: bool = False) -> dict[str, float] | None:
-    """Return one reading of `process` (and its descendants), or None if it has exited."""
+# One line of /proc/net/tcp{,6}: "sl local remote st tx:rx tr:when retrnsmt uid timeout inode ...".
+TCP_LINE = re.compile(rb"^\s*\d+:\s+\S+\s+\S+\s+([0-9A-F]{2})\s+\S+\s+\S+\s+\S+\s+\d+\s+\d+\s+(\d+)", re.MULTILINE)
+
+
+def open_tcp_inodes() -> set[int]:
+    """The inodes of every TCP socket of this network namespace that is not listening (/proc/net/tcp, tcp6)."""
+    inodes: set[int] = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        inodes.update(int(inode) for state, inode in TCP_LINE.findall(data) if state != LISTEN)
+    return inodes
+
+
+def count_descriptors(pid: int, inodes: set[int]) -> tuple[int, int]:
+    """`pid`'s open file descriptors, and how many of them are sockets in `inodes`."""
+    fds = tcp = 0
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as entries:
+            for fd in entries:
+                fds += 1
+                try:
+                    link = os.readlink(fd.path)
+                except OSError:
+                    continue  # closed meanwhile
+                if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                    tcp += 1
+    except OSError:
+        pass  # exited: the caller sees it in its other readings
+    return fds, tcp
+
+
+def count_tcp(pid: int, inodes: set[int]) -> int:
+    """How many of `pid`'s file descriptors are sockets in `inodes`."""
+    return count_descriptors(pid, inodes)[1]
+
+
+def sample(process: psutil.Process, children: bool | list[psutil.Process] = False, inodes: set[int] | None = None,
+           count: bool = True) -> dict[str, float] | None:
+    """Return one reading of `process` (and its descendants: True lists them now, a list gives them), or None if
+    it has exited.
+
+    File descriptors and TCP connections are counted (against `inodes`, read now when None) only with `count`;
+    without, the reading's fds and tcp_connections are None."""
+    if count and inodes is None:
+        inodes = open_tcp_inodes()
     processes = [process]
-    if children:
+    if children is True:
         try:
             processes += process.children(recursive=True)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
+    elif children:
+        processes += children
     total = {"cpu_user_s": 0.0, "cpu_system_s": 0.0, "rss_bytes": 0, "fds": 0, "threads": 0, "tcp_connections": 0}
     for i, p in enumerate(processes):
         try:
@@ -64,8 +144,7 @@ def sample(process: psutil.Process, children: bool = False) -> dict[str, float] 
                 cpu = p.cpu_times()
                 rss = p.memory_info().rss
                 threads = p.num_threads()
-                fds = p.num_fds()
-            tcp = sum(1 for c in p.net_connections(kind="tcp") if c.status != psutil.CONN_LISTEN)
+            fds, tcp = count_descriptors(p.pid, inodes) if count else (0, 0)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             if i == 0:
                 return None
@@ -76,6 +155,8 @@ def sample(process: psutil.Process, children: bool = False) -> dict[str, float] 
         total["fds"] += fds
         total["threads"] += threads
         total["tcp_connections"] += tcp
+    if not count:
+        total["fds"] = total["tcp_connections"] = None
     return total
 
 
@@ -85,6 +166,8 @@ def run(
     hz: float = DEFAULT_HZ,
     max_duration_s: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    conn_hz: float = DEFAULT_CONN_HZ,
+    sample_self: bool = False,
 ) -> int:
     """Sample every target `hz` times a second into `out` until all have exited; return the rows written.
 
@@ -97,24 +180,32 @@ def run(
             watched.append(_Watched(target))
         except psutil.NoSuchProcess:
             print(f"sampler: no process {target.pid} ({target.label})", file=sys.stderr)
+    me = _Watched(Target(SELF_LABEL, os.getpid()), count_tcp=False) if sample_self else None
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     out.flush()
     period = 1.0 / hz
     start = time.monotonic()
+    next_count = start  # when to count descriptors next
     tick = 0
     rows = 0
     while any(not w.gone for w in watched) and not should_stop():
         now = time.monotonic()
         if max_duration_s is not None and now - start > max_duration_s:
             break
-        for w in watched:
+        counting = conn_hz > 0 and now >= next_count - period / 2
+        inodes = open_tcp_inodes() if counting else None
+        for w in [*watched, *([me] if me else [])]:
             if w.gone:
                 continue
-            reading = sample(w.process, w.target.children)
+            family = w.family(now)
+            reading = None if family is None else sample(w.process, family, inodes, counting and w.count_tcp)
             if reading is None:
                 w.gone = True
                 continue
+            if reading["tcp_connections"] is None:
+                reading["fds"], reading["tcp_connections"] = w.fds, w.tcp
+            w.fds, w.tcp = reading["fds"], reading["tcp_connections"]
             writer.writerow(
                 (
                     f"{now:.6f}", w.target.label, w.target.pid,
@@ -123,6 +214,10 @@ def run(
                 )
             )
             rows += 1
+        if counting:
+            # Counting reads every descriptor: at most DESCRIPTOR_BUDGET of a CPU on it, however many there are.
+            cost = time.monotonic() - now
+            next_count = max(next_count + 1.0 / conn_hz, now + cost / DESCRIPTOR_BUDGET)
         out.flush()  # a sampler killed mid-run still leaves every row it took
         tick = max(tick + 1, int((time.monotonic() - start) / period) + 1)
         delay = start + tick * period - time.monotonic()
@@ -141,6 +236,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--children", action="store_true", help="add each target's live descendants to its row")
     p.add_argument("--out", required=True, help="CSV file to write ('-' for stdout)")
     p.add_argument("--hz", type=float, default=DEFAULT_HZ, help="samples per second")
+    p.add_argument("--conn-hz", type=float, default=DEFAULT_CONN_HZ,
+                   help="TCP connection counts per second (the costly reading; rows between repeat the last)")
+    p.add_argument("--self", dest="sample_self", action="store_true",
+                   help=f"sample the sampler too, labelled {SELF_LABEL!r}: the observer's own cost")
     p.add_argument("--max-duration", type=float, default=None, help="stop after this many seconds at most")
     a = p.parse_args(argv)
     if len(a.label) > len(a.pid):
@@ -156,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [Target(label, pid, a.children) for label, pid in zip(labels, a.pid)]
     with contextlib.nullcontext(sys.stdout) if a.out == "-" else open(a.out, "w", newline="") as out:
         try:
-            run(targets, out, a.hz, a.max_duration)
+            run(targets, out, a.hz, a.max_duration, conn_hz=a.conn_hz, sample_self=a.sample_self)
         except KeyboardInterrupt:
             pass
     return 0

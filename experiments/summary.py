@@ -38,6 +38,8 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "bytes_per_sent": ("bytes_per_sent_message", 1),
     "ip_bytes_per_delivered": ("ip_bytes_per_delivered_message", 1),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
+    "server_cpu_us_per_member_s": ("server_cpu_us_per_member_s", 1),
+    "bytes_per_member_s": ("bytes_per_member_s", 1),
     "server_rss_peak_mb": ("server_peak_rss_bytes", 1e-6),
     "server_rss_mean_mb": ("server_mean_rss_bytes", 1e-6),
     "rss_per_connection_kb": ("rss_per_connection_bytes", 1e-3),
@@ -45,6 +47,7 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "empty_poll_ratio": ("empty_poll_ratio", 1),
     "generator_cpu_peak": ("generator_cpu_peak", 1),
     "generator_saturated": ("generator_saturated", 1),
+    "sampler_cpu_percent": ("sampler_cpu_share", 100),
 }
 # A peer's figures divided by its rtlab transport's at the same point (figures.ratios; rtlab's own rows: 1.0).
 RATIO_COLUMNS = {
@@ -62,16 +65,18 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
     start, end = window_mono_s
     samples = figures.read_samples(point_dir / "resources.csv")
     # A cluster's cost is every process serving it: instances, Redis, HAProxy.
-    server = figures.sum_samples(s.window(start, end) for label, s in samples.items() if label != "generator")
+    server = figures.sum_samples(s.window(start, end) for label, s in samples.items() if label not in figures.NOT_SERVER)
     completeness = json.loads((point_dir / "completeness.json").read_text())
     counts = completeness["transports"].get(point.transport)
     hdr = point_dir / f"deliver_latency_{point.transport}.hdr"
-    generator = samples.get("generator")
+    generator = samples.get(figures.GENERATOR_LABEL)
+    sampler = samples.get(figures.SAMPLER_LABEL)
     return figures.RunData.from_scrapes(
         scrapes(point_dir, "metrics_before"),
         scrapes(point_dir, "metrics_after"),
         server=server,
         generator=generator.window(start, end) if generator else None,
+        sampler=sampler.window(start, end) if sampler else None,
         transport=point.transport,
         latency_us=read_histogram(hdr) if hdr.exists() else None,
         completeness=counts,
@@ -79,7 +84,8 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         generator_processes=processes,
         knobs=point.profile.knobs,
         members=point.profile.users,
-        idle_rss_bytes=sum(s.rss_bytes[0] for label, s in samples.items() if label != "generator" and s.rss_bytes),
+        idle_rss_bytes=sum(s.rss_bytes[0] for label, s in samples.items()
+                           if label not in figures.NOT_SERVER and s.rss_bytes),
     )
 
 

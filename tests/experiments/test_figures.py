@@ -39,6 +39,8 @@ RUN = RunData(
     ip_bytes=8000,
     members=30,
     idle_rss_bytes=250.0,
+    sampler=Samples(t_s=(10.0, 13.0), cpu_user_s=(0.1, 0.12), cpu_system_s=(0.0, 0.01), rss_bytes=(1e6,) * 2,
+                    tcp_connections=(0.0,) * 2),
 )
 
 EXPECTED = {
@@ -54,6 +56,9 @@ EXPECTED = {
     "server_rss_per_member_bytes": 50.0,  # (1750 mean - 250 idle) / 30 members
     "empty_poll_ratio": 0.2,  # 10 / 50
     "generator_cpu_share": 0.25,  # (5.5 - 4.0) s / (3 s x 2 CPUs)
+    "server_cpu_us_per_member_s": 1.2e6 / (30 * 3),  # 1.2 s of CPU over 3 s with 30 members
+    "bytes_per_member_s": 4000 / (30 * 3),
+    "sampler_cpu_share": 0.01,  # 30 ms over 3 s
 }
 
 
@@ -178,3 +183,20 @@ def test_cpu_rates_over_each_next_second():
     times, rates = zip(*figures.cpu_rates(SERVER))
     assert times == (10.0, 11.0, 12.0) and rates == pytest.approx((0.2, 0.4, 0.6))
     assert figures.peak_cpu_rate(SERVER) == pytest.approx(0.6)
+
+
+def test_marginal_and_fixed_costs_are_a_line_through_the_message_rates():
+    # 100 members; CPU 20 us per member-second fixed, 35 us per delivery; bytes 8 B per member-second, 240 per delivery.
+    rows = [{"transport": "websocket", "users": 100, "delivered_per_s": rate,
+             "server_cpu_us_per_member_s": (20 * 100 + 35 * rate) / 100, "bytes_per_member_s": (8 * 100 + 240 * rate) / 100}
+            for rate in (10.0, 50.0, 200.0, 500.0)]
+    rows.append({"transport": "sse", "users": 100, "delivered_per_s": 10.0, "server_cpu_us_per_member_s": 1.0,
+                 "bytes_per_member_s": 1.0})  # one rate only: no line
+    fits = figures.marginal_costs(rows)
+    assert set(fits) == {"websocket"}
+    fit = fits["websocket"]
+    assert fit["marginal_cpu_us_per_delivered"] == pytest.approx(35)
+    assert fit["fixed_cpu_us_per_member_s"] == pytest.approx(20)
+    assert fit["marginal_bytes_per_delivered"] == pytest.approx(240)
+    assert fit["fixed_bytes_per_member_s"] == pytest.approx(8)
+    assert fit["rates"] == 4

@@ -12,7 +12,7 @@ import psutil
 from conftest import UNIT
 
 from experiments.figures import read_samples
-from experiments.sampler import FIELDS, sample
+from experiments.sampler import FIELDS, open_tcp_inodes, sample
 from experiments.supervisor import Process
 
 BURN_CPU_S = 0.5
@@ -75,6 +75,44 @@ def test_sampler_counts_the_tcp_connections_of_a_server(server_process):
         while (reading := sample(psutil.Process(server.proc.pid)))["tcp_connections"] != 3:
             assert time.monotonic() < deadline, reading
             time.sleep(0.02)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_the_sampler_samples_itself_and_counts_connections_once_a_second(server_process, tmp_path):
+    server = server_process("websocket")
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    out = tmp_path / "samples.csv"
+    sampler = Process("sampler", [sys.executable, "-m", "experiments.sampler", "--pid", str(server.proc.pid),
+                                  "--label", "server", "--self", "--hz", "10", "--conn-hz", "1", "--out", str(out),
+                                  "--max-duration", str(2.5)], tmp_path / "sampler.log").start()
+    try:
+        assert sampler.wait(30 * UNIT) == 0
+    finally:
+        sampler.stop()
+        for s in socks:
+            s.close()
+    rows = _rows(out)
+    assert {row["label"] for row in rows} == {"server", "sampler"}
+    server_rows = [row for row in rows if row["label"] == "server"]
+    assert len(server_rows) >= 15 and all(row["tcp_connections"] == "3" for row in server_rows)
+    mine = [row for row in rows if row["label"] == "sampler"]
+    assert {row["pid"] for row in mine} == {str(sampler.pid)} and int(mine[-1]["rss_bytes"]) > 1_000_000
+
+
+def test_connections_are_counted_against_the_socket_table_read_once(server_process):
+    server = server_process("websocket")
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+    try:
+        process = psutil.Process(server.proc.pid)
+        deadline = time.monotonic() + 5 * UNIT
+        while sample(process, inodes=open_tcp_inodes())["tcp_connections"] != 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # psutil's own count agrees; and a reading told not to count leaves the figure out.
+        assert sum(1 for c in process.net_connections(kind="tcp") if c.status != psutil.CONN_LISTEN) == 4
+        assert sample(process, count=False)["tcp_connections"] is None
     finally:
         for s in socks:
             s.close()
