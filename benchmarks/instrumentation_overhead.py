@@ -1,7 +1,7 @@
 """What the instrumentation costs: server CPU per delivered message with --metrics and --no-metrics, same load.
 
-    .venv/bin/python benchmarks/instrumentation_overhead.py            # every transport, 5 rounds
-    .venv/bin/python benchmarks/instrumentation_overhead.py --transports websocket --rounds 3
+    .venv/bin/python -m benchmarks.instrumentation_overhead            # every transport, 8 rounds
+    .venv/bin/python -m benchmarks.instrumentation_overhead --transports websocket --rounds 3
 
 Each pair starts two `python -m servers` on 127.0.0.1, one with --metrics and one with --no-metrics,
 and drives both at once from a separate load process (this script with --load): the same rooms,
@@ -16,149 +16,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from experiments import supervisor
 
+from servers import registry
+
+from .harness import KINDS, cpu_seconds, load, machine, median_interval
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRANSPORTS = ("short-polling", "long-polling", "websocket")
+TRANSPORTS = tuple(t for t in registry.names() if registry.get(t).client.split(":")[0] in KINDS)
 SERVER_CPU, LOAD_CPU = 1, 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The load process: the same members, rooms and schedule against every server given, at the same moments.
-
-
-async def load(transport: str, urls: list[str], rooms: int, members: int, rate: float, warmup_s: float,
-               measure_s: float, poll_interval_s: float) -> None:
-    import aiohttp
-
-    counting = False
-    delivered = dict.fromkeys(urls, 0)
-    sent = dict.fromkeys(urls, 0)
-    stop = asyncio.Event()
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
-        sockets: dict[tuple[str, str], list] = {}
-        start = 0.0
-
-        async def receiver(url: str, room: str, index: int) -> None:
-            since = 0
-            if transport == "websocket":
-                ws = await session.ws_connect(f"{url}/rooms/{room}/ws")
-                sockets.setdefault((url, room), []).append(ws)
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    if counting and msg.data.startswith('{"type":"message"'):
-                        delivered[url] += 1
-                return
-            wait = "&wait=10" if transport == "long-polling" else ""
-            k = 0
-            while not stop.is_set():
-                if transport == "short-polling":
-                    # Polls on a fixed schedule, spread over the interval, so every run makes the same polls.
-                    k += 1
-                    delay = start + poll_interval_s * (k + index / members) - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                async with session.get(f"{url}/rooms/{room}/messages?since={since}{wait}") as resp:
-                    page = await resp.json()
-                if page["messages"]:
-                    since = page["messages"][-1]["id"]
-                    if counting:
-                        delivered[url] += len(page["messages"])
-
-        async def sender(room: str, offset: float) -> None:
-            k = 0
-            while not stop.is_set():
-                due = start + offset + k / rate
-                k += 1
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if stop.is_set():
-                    return
-                body = {"user": "bench", "text": f"message {k} of {room}"}
-                # Alternate which server hears first, so neither is always second.
-                for url in (urls if k % 2 else urls[::-1]):
-                    if transport == "websocket":
-                        await sockets[(url, room)][0].send_json({"type": "send", **body})
-                    else:
-                        async with session.post(f"{url}/rooms/{room}/messages", json=body) as resp:
-                            await resp.read()
-                    if counting:
-                        sent[url] += 1
-
-        names = [f"bench{r}" for r in range(rooms)]
-        start = time.monotonic() + 0.5
-        tasks = [asyncio.create_task(receiver(url, room, i)) for url in urls for room in names for i in range(members)]
-        while transport == "websocket" and sum(len(v) for v in sockets.values()) < len(urls) * rooms * members:
-            await asyncio.sleep(0.01)
-        start = time.monotonic()
-        tasks += [asyncio.create_task(sender(room, i / (rooms * rate))) for i, room in enumerate(names)]
-        await asyncio.sleep(warmup_s)
-        print("start", flush=True)
-        counting = True
-        await asyncio.sleep(measure_s)
-        counting = False
-        print("end " + json.dumps({"delivered": [delivered[u] for u in urls], "sent": [sent[u] for u in urls]}),
-              flush=True)
-        stop.set()
-        for room_sockets in sockets.values():
-            for ws in room_sockets:
-                await ws.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The driver.
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the CPU time of every thread of `pid`, in seconds, at nanosecond resolution (Linux schedstat)."""
-    total_ns = 0
-    paths = glob.glob(f"/proc/{pid}/task/*/schedstat")
-    if not paths:
-        import psutil
-
-        times = psutil.Process(pid).cpu_times()
-        return times.user + times.system
-    for path in paths:
-        try:
-            with open(path) as f:
-                total_ns += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that ended between listing and reading
-    return total_ns / 1e9
-
-
-def median_interval(values: list[float]) -> tuple[float, float, float]:
-    """Return a distribution-free interval for the median (sign test) and its confidence, about 95 %.
-
-    The median lies between the k-th smallest and the k-th largest value with probability
-    1 - 2 P(Binomial(n, 1/2) < k); k is the largest that keeps that at 95 % or more.
-    """
-    xs, n = sorted(values), len(values)
-    if n < 6:
-        return xs[0], xs[-1], 1 - 2 * 0.5**n
-    tail, k, p_k = 0.0, 0, 0.5**n  # tail = P(X < k), p_k = P(X = k)
-    while tail + p_k <= 0.025:
-        tail += p_k
-        k += 1
-        p_k *= (n - k + 1) / k
-    return xs[k - 1], xs[n - k], 1 - 2 * tail
 
 
 def start_server(transport: str, metrics: bool, hash_seed: int) -> tuple[supervisor.Process, str]:
@@ -188,7 +66,7 @@ def run_pair(transport: str, on_first: bool, hash_seed: int, a: argparse.Namespa
             servers.append(start_server(transport, metrics and not a.control, hash_seed))
         loader = supervisor.Process(
             "load",
-            [sys.executable, os.path.abspath(__file__), "--load", transport, "--url", *(url for _, url in servers),
+            [sys.executable, "-m", "benchmarks.instrumentation_overhead", "--load", transport, "--url", *(url for _, url in servers),
              "--rooms", str(a.rooms), "--members", str(a.members), "--rate", str(a.rate),
              "--warmup", str(a.warmup), "--duration", str(a.duration), "--poll-interval", str(a.poll_interval)],
             cpus=[LOAD_CPU] if (os.cpu_count() or 1) >= 2 else None, stdout=subprocess.PIPE,
@@ -214,16 +92,6 @@ def run_pair(transport: str, on_first: bool, hash_seed: int, a: argparse.Namespa
         results[metrics] = {"delivered": delivered, "sent": counts["sent"][i], "cpu_s": cpu_s,
                             "cpu_us_per_delivered": cpu_s * 1e6 / max(delivered, 1)}
     return results
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), model)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{model}, nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from experiments.supervisor import Process, ProcessError, start_server
 
 from servers import registry
+from servers.guard import raise_fd_limit
 
 from . import locust_user_class
 from .profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
@@ -71,6 +72,7 @@ def locust_command(a: argparse.Namespace, profile: Profile, host: str) -> list[s
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    raise_fd_limit()  # every member holds a connection or two: Locust and its workers inherit the higher limit
     try:
         profile = load_profile(a.profile)
     except ProfileError as error:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from . import registry
 from .app import start_server
 from .config import ServerConfig, config_from_settings, own_knobs, server_settings
 from .core import Unavailable
+from .guard import raise_fd_limit
 from .settings import Knob
 
 
@@ -77,19 +76,6 @@ def _metavar(name: str, kind: type) -> str:
         if name.endswith(suffix):
             return unit
     return "N" if kind is int else name.split("_")[0].upper()
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (each connection is a descriptor);
-    return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
 
 
 def write_ready_file(path: str | Path, info: dict) -> None:

@@ -14,7 +14,7 @@ from .broker import Broker, MemoryBroker
 from .config import ServerConfig
 from .core import ChatCore, RateLimited, parse_post, validate_room
 from .guard import GUARD, Guard
-from .http import BROKER, CONFIG, error_middleware, int_param, json_text, messages_json, read_json
+from .http import BROKER, CONFIG, error_answer, int_param, json_text, messages_json, read_json
 from .transport import CLOSE_GOING_AWAY, MOUNTED, ServerTransport, mounted
 
 
@@ -73,17 +73,36 @@ def make_broker(config: ServerConfig) -> Broker:
     return RedisBroker(config.broker_url, config.limits)
 
 
+def lab_middleware(meter: metrics.Meter | None, guard: Guard):
+    """The app's one middleware: count the request (the meter first, so a refused request is still counted),
+    refuse it when its Host or Origin may not (the guard, before anything reads it), run the handler, and turn
+    what it raises into a JSON error. One layer, not three: a held WebSocket, event stream or long poll keeps
+    its middlewares' frames for as long as it lives, and every request pays for each layer."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if meter is not None:
+            meter.route(request)
+        refused = guard.refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            response = await handler(request)
+        except Exception as error:  # noqa: BLE001 (error_answer re-raises what is not an error: a redirect)
+            response = await error_answer(request, error)
+        guard.answered(response)
+        return response
+
+    return middleware
+
+
 def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Application:
     """Build the app for `config.transports` over one broker (by default the one config.broker_url names)."""
     if broker is None:
         broker = make_broker(config)
     meter = metrics.Meter(config) if config.metrics else None
     guard = Guard(config)
-    # The meter first, so a refused request is still counted; the guard before anything reads the request.
-    middlewares = [guard.middleware, error_middleware]
-    if meter:
-        middlewares.insert(0, meter.middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[lab_middleware(meter, guard)], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[BROKER] = broker
     app[GUARD] = guard

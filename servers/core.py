@@ -229,6 +229,11 @@ class ChatCore:
         state = self._rooms.get(room)
         return state.last_id if state else 0
 
+    def known_last_id(self, room: str) -> int:
+        """`last_id` for a room name already validated (a hot path: a held poll asks it before reading)."""
+        state = self._rooms.get(room)
+        return state.last_id if state else 0
+
     def since(self, room: str, after_id: int, limit: int) -> Page:
         """Return at most `limit` messages with id > after_id, oldest first.
 

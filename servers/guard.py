@@ -4,6 +4,7 @@ rate limits, connection caps, and timeouts for requests that never finish (slowl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import math
@@ -90,6 +91,9 @@ class SendLimiter:
 # ---- Host and Origin --------------------------------------------------------------------------------------------
 
 
+VERDICTS_KEPT = 1024  # (Host, Origin, scheme) verdicts remembered
+
+
 def split_host(host: str) -> tuple[str, int | None]:
     """Split a Host header (`name`, `name:port`, `[v6]:port`) into its lower-cased name and port."""
     host = host.strip().lower()
@@ -142,20 +146,34 @@ class OriginPolicy:
             origins[normal] = origin
         self.allow_origins = frozenset(origins)
         self.allow_hosts = frozenset(split_host(h)[0] for h in allow_hosts)
+        self._verdicts: dict[tuple[str | None, str | None, str], str | None] = {}
 
     def problem(self, request: web.Request) -> str | None:
         """Why this request must be refused (403), or None."""
-        host = request.headers.get("Host")
+        headers = request.headers
+        host, origin = headers.get("Host"), headers.get("Origin")
+        key = (host, origin, request.scheme)
+        verdicts = self._verdicts
+        try:
+            return verdicts[key]  # a server sees a handful of (Host, Origin) pairs: judge each once
+        except KeyError:
+            pass
+        verdict = self._judge(host, origin, request.scheme)
+        if len(verdicts) >= VERDICTS_KEPT:
+            verdicts.clear()  # a client inventing names does not grow memory
+        verdicts[key] = verdict
+        return verdict
+
+    def _judge(self, host: str | None, origin: str | None, scheme: str) -> str | None:
         if host is not None:
             name, _ = split_host(host)
             if not (is_ip(name) or name == "localhost" or name in self.allow_hosts):
                 return (f"Host {name!r} is not a name of this server (an address, localhost, or --allow-host): "
                         "refused, as a page on a name that resolves here would be")
-        origin = request.headers.get("Origin")
         if origin is None:
             return None
         normal = normal_origin(origin)
-        own = normal_origin(f"{request.scheme}://{host}") if host else None
+        own = normal_origin(f"{scheme}://{host}") if host else None
         if normal is not None and (normal == own or normal in self.allow_origins):
             return None
         return (f"Origin {origin!r} may not use this server: only its own pages ({own or 'none'}) and "
@@ -174,6 +192,19 @@ def canned_response(status: int, reason: str, error: str, headers: dict[str, str
 
 
 FD_RESERVE = 128
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (each connection is a descriptor);
+    return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
 
 
 def fd_budget() -> int:
@@ -220,7 +251,7 @@ class ConnectionGuard:
 
 class GuardedRequestHandler(web_protocol.RequestHandler):
     """aiohttp's per-connection protocol, refusing connections over the caps and closing a connection whose
-    request head (or whose first request) does not arrive in time. The guard middleware calls `head_done`."""
+    request head (or whose first request) does not arrive in time. servers.app's middleware calls `head_done` (Guard.refuse)."""
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -246,8 +277,10 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._in_request and self._head_timer is None:
-            self._arm()  # the first byte of the next request head on a kept-alive connection
+        if not self._in_request and self._head_timer is None and b"\r\n\r\n" not in data:
+            # The first bytes of a request head that is not complete in them, on a kept-alive connection: its
+            # clock starts now. (A head that arrives whole, as nearly every one does, needs no clock.)
+            self._arm()
         super().data_received(data)
 
     def head_done(self) -> None:
@@ -292,7 +325,7 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
 
 
 class Guard:
-    """One app's protections: its policy, its limiter and its connection guard, its middleware and gauges."""
+    """One app's protections: its policy, its limiter and its connection guard, its request checks and gauges."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -300,20 +333,18 @@ class Guard:
         self.limiter = SendLimiter(config.send_rate_per_s, config.send_burst)
         self.connections = ConnectionGuard(config)
 
-        @web.middleware
-        async def guard_middleware(request: web.Request, handler):
-            protocol = request.protocol
-            if isinstance(protocol, GuardedRequestHandler):
-                protocol.head_done()
-            problem = self.policy.problem(request)
-            if problem is not None:
-                return error_response(403, problem)
-            response = await handler(request)
-            if response.status == 408:  # a body that stopped coming (servers.http.read_json)
-                self.connections.request_timeouts += 1
-            return response
+    def refuse(self, request: web.Request) -> web.Response | None:
+        """Before anything reads `request`: stop its head's clock, and answer 403 when its Host or Origin may not
+        use this server (servers.app's one middleware calls this, then the handler, then `answered`)."""
+        protocol = request.protocol
+        if isinstance(protocol, GuardedRequestHandler):
+            protocol.head_done()
+        problem = self.policy.problem(request)
+        return None if problem is None else error_response(403, problem)
 
-        self.middleware = guard_middleware
+    def answered(self, response: web.StreamResponse) -> None:
+        if response.status == 408:  # a body that stopped coming (servers.http.read_json)
+            self.connections.request_timeouts += 1
 
     def gauges(self, label: str):
         """The guard's counts as metric families, labelled `transport=label` (the server's mode, as loop lag is)."""

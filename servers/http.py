@@ -104,33 +104,30 @@ async def read_json(request: web.Request) -> object:
         raise InvalidInput("request body is nested too deeply") from None
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    """Turn every failure into JSON `{"error": ...}`; never a traceback, never a dead server."""
-    try:
-        return await handler(request)
-    except RateLimited as error:
+async def error_answer(request: web.Request, error: Exception) -> web.Response:
+    """The JSON `{"error": ...}` answer to what a handler raised; never a traceback, never a dead server.
+    (servers.app's one middleware calls it; an HTTPException below 400, a redirect, is raised on.)"""
+    if isinstance(error, RateLimited):
         return error_response(429, str(error), {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))})
-    except ChatError as error:
+    if isinstance(error, ChatError):
         return error_response(status_for(error), str(error))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 405 and request.method in ("GET", "HEAD") and "GET" not in exc.headers.get("Allow", ""):
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
+        if error.status == 405 and request.method in ("GET", "HEAD") and "GET" not in error.headers.get("Allow", ""):
             # A GET on a path that only takes POST (the messages route without a polling transport) is
             # another transport's route, absent here: 404, as for any route this server does not mount.
             return error_response(404, _describe(request, web.HTTPNotFound()))
-        response = error_response(exc.status, _describe(request, exc), _keep_headers(exc))
-        if exc.status == 408 and request.transport is not None:
+        response = error_response(error.status, _describe(request, error), _keep_headers(error))
+        if error.status == 408 and request.transport is not None:
             # A body that stopped coming is not waited for (aiohttp would linger, reading it): answer, then close.
             response.force_close()
             await response.prepare(request)
             await response.write_eof()
             request.transport.close()
         return response
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal server error")
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+    return error_response(500, "internal server error")
 
 
 def _describe(request: web.Request, exc: web.HTTPException) -> str:

@@ -282,7 +282,6 @@ class Meter:
         self._unlabelled: set[Any] = set()  # routes counted nowhere, like /metrics (see exclude)
         # Set by a caller that wants bytes per client too (the demo page): request -> its ledger, or None.
         self.client_of: Callable[[web.Request], ClientLedger | None] | None = None
-        self.middleware = self._make_middleware()
 
     def exclude(self, routes: Iterable[Any]) -> None:
         """Count `routes` nowhere, like /metrics: instruments of the lab, not traffic of a transport."""
@@ -294,7 +293,7 @@ class Meter:
         `transports` are the mounted servers.transport.ServerTransport objects (their gauges and claims), and
         `gauges` are more sources of metric families read at scrape time (the guard's).
 
-        The app must also be built with `self.middleware` first in its middlewares and be run by
+        The app's middleware must also call `self.route` first (servers.app does) and the app be run by
         servers.aio.LabAppRunner, or no bytes are counted.
         """
         app[METER] = self
@@ -340,32 +339,25 @@ class Meter:
                 self._routes[route] = (None, key)
                 self._shared[route] = [(self.transports[name].claims, self.tallies[name]) for name in owners]
 
-    def _make_middleware(self):
-        routes = self._routes
-        shared = self._shared
-        default = self.default
-
-        @web.middleware
-        async def metrics_middleware(request: web.Request, handler):
-            route = request.match_info.route
-            entry = routes.get(route)
-            if entry is None:
-                tally, key = default, UNMATCHED
-            else:
-                tally, key = entry
-                if tally is None:
-                    owners = shared[route]
-                    tally = next((t for claims, t in owners if claims(request)), owners[0][1])
-            protocol = request.protocol
-            if isinstance(protocol, MeteredRequestHandler):
-                client_of = self.client_of
-                protocol.routed(tally, client_of(request) if client_of is not None else None)
-            requests = tally.requests
-            requests[key] = requests.get(key, 0) + 1
-            request[TALLY] = tally
-            return await handler(request)
-
-        return metrics_middleware
+    def route(self, request: web.Request) -> None:
+        """Count `request` under its transport's label (the first step of servers.app's one middleware, so a
+        refused request is counted too): the bytes its connection carries from now on are that label's."""
+        route = request.match_info.route
+        entry = self._routes.get(route)
+        if entry is None:
+            tally, key = self.default, UNMATCHED
+        else:
+            tally, key = entry
+            if tally is None:
+                owners = self._shared[route]
+                tally = next((t for claims, t in owners if claims(request)), owners[0][1])
+        protocol = request.protocol
+        if isinstance(protocol, MeteredRequestHandler):
+            client_of = self.client_of
+            protocol.routed(tally, client_of(request) if client_of is not None else None)
+        requests = tally.requests
+        requests[key] = requests.get(key, 0) + 1
+        request[TALLY] = tally
 
     async def _watch_loop_lag(self, app: web.Application):
         loop = asyncio.get_running_loop()

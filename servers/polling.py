@@ -28,28 +28,33 @@ class LongPollHub:
         self._closing = False
         self.held = 0  # polls being held right now
 
-    async def hold(self, room: str, since: int, limit: int, wait_s: float) -> Page:
-        """Answer at once when something is after `since`; otherwise wait up to `wait_s` for a post."""
+    async def hold(self, room: str, since: int, limit: int, wait_s: float) -> Page | None:
+        """Answer at once when something is after `since`; otherwise wait up to `wait_s` for a post and return
+        None: the caller reads the room then (PollRoute reuses the answer the first poll it released built)."""
+        broker = self._broker
         if wait_s <= 0 or self._closing:
-            return await self._broker.since(room, since, limit)
+            return await broker.since(room, since, limit)
         # Register before reading, so a post landing between the read and the wait still wakes us.
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.add(room, waiter)
         self.held += 1
         try:
-            page = await self._broker.since(room, since, limit)
-            if page.messages:
-                return page
+            known = broker.known_last_id(room)
+            if known is None or known > since:  # something may be there already: read
+                page = await broker.since(room, since, limit)
+                if page.messages:
+                    return page
+            # A timer that releases the waiter, lighter than asyncio.timeout's cancellation machinery.
+            timer = asyncio.get_running_loop().call_later(wait_s, _release, waiter)
             try:
-                async with asyncio.timeout(wait_s):
-                    await waiter
-            except TimeoutError:
-                pass
+                await waiter
+            finally:
+                timer.cancel()
         finally:
             # Also runs when the client goes away: aiohttp cancels the handler (handler_cancellation).
             if self._waiters.discard(room, waiter):
                 self.held -= 1
-        return await self._broker.since(room, since, limit)
+        return None
 
     def release_all(self) -> None:
         """Answer every held poll now and hold no new ones (shutdown, draining)."""
@@ -65,12 +70,21 @@ class LongPollHub:
                 waiter.set_result(None)
 
 
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class PollRoute:
     """The poll route, added once whichever polling transport mounts first; held only with long polling."""
 
     def __init__(self, app: web.Application) -> None:
         self.long: LongPolling | None = None
         self.route = app.router.add_get("/rooms/{room}/messages", self.handle)
+        # Each room's latest answer that carried messages: the polls one message releases all ask with the same
+        # since=, and get the same bytes, encoded once. (since, limit, last_id) pin the answer down: history only
+        # grows. (since, limit, last_id, body, payload bytes, messages)
+        self._answers: dict[str, tuple[int, int, int, bytes, int, int]] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         app = request.app
@@ -78,20 +92,31 @@ class PollRoute:
         since = int_param(request, "since", 0, 0, 2**53)
         limit = int_param(request, "limit", POLL_LIMIT_DEFAULT, 1, app[CONFIG].limits.page)
         long = self.long
+        broker = app[BROKER]
         if long is None:
             if "wait" in request.query:
                 raise InvalidInput("this server does short polling and does not hold requests: drop wait")
-            page = await app[BROKER].since(room, since, limit)
+            page = await broker.since(room, since, limit)
         else:
             wait = seconds_param(request, "wait", long.max_wait_s) or 0.0
             page = await long.hub.hold(room, since, limit, wait)
         tally = tally_of(request)
         tally.polls += 1
-        tally.messages_delivered += len(page.messages)
-        tally.payload_sent_bytes += sum(len(m.json.encode()) for m in page.messages)
-        if not page.messages:
-            tally.empty_polls += 1
-        return json_text(200, page_json(page))
+        answer = self._answers.get(room)
+        if page is None:  # a held poll, released: the answer its room's first released poll built is likely ours
+            if answer is None or answer[:3] != (since, limit, broker.known_last_id(room)):
+                page = await broker.since(room, since, limit)
+        if page is not None:
+            if not page.messages:
+                tally.empty_polls += 1
+                return json_text(200, page_json(page))
+            if answer is None or answer[:3] != (since, limit, page.last_id):
+                payload = sum(len(m.json.encode()) for m in page.messages)
+                answer = self._answers[room] = (since, limit, page.last_id, page_json(page).encode(), payload,
+                                                len(page.messages))
+        tally.messages_delivered += answer[5]
+        tally.payload_sent_bytes += answer[4]
+        return web.Response(body=answer[3], content_type="application/json", charset="utf-8")
 
 
 POLL_ROUTE = web.AppKey("poll_route", PollRoute)

@@ -4,8 +4,9 @@ room, one encoding per message, and a bounded queue per member so a slow reader 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .broker import Broker, RoomListeners
 from .core import Message
@@ -17,21 +18,50 @@ Encoded = tuple[Any, int]
 Item = tuple[int, Any, int]
 
 
+class Prepared(NamedTuple):
+    """One message as every member gets it: `body` for the library's send path, `wire` the same bytes as they go
+    on a connection, framing included, built once for all members (None: each connection frames its own), as
+    Gorilla's PreparedMessage and uWebSockets' publish do."""
+
+    body: Any
+    wire: bytes | None
+
+
 class PushMember:
-    """One open connection: a bounded queue drained by its own writer task. Subclasses say how to send one
-    item and how to close the connection."""
+    """One open connection. An item goes straight to the connection's transport, in the poster's turn, while the
+    member is idle (its backlog sent, nothing pending, no writer running) and its transport takes it now;
+    otherwise it waits in a bounded queue that a writer task, started only then, drains through the library
+    (which waits while the transport is paused), ending when the queue is empty. An idle member holds no task and
+    no queue of its own: thousands of held connections cost only their own state. Subclasses say how to send one
+    item, what it is on their wire, and how to close the connection."""
 
-    __slots__ = ("queue", "last_id", "writer", "closing", "tally")
+    __slots__ = ("pending", "queue_size", "last_id", "writer", "ready", "closing", "tally", "transport", "high_water",
+                 "on_done")
 
-    def __init__(self, queue_size: int, tally: Tally = NULL_TALLY) -> None:
+    def __init__(self, queue_size: int, tally: Tally = NULL_TALLY, transport: asyncio.Transport | None = None) -> None:
         self.tally = tally  # where its accepted and delivered messages are counted
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(queue_size)
+        self.pending: deque[Item] | None = None  # at most queue_size; made when first needed (a deque is ~600 B)
+        self.queue_size = queue_size
         self.last_id = 0  # newest message id sent to this member
-        self.writer: asyncio.Task | None = None
+        self.writer: asyncio.Task | None = None  # sending the backlog, or draining `pending`; None: idle
+        self.ready = False  # the backlog is sent: what is new may go straight through
         self.closing = False
+        self.on_done: Callable[[asyncio.Task], None] | None = None  # told of every writer's end
+        # The connection's transport (the lab's meter counts what is written to it), for writing straight through.
+        self.transport = transport
+        self.high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and self.writer is None and not self.pending
+
+    def wire(self, data: Any) -> bytes | None:
+        """The bytes `data` puts on this connection when written straight to its transport, prepared once for
+        every member; None: this connection cannot take them so (it closed; its framing is its own)."""
+        return None
 
     async def send(self, data: Any) -> None:
-        """Write one encoded item to the connection."""
+        """Write one encoded item to the connection through the library."""
         raise NotImplementedError
 
     async def close(self, code: int, reason: str) -> None:
@@ -39,33 +69,87 @@ class PushMember:
         raise NotImplementedError
 
     def offer(self, item: Item) -> bool:
-        """Queue an item; return False when the queue is full (the caller closes the member)."""
+        """Send `item` now when idle, else queue it; return False when the queue is full (the caller closes the
+        member)."""
         if self.closing:
+            return True  # a closing member takes nothing more
+        if self.writer is None and self.ready and not self.pending and self._write_now(item):
             return True
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
+        elif len(pending) >= self.queue_size:
             return False
+        pending.append(item)
+        if self.writer is None and self.ready:
+            self._start(self._drain())
         return True
 
-    async def write(self, broker: Broker, room: str, since: int | None, page_size: int,
-                    encode: Callable[[Message], Encoded]) -> None:
-        """Send the backlog after `since` (none when None), then every queued item, skipping ids already sent."""
+    def _write_now(self, item: Item) -> bool:
+        """Write `item` straight to the transport if it takes it now: under its high-water mark (not paused)."""
+        message_id, data, payload = item
+        transport = self.transport
+        wire = self.wire(data) if transport is not None else None
+        if wire is None or transport.is_closing() or transport.get_write_buffer_size() > self.high_water:
+            return False
+        if message_id:
+            if message_id <= self.last_id:
+                return True  # already sent as backlog
+            self.last_id = message_id
+            self.tally.messages_delivered += 1
+            self.tally.payload_sent_bytes += payload
+        transport.write(wire)
+        return True
+
+    def start(self, broker: Broker, room: str, since: int | None, page_size: int,
+              encode: Callable[[Message], Encoded], on_done: Callable[[asyncio.Task], None]) -> None:
+        """Begin: send the backlog after `since` (a writer task), or with no since be ready at once."""
+        self.on_done = on_done
+        if since is None:
+            self.ready = True
+            if self.pending:
+                self._start(self._drain())
+        else:
+            self._start(self._catch_up(broker, room, since, page_size, encode))
+
+    def _start(self, coroutine) -> None:
+        self.writer = asyncio.get_running_loop().create_task(coroutine)
+        self.writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task) -> None:
+        if self.writer is task:
+            self.writer = None
+        if self.on_done is not None and (task.cancelled() or task.exception() is not None):
+            self.on_done(task)
+
+    def stop(self) -> None:
+        """The connection is ending: take nothing more, and stop any writer."""
+        self.closing = True
+        if self.writer is not None:
+            self.writer.cancel()
+
+    async def _catch_up(self, broker: Broker, room: str, since: int, page_size: int,
+                        encode: Callable[[Message], Encoded]) -> None:
         tally = self.tally
-        if since is not None:
-            self.last_id = since
-            while True:
-                page = await broker.since(room, self.last_id, page_size)
-                for message in page.messages:
-                    data, payload = encode(message)
-                    await self.send(data)
-                    self.last_id = message.id
-                    tally.messages_delivered += 1
-                    tally.payload_sent_bytes += payload
-                if not page.messages or self.last_id >= page.last_id:
-                    break
+        self.last_id = since
         while True:
-            message_id, data, payload = await self.queue.get()
+            page = await broker.since(room, self.last_id, page_size)
+            for message in page.messages:
+                data, payload = encode(message)
+                await self.send(data)
+                self.last_id = message.id
+                tally.messages_delivered += 1
+                tally.payload_sent_bytes += payload
+            if not page.messages or self.last_id >= page.last_id:
+                break
+        self.ready = True
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Send what is queued, skipping ids already sent; end when the queue is empty (no await after the check)."""
+        pending, tally = self.pending, self.tally
+        while pending:  # (None: nothing was ever queued)
+            message_id, data, payload = pending.popleft()
             if message_id and message_id <= self.last_id:
                 continue  # already sent as backlog
             await self.send(data)
@@ -73,6 +157,7 @@ class PushMember:
                 self.last_id = message_id
                 tally.messages_delivered += 1
                 tally.payload_sent_bytes += payload
+        self.writer = None  # idle from now on, not from when the task's done callback runs
 
 
 class PushHub:
@@ -97,7 +182,7 @@ class PushHub:
 
     def queued(self) -> tuple[int, int]:
         """Return the items waiting in all queues and in the fullest one (read when /metrics is scraped)."""
-        depths = [member.queue.qsize() for members in self._rooms.rooms() for member in members]
+        depths = [len(member.pending or ()) for members in self._rooms.rooms() for member in members]
         return sum(depths), max(depths, default=0)
 
     def join(self, room: str, member: PushMember) -> None:
@@ -111,9 +196,8 @@ class PushHub:
 
     def start_writer(self, member: PushMember, room: str, since: int | None, page_size: int,
                      on_done: Callable[[asyncio.Task], None]) -> None:
-        member.writer = asyncio.get_running_loop().create_task(
-            member.write(self._broker, room, since, page_size, self.encode))
-        member.writer.add_done_callback(on_done)
+        """Start `member`: its backlog after `since`; `on_done` hears of a writer that failed or was cancelled."""
+        member.start(self._broker, room, since, page_size, self.encode, on_done)
 
     def _on_message(self, message: Message) -> None:
         data, payload = self.encode(message)
@@ -127,9 +211,7 @@ class PushHub:
     def close_soon(self, member: PushMember, code: int, reason: str) -> None:
         if member.closing:
             return
-        member.closing = True
-        if member.writer is not None:
-            member.writer.cancel()
+        member.stop()
         task = asyncio.get_running_loop().create_task(member.close(code, reason))
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)

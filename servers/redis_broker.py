@@ -223,6 +223,9 @@ class RedisBroker:
             raise Unavailable(f"room limit reached ({self.limits.rooms} rooms)")
         return Message(message_id, room, user, text, sent_at, ts, with_id(message_id, body))
 
+    def known_last_id(self, room: str) -> int | None:
+        return None  # the newest id is in Redis: read it
+
     async def since(self, room: str, after_id: int, limit: int) -> Page:
         validate_room(room)
         check_id("since", after_id)

@@ -287,6 +287,20 @@ register(Transport(
 ))
 
 register(Transport(
+    name="floor-sse",
+    counts_payload=False,
+    label="Floor: SSE",
+    colour="#AA4499",
+    server="servers.peers.floor_sse:FloorServerSentEvents",
+    client="clients.sse:SSEClient",
+    member="FloorSSEMember",
+    group=PEER,
+    compare_with="sse",
+    summary="the yardstick: an event stream per member as an expert writes it in forty lines of aiohttp",
+    max_silence_s=lambda knobs: 30.0,
+))
+
+register(Transport(
     name="socketio-websocket",
     counts_payload=False,
     label="Socket.IO: WebSocket",

@@ -14,7 +14,7 @@ from .broker import Broker
 from .core import InvalidInput, Message, Unavailable, validate_room
 from .http import BROKER, int_param
 from .metrics import NULL_TALLY, Tally, tally_of
-from .push import Encoded, PushHub, PushMember
+from .push import Encoded, Prepared, PushHub, PushMember
 from .transport import ServerTransport
 
 log = logging.getLogger("rtlab.server")
@@ -22,28 +22,44 @@ log = logging.getLogger("rtlab.server")
 MAX_ID = 2**53
 LAST_EVENT_ID = "Last-Event-ID"
 # Events are written as bytes built once per message (see encode), not with EventSourceResponse.send,
-# which formats each event again for every stream; the library still does the response: headers,
-# chunked framing, the comment heartbeat (its ping task) and TCP_USER_TIMEOUT on the socket.
+# which formats each event again for every stream; the library still does the response: headers, the
+# comment heartbeat (its ping task) and TCP_USER_TIMEOUT on the socket. An idle stream gets the event straight
+# on its transport, in HTTP/1.1's chunked framing built once too (push.PushMember.write_now); a busy or paused
+# one through the library.
 SEPARATOR = "\n"  # the spec allows LF, CRLF or CR; LF costs one byte per line less than the library's CRLF
 
 
 def encode(message: Message) -> Encoded:
-    """One message as an event, the same bytes for every stream, and the bytes of the message JSON in it."""
+    """One message as an event, the same bytes for every stream (and as one HTTP/1.1 chunk, RFC 9112 §7.1), and the
+    bytes of the message JSON in it."""
     payload = message.json.encode()
-    return b"id: %d\ndata: %s\n\n" % (message.id, payload), len(payload)
+    event = b"id: %d\ndata: %s\n\n" % (message.id, payload)
+    return Prepared(event, b"%x\r\n%s\r\n" % (len(event), event)), len(payload)
 
 
 class Stream(PushMember):
     """One open event stream."""
 
-    __slots__ = ("response",)
+    __slots__ = ("response", "framing")
 
-    def __init__(self, response: EventSourceResponse, queue_size: int, tally: Tally = NULL_TALLY) -> None:
-        super().__init__(queue_size, tally)
+    def __init__(self, response: EventSourceResponse, queue_size: int, tally: Tally = NULL_TALLY,
+                 transport: asyncio.Transport | None = None) -> None:
+        super().__init__(queue_size, tally, transport)
         self.response = response
+        # How an event goes on this connection's wire: as a chunk (HTTP/1.1), as it is (HTTP/1.0), or only through
+        # the library (a compressed response frames its own).
+        # (The Transfer-Encoding header the response went out with says; aiohttp-sse sets `chunked` after prepare
+        # whatever the version.)
+        chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self.framing = None if response.compression else ("chunk" if chunked else "raw")
 
-    async def send(self, data: bytes) -> None:
-        await self.response.write(data)
+    async def send(self, data: Prepared) -> None:
+        await self.response.write(data.body)
+
+    def wire(self, data: Prepared) -> bytes | None:
+        if self.framing is None or not self.response.is_connected():
+            return None
+        return data.wire if self.framing == "chunk" else data.body
 
     async def close(self, code: int, reason: str) -> None:
         # An event stream has no close code: the response ends, and the client's EventSource reconnects
@@ -103,7 +119,7 @@ class ServerSentEvents(ServerTransport):
         response = EventSourceResponse(ping_interval=self.heartbeat_s, sep=SEPARATOR)
         await response.prepare(request)
         await response.write(self.retry)
-        stream = Stream(response, self.send_queue, tally_of(request))
+        stream = Stream(response, self.send_queue, tally_of(request), request.transport)
         hub.join(room, stream)  # before reading the backlog, so nothing posted meanwhile is missed
         hub.start_writer(stream, room, since, self.page, lambda task: _writer_done(stream, task))
         # A stream's age limit: it ends, and the client comes back (through the balancer) after its last id.
@@ -115,8 +131,7 @@ class ServerSentEvents(ServerTransport):
             if limit is not None:
                 limit.cancel()
             hub.leave(room, stream)
-            stream.closing = True
-            stream.writer.cancel()
+            stream.stop()
         return response
 
 

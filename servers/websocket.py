@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,7 +15,7 @@ from .core import ChatError, InvalidInput, Limits, Message, RateLimited, Unavail
 from .guard import GUARD, SendLimiter, TokenBucket
 from .http import BROKER, int_param
 from .metrics import NULL_TALLY, Tally, tally_of
-from .push import Encoded, PushHub, PushMember
+from .push import Encoded, Prepared, PushHub, PushMember
 from .transport import ServerTransport
 
 log = logging.getLogger("rtlab.server")
@@ -30,29 +31,62 @@ def message_frame(message: Message) -> str:
     return '{"type":"message",' + message.json[1:]
 
 
-def encode(message: Message) -> Encoded:
-    """The frame of one message, the same for every member, and the bytes of the message JSON within it."""
-    return message_frame(message), len(message.json.encode())
+def text_frame(payload: bytes) -> bytes:
+    """The bytes of an unmasked, final text frame carrying `payload`: what aiohttp writes for send_str, built once
+    (as Gorilla's PreparedMessage and uWebSockets' publish do) instead of once per socket."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
 
 
-def error_frame(error: str) -> str:
-    return json.dumps({"type": "error", "error": error})
+def prepared(text: str) -> Prepared:
+    """A text frame for every member: its UTF-8 payload, and the whole frame: a server's frames are unmasked, so
+    without compression they are the same bytes on every connection (RFC 6455 §5.2)."""
+    payload = text.encode()
+    return Prepared(payload, text_frame(payload))
+
+
+def unprepared(text: str) -> Prepared:  # with permessage-deflate each socket compresses with its own context
+    return Prepared(text.encode(), None)
+
+
+def encoder(compress: bool):
+    frame = unprepared if compress else prepared
+
+    def encode(message: Message) -> Encoded:
+        """The frame of one message, the same for every member, and the bytes of the message JSON within it."""
+        return frame(message_frame(message)), len(message.json.encode())
+
+    return encode
+
+
+def error_frame(error: str) -> Prepared:
+    return unprepared(json.dumps({"type": "error", "error": error}))
 
 
 class Member(PushMember):
-    """One open WebSocket; its sends take from a token bucket of its own (the socket is the member)."""
+    """One open WebSocket; its sends take from a token bucket of its own (the socket is the member). A prepared
+    frame goes straight to the transport while the member is idle (PushMember.write_now)."""
 
     __slots__ = ("ws", "bucket", "refused_running")
 
     def __init__(self, ws: web.WebSocketResponse, queue_size: int, tally: Tally = NULL_TALLY,
-                 bucket: TokenBucket | None = None) -> None:
-        super().__init__(queue_size, tally)
+                 bucket: TokenBucket | None = None, transport: asyncio.Transport | None = None) -> None:
+        super().__init__(queue_size, tally, transport)
         self.ws = ws
         self.bucket = bucket
         self.refused_running = 0  # sends refused since the last one accepted
 
-    async def send(self, data: str) -> None:
-        await self.ws.send_str(data)
+    async def send(self, data: Prepared) -> None:
+        await self.ws.send_frame(data.body, WSMsgType.TEXT)
+
+    def wire(self, data: Prepared) -> bytes | None:
+        return None if self.ws.closed else data.wire
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode())
@@ -70,7 +104,8 @@ class WebSocket(ServerTransport):
         self.limits: Limits = self.config.limits
         self.broker: Broker = self.app[BROKER]
         self.limiter: SendLimiter = self.app[GUARD].limiter
-        self.hub = PushHub(self.broker, encode, (CLOSE_OVERFLOW, "send queue overflow; reconnect with since="))
+        self.hub = PushHub(self.broker, encoder(self.compress),
+                           (CLOSE_OVERFLOW, "send queue overflow; reconnect with since="))
         return [self.app.router.add_get("/rooms/{room}/ws", self.handle)]
 
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
@@ -104,7 +139,8 @@ class WebSocket(ServerTransport):
             raise Unavailable("this instance is shutting down or draining: connect again (through the balancer)")
         await ws.prepare(request)
 
-        member = Member(ws, self.send_queue, tally_of(request), self.limiter.bucket())
+        # Its token bucket is made at its first send: most members listen far more than they talk.
+        member = Member(ws, self.send_queue, tally_of(request), None, request.transport)
         hub.join(room, member)  # before reading the backlog, so nothing posted meanwhile is missed
         hub.start_writer(member, room, since, self.limits.page, lambda task: _writer_done(hub, member, task))
         try:
@@ -116,8 +152,7 @@ class WebSocket(ServerTransport):
                 # ERROR (e.g. a message over max_msg_size): aiohttp has already closed with its code (1009).
         finally:
             hub.leave(room, member)
-            member.closing = True
-            member.writer.cancel()
+            member.stop()
             if not ws.closed:
                 await ws.close()
         return ws
@@ -138,7 +173,9 @@ async def _on_text(broker: Broker, limits: Limits, limiter: SendLimiter, room: s
         if kind != "send":
             raise InvalidInput('type must be "send"')
         user, text, sent_at = parse_post(body, limits.text_chars)
-        wait = limiter.take(member.bucket) if member.bucket is not None else 0.0
+        if member.bucket is None:
+            member.bucket = limiter.bucket()
+        wait = limiter.take(member.bucket)
         if wait:
             member.refused_running += 1
             if member.refused_running >= limiter.burst:  # it keeps on after being told: cut it off

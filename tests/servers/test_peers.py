@@ -30,7 +30,8 @@ async def scrape(session, url: str) -> dict:
 
 
 def test_every_peer_is_compared_with_one_of_rtlabs_own_transports():
-    assert set(PEERS) == {"floor-websocket", "floor-long-polling", "socketio-websocket", "socketio-polling"}
+    assert set(PEERS) == {"floor-websocket", "floor-long-polling", "floor-sse", "socketio-websocket",
+                          "socketio-polling"}
     for name in PEERS:
         entry = registry.get(name)
         assert entry.compare_with in registry.names() and not entry.counts_payload
@@ -77,6 +78,26 @@ async def test_the_long_polling_floor_speaks_rtlabs_contract(app_server, session
     assert time.monotonic() - started >= 0.25  # held until the wait ran out
     metrics = await scrape(session, server.url)
     assert metric_total(metrics, "rtlab_polls_total") >= 2 and metric_total(metrics, "rtlab_empty_polls_total") >= 1
+
+
+async def test_the_event_stream_floor_speaks_rtlabs_contract(app_server, session):
+    server = await app_server("floor-sse")
+    async with receiver(session, server.url, "sse", "r") as member:
+        sent = await asyncio.gather(*(session.post(f"{server.url}/rooms/r/messages",
+                                                   json={"user": f"u{i}", "text": str(i)}) for i in range(20)))
+        assert all(resp.status == 201 for resp in sent)
+        await member.wait_for(20)
+    assert member.ids() == list(range(1, 21))
+    async with receiver(session, server.url, "sse", "r", since=17) as late:  # since= catches up
+        await late.wait_for(3)
+    assert late.ids() == [18, 19, 20]
+    headers = {"Last-Event-ID": "19"}  # a reconnecting EventSource's resume point wins over since=
+    async with session.get(f"{server.url}/rooms/r/events?since=0", headers=headers) as resp:
+        assert resp.content_type == "text/event-stream"
+        assert await resp.content.readline() == b"id: 20\n"
+    metrics = await scrape(session, server.url)
+    assert metric_total(metrics, "rtlab_messages_delivered_total") == 20 + 3 + 1
+    assert metric_total(metrics, "rtlab_messages_accepted_total") == 20
 
 
 @pytest.mark.parametrize("peer, transport", [("socketio-websocket", "websocket"), ("socketio-polling", "polling")])

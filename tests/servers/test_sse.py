@@ -159,3 +159,32 @@ async def test_a_stream_older_than_its_limit_ends_and_the_client_resumes_with_la
         async with asyncio.timeout(5 * UNIT):
             await member.read_events(resp)
     assert member.ids() == [1, 2]
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_events_written_straight_through_are_framed_as_the_protocol_version_needs(app_server, session, version):
+    server = await app_server("sse")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /rooms/raw/events HTTP/{version}\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    chunked = b"transfer-encoding: chunked" in head.lower()
+    assert chunked == (version == "1.1")
+    hub = server.transport("sse").hub
+    async with asyncio.timeout(5 * UNIT):
+        while hub.members < 1 or not all(m.idle for ms in hub._rooms.rooms() for m in ms):
+            await asyncio.sleep(0.01)
+    for i in range(3):
+        await post(session, server.url, "raw", f"m{i}")
+    events = []
+    async with asyncio.timeout(5 * UNIT):
+        while len([e for e in events if e.startswith(b"id: ")]) < 3:
+            if chunked:  # each chunk: its size in hex, CRLF, the bytes, CRLF
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                chunk = await reader.readexactly(size + 2)
+                assert chunk.endswith(b"\r\n")
+                events += [e for e in chunk[:-2].split(b"\n\n") if e]
+            else:
+                events += [e for e in (await reader.readuntil(b"\n\n"))[:-2].split(b"\n\n") if e]
+    writer.close()
+    messages = [e for e in events if e.startswith(b"id: ")]
+    assert [json.loads(e.split(b"\ndata: ", 1)[1])["text"] for e in messages] == ["m0", "m1", "m2"]
