@@ -306,6 +306,14 @@ def server_cpu_us_per_delivered_message(run: RunData) -> float:
     return _ratio(run.server.cpu_s * 1e6, run.messages_delivered)
 
 
+@_figure("us/msg", "Load generator CPU time (user + system, its worker processes included), in microseconds, per "
+                   "message the server delivered: what the load costs beside what it measures.")
+def generator_cpu_us_per_delivered_message(run: RunData) -> float:
+    if run.generator is None:
+        return math.nan
+    return _ratio(run.generator.cpu_s * 1e6, run.messages_delivered)
+
+
 @_figure("us/member/s", "Server CPU time (user + system), in microseconds, per connected member per second of the "
                         "window: the cost of holding a member, talking or not (cf. experiments/idle.toml).")
 def server_cpu_us_per_member_s(run: RunData) -> float:

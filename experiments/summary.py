@@ -38,6 +38,7 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "bytes_per_sent": ("bytes_per_sent_message", 1),
     "ip_bytes_per_delivered": ("ip_bytes_per_delivered_message", 1),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
+    "generator_cpu_us_per_delivered": ("generator_cpu_us_per_delivered_message", 1),
     "server_cpu_us_per_member_s": ("server_cpu_us_per_member_s", 1),
     "bytes_per_member_s": ("bytes_per_member_s", 1),
     "server_rss_peak_mb": ("server_peak_rss_bytes", 1e-6),

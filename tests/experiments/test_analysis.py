@@ -120,7 +120,7 @@ def test_event_loop_lag_buckets_over_the_window(run):
     assert lag["count"].sum() == 22
 
 
-ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "server_cpu_us_per_member_s", "bytes_per_member_s",
+ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered", "server_cpu_us_per_member_s", "bytes_per_member_s",
                            "sampler_cpu_percent"}
 
 

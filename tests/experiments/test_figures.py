@@ -56,6 +56,7 @@ EXPECTED = {
     "server_rss_per_member_bytes": 50.0,  # (1750 mean - 250 idle) / 30 members
     "empty_poll_ratio": 0.2,  # 10 / 50
     "generator_cpu_share": 0.25,  # (5.5 - 4.0) s / (3 s x 2 CPUs)
+    "generator_cpu_us_per_delivered_message": 1.5e6 / 200,  # (5.5 - 4.0) s of the generator's CPU
     "server_cpu_us_per_member_s": 1.2e6 / (30 * 3),  # 1.2 s of CPU over 3 s with 30 members
     "bytes_per_member_s": 4000 / (30 * 3),
     "sampler_cpu_share": 0.01,  # 30 ms over 3 s
