@@ -189,7 +189,7 @@ export class Pane {
   /** Start receiving; called once the pane is on the page. */
   async start() {}
 
-  /** Send one message from this pane's member. By default an ordinary POST, as polling and SSE do. */
+  /** Send one message from this pane's member. By default an ordinary POST, as the one-way transports (polling, event streams) do. */
   async send(text) {
     try {
       await this.http("POST", "messages", "", { user: this.user, text, sent_at: nowMs() / 1000 });
