@@ -8,9 +8,9 @@ pins it to the generator's CPUs, off the server's), it stops by itself once ever
 
 Counting file descriptors and TCP connections is the costly part (psutil's net_connections parses every socket
 of the machine for each process): the sampler reads the socket table once per count for all targets, counts
-at most `--conn-hz` times a second (default 1) and less often when counting would take more than 1 % of a
+at most `--conn-hz` times a second (default 1) and less often when counting would take more than 0.5 % of a
 CPU (tens of thousands of descriptors); rows in between repeat the last count. Descendants are listed again
-once a second.
+every 5 s; CPU, RSS and threads come from one read of /proc/<pid>/stat per process and tick.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ DEFAULT_HZ = 5.0
 DEFAULT_CONN_HZ = 1.0
 SELF_LABEL = "sampler"
 LISTEN = b"0A"  # the state column of /proc/net/tcp for a listening socket
-DESCRIPTOR_BUDGET = 0.01  # of a CPU, for counting file descriptors and TCP connections
+CHILDREN_EVERY_S = 5.0  # listing descendants reads every process of the machine; Locust's workers stay put
+DESCRIPTOR_BUDGET = 0.005  # of a CPU, for counting file descriptors and TCP connections (reading /proc/net/tcp costs the kernel ~7 us a line)
 
 
 @dataclass
@@ -66,10 +67,10 @@ class _Watched:
         self.listed_at = -math.inf
 
     def family(self, now: float) -> list[psutil.Process] | None:
-        """The target's live descendants, listed again at most once a second (listing reads every process)."""
+        """The target's live descendants, listed again every CHILDREN_EVERY_S (listing reads every process)."""
         if not self.target.children:
             return []
-        if now - self.listed_at >= 1.0:
+        if now - self.listed_at >= CHILDREN_EVERY_S:
             try:
                 self.descendants = self.process.children(recursive=True)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -93,6 +94,25 @@ def open_tcp_inodes() -> set[int]:
             continue
         inodes.update(int(inode) for state, inode in TCP_LINE.findall(data) if state != LISTEN)
     return inodes
+
+
+CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_stat(pid: int) -> tuple[float, float, int, int]:
+    """(user s, system s, RSS bytes, threads) of `pid` from one read of /proc/<pid>/stat, what psutil's
+    cpu_times, memory_info and num_threads read in three files; a zombie or a missing process raises."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise psutil.NoSuchProcess(pid) from None
+    fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) ": state is field 3 of proc(5)
+    if fields[0] == b"Z":
+        raise psutil.ZombieProcess(pid)
+    return (int(fields[11]) * CLOCK_TICK_S, int(fields[12]) * CLOCK_TICK_S, int(fields[21]) * PAGE_BYTES,
+            int(fields[17]))
 
 
 def count_descriptors(pid: int, inodes: set[int]) -> tuple[int, int]:
@@ -138,19 +158,14 @@ def sample(process: psutil.Process, children: bool | list[psutil.Process] = Fals
     total = {"cpu_user_s": 0.0, "cpu_system_s": 0.0, "rss_bytes": 0, "fds": 0, "threads": 0, "tcp_connections": 0}
     for i, p in enumerate(processes):
         try:
-            with p.oneshot():
-                if p.status() == psutil.STATUS_ZOMBIE:
-                    raise psutil.ZombieProcess(p.pid)
-                cpu = p.cpu_times()
-                rss = p.memory_info().rss
-                threads = p.num_threads()
+            user_s, system_s, rss, threads = read_stat(p.pid)
             fds, tcp = count_descriptors(p.pid, inodes) if count else (0, 0)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             if i == 0:
                 return None
             continue  # a descendant exited between listing and reading
-        total["cpu_user_s"] += cpu.user
-        total["cpu_system_s"] += cpu.system
+        total["cpu_user_s"] += user_s
+        total["cpu_system_s"] += system_s
         total["rss_bytes"] += rss
         total["fds"] += fds
         total["threads"] += threads
