@@ -89,9 +89,10 @@ def findings(rows: list[dict], swept: list[str]) -> list[str]:
         for transport, fit in figures.marginal_costs(rows).items():
             lines.append(
                 f"{registry.label(transport)}: one more delivered message costs {fit['marginal_cpu_us_per_delivered']:,.1f} µs "
-                f"of server CPU and {fit['marginal_bytes_per_delivered']:,.0f} B; holding a member costs "
-                f"{fit['fixed_cpu_us_per_member_s']:,.1f} µs and {fit['fixed_bytes_per_member_s']:,.1f} B per second "
-                f"while nobody talks (a line through {fit['rates']} rates)"
+                f"of server CPU and {fit['marginal_bytes_per_delivered']:,.0f} B (the slope of a line through "
+                f"{fit['rates']} rates); its intercept, {fit['fixed_cpu_us_per_member_s']:,.1f} µs and "
+                f"{fit['fixed_bytes_per_member_s']:,.1f} B per member per second, is the fixed cost only as far as "
+                "the cost is a line (EXP=idle measures it directly)"
             )
     if "users" in swept:
         limit = figures.CAPACITY_P99_MS
