@@ -133,11 +133,6 @@ def count_descriptors(pid: int, inodes: set[int]) -> tuple[int, int]:
     return fds, tcp
 
 
-def count_tcp(pid: int, inodes: set[int]) -> int:
-    """How many of `pid`'s file descriptors are sockets in `inodes`."""
-    return count_descriptors(pid, inodes)[1]
-
-
 def sample(process: psutil.Process, children: bool | list[psutil.Process] = False, inodes: set[int] | None = None,
            count: bool = True) -> dict[str, float] | None:
     """Return one reading of `process` (and its descendants: True lists them now, a list gives them), or None if

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
@@ -70,6 +71,15 @@ class LongPollHub:
                 waiter.set_result(None)
 
 
+class Answer(NamedTuple):
+    """A poll answer that carried messages, encoded once: `key` is (since, limit, the room's last id)."""
+
+    key: tuple[int, int, int]
+    body: bytes
+    messages: int
+    payload_bytes: int
+
+
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -83,8 +93,8 @@ class PollRoute:
         self.route = app.router.add_get("/rooms/{room}/messages", self.handle)
         # Each room's latest answer that carried messages: the polls one message releases all ask with the same
         # since=, and get the same bytes, encoded once. (since, limit, last_id) pin the answer down: history only
-        # grows. (since, limit, last_id, body, payload bytes, messages)
-        self._answers: dict[str, tuple[int, int, int, bytes, int, int]] = {}
+        # grows.
+        self._answers: dict[str, Answer] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         app = request.app
@@ -104,19 +114,19 @@ class PollRoute:
         tally.polls += 1
         answer = self._answers.get(room)
         if page is None:  # a held poll, released: the answer its room's first released poll built is likely ours
-            if answer is None or answer[:3] != (since, limit, broker.known_last_id(room)):
+            if answer is None or answer.key != (since, limit, broker.known_last_id(room)):
                 page = await broker.since(room, since, limit)
         if page is not None:
             if not page.messages:
                 tally.empty_polls += 1
                 return json_text(200, page_json(page))
-            if answer is None or answer[:3] != (since, limit, page.last_id):
-                payload = sum(len(m.json.encode()) for m in page.messages)
-                answer = self._answers[room] = (since, limit, page.last_id, page_json(page).encode(), payload,
-                                                len(page.messages))
-        tally.messages_delivered += answer[5]
-        tally.payload_sent_bytes += answer[4]
-        return web.Response(body=answer[3], content_type="application/json", charset="utf-8")
+            if answer is None or answer.key != (since, limit, page.last_id):
+                answer = self._answers[room] = Answer(
+                    (since, limit, page.last_id), page_json(page).encode(), len(page.messages),
+                    sum(len(m.json.encode()) for m in page.messages))
+        tally.messages_delivered += answer.messages
+        tally.payload_sent_bytes += answer.payload_bytes
+        return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
 
 
 POLL_ROUTE = web.AppKey("poll_route", PollRoute)

@@ -37,6 +37,15 @@ def require_binary(name: str, path: str | None = None) -> str:
 
 
 @pytest.fixture
+async def session():
+    """An aiohttp client session for the test, closed after it."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
 async def app_server():
     """Start servers in this event loop: `await app_server(transports, **overrides)`; an override is a
     ServerConfig field or a transport's server knob (e.g. ws_send_queue=8)."""

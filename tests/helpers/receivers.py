@@ -152,3 +152,14 @@ def receiver(session: aiohttp.ClientSession, base: str, transport: str, room: st
     except KeyError:
         raise AssertionError(f"tests/helpers/receivers.py has no receiver for {transport!r}: add one") from None
     return kind(session, base, room, since)
+
+
+async def post(session: aiohttp.ClientSession, base: str, room: str, user: str = "ann", text: str = "hello",
+               sent_at: float | None = None, status: int = 201) -> dict:
+    """POST one message the common way; assert the status; return the JSON answer."""
+    body = {"user": user, "text": text}
+    if sent_at is not None:
+        body["sent_at"] = sent_at
+    async with session.post(f"{base}/rooms/{room}/messages", json=body) as resp:
+        assert resp.status == status, await resp.text()
+        return await resp.json()

@@ -5,29 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import aiohttp
 import pytest
 from conftest import FLOOD_OK, TRANSPORTS
-from helpers.receivers import receiver
+from helpers.receivers import post, receiver
 
 
 def Receiver(session, base, transport, room, since=0):  # noqa: N802  (reads as the class it returns)
     return receiver(session, base, transport, room, since)
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def post(session, base, room, user="ann", text="hello", sent_at=None, status=201):
-    body = {"user": user, "text": text}
-    if sent_at is not None:
-        body["sent_at"] = sent_at
-    async with session.post(f"{base}/rooms/{room}/messages", json=body) as resp:
-        assert resp.status == status, await resp.text()
-        return await resp.json()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import pytest
 import socketio
 from conftest import UNIT
@@ -16,12 +15,6 @@ from experiments.figures import metric_total, parse_metrics
 from servers import registry
 
 PEERS = registry.names(registry.PEER)
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def scrape(session, url: str) -> dict:

@@ -7,16 +7,9 @@ import asyncio
 import json
 import socket
 
-import aiohttp
 import pytest
 from conftest import FLOOD_OK, UNIT
 from helpers.receivers import EventStreamReceiver
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def post(session, base, room, text="hello", user="ann"):

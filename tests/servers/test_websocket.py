@@ -7,31 +7,14 @@ import asyncio
 import json
 import socket
 
-import aiohttp
-import pytest
 from conftest import FLOOD_OK, UNIT
-from helpers.receivers import receiver
+from helpers.receivers import post, receiver
 
 from servers.core import Limits
 
 
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def Receiver(session, base, transport, room, since=0):  # noqa: N802  (reads as the class it returns)
     return receiver(session, base, transport, room, since)
-
-
-async def post(session, base, room, user="ann", text="hello", sent_at=None, status=201):
-    body = {"user": user, "text": text}
-    if sent_at is not None:
-        body["sent_at"] = sent_at
-    async with session.post(f"{base}/rooms/{room}/messages", json=body) as resp:
-        assert resp.status == status, await resp.text()
-        return await resp.json()
 
 
 async def test_websocket_backlog_shows_the_gap_when_history_dropped_messages(app_server, session):
