@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,notebooks]'
 	@touch $@
 
+# Two pytest workers (pytest-xdist): most tests wait on sockets and timers, not on a CPU.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(PY) -m servers --transport $(TRANSPORT) --host $(HOST) --port $(PORT)
