@@ -43,6 +43,19 @@ class TransportResults:
     reconnect_failures: int = 0  # clients that gave up reconnecting
     merged: Counts = field(default_factory=Counts)  # completeness of other processes' receivers (Locust workers)
     merged_receivers: int = 0
+    measure_from: float = 0.0  # unix time the measured window starts (the run's warm-up ends)
+
+    def record(self, latency_s: float, now: float) -> bool:
+        """Record one delivery latency; return False when it fell in the warm-up (not in the histogram)."""
+        if now < self.measure_from:
+            self.deliveries_warmup += 1
+            return False
+        latency_us = round(latency_s * 1e6)
+        if not 0 <= latency_us <= LATENCY_HIGHEST_US:
+            self.latencies_clamped += 1
+            latency_us = min(max(latency_us, 0), LATENCY_HIGHEST_US)
+        self.histogram.record_value(latency_us)
+        return True
 
     @property
     def deliveries_measured(self) -> int:
@@ -135,7 +148,7 @@ class RunResults:
     def for_transport(self, transport: str) -> TransportResults:
         results = self.transports.get(transport)
         if results is None:
-            results = self.transports[transport] = TransportResults(transport)
+            results = self.transports[transport] = TransportResults(transport, measure_from=self.measure_from)
         return results
 
     def add_receiver(self, transport: str, since: int) -> ReceiverTracker:
@@ -146,16 +159,7 @@ class RunResults:
 
     def record_delivery(self, transport: str, latency_s: float, now: float) -> bool:
         """Record one delivery latency; return False when it fell in the warm-up (not in the histogram)."""
-        results = self.for_transport(transport)
-        if self.in_warmup(now):
-            results.deliveries_warmup += 1
-            return False
-        latency_us = round(latency_s * 1e6)
-        if not 0 <= latency_us <= LATENCY_HIGHEST_US:
-            results.latencies_clamped += 1
-            latency_us = min(max(latency_us, 0), LATENCY_HIGHEST_US)
-        results.histogram.record_value(latency_us)
-        return True
+        return self.for_transport(transport).record(latency_s, now)
 
     def reset_deliveries(self) -> None:
         """Forget the deliveries recorded so far (Locust's stats were reset); receivers keep counting."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
 import gevent
+import orjson
 
 from .base import (
     Backoff,
@@ -18,6 +18,7 @@ from .base import (
     ignore_report,
     ms_since,
 )
+from .reactor import Watch, reactor
 
 # The stream is read from a plain (gevent) socket with a small parser of our own rather than through an
 # HTTP library: a response that never ends must be readable and closable from another greenlet, and the
@@ -67,23 +68,44 @@ class EventStream:
         return bytes(self._text[:limit])
 
     def events(self):
-        """Yield (id or None, data) for each event; raise StreamEnded when the response ends."""
+        """Yield (id or None, data) for each event, reading the socket; raise StreamEnded when the response ends."""
         while True:
-            self._dechunk()
-            text = self._text
-            end = text.find(b"\n\n")
-            while end >= 0:
-                block = bytes(text[:end])
-                del text[: end + 2]
-                event = self._parse(block)
-                if event is not None:
-                    yield event
-                end = text.find(b"\n\n")
+            yield from self.take()
             if self._ended:
                 raise StreamEnded("the server ended the stream")
             self._recv()
 
-    def _parse(self, block: bytes) -> tuple[str | None, str] | None:
+    def feed(self, data: bytes) -> list[tuple[str | None, bytes]]:
+        """Add bytes read elsewhere (the reactor); return the events they complete. `ended` says whether the
+        response ended with them (a last chunk)."""
+        self._raw += data
+        return self.take()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def end_of_input(self) -> None:
+        """The connection closed: an unchunked stream ends here; a chunked one broke mid-stream."""
+        if self._chunked:
+            raise ConnectionError("the connection closed mid-stream")
+        self._ended = True
+
+    def take(self) -> list[tuple[str | None, bytes]]:
+        """The complete events among the bytes received so far, as (id or None, data)."""
+        self._dechunk()
+        text = self._text
+        events = []
+        end = text.find(b"\n\n")
+        while end >= 0:
+            event = self._parse(bytes(text[:end]))
+            del text[: end + 2]
+            if event is not None:
+                events.append(event)
+            end = text.find(b"\n\n")
+        return events
+
+    def _parse(self, block: bytes) -> tuple[str | None, bytes] | None:
         event_id, data = None, []
         for line in block.split(b"\n"):
             if line.startswith(b"data:"):
@@ -97,7 +119,7 @@ class EventStream:
             # A line starting with ":" is a comment (the heartbeat); other fields are ignored, as EventSource does.
         if not data:
             return None
-        return event_id, b"\n".join(data).decode("utf-8")
+        return event_id, data[0] if len(data) == 1 else b"\n".join(data)
 
     def _recv(self) -> None:
         data = self.sock.recv(RECV_BYTES)
@@ -165,6 +187,8 @@ class SSEClient(PostSender, ChatClient):
         self.retry_ms = 1000  # until the server says otherwise (retry:)
         self._since = 0  # the join point: the URL's since=, as EventSource keeps its URL
         self._stream: EventStream | None = None
+        self._watch: Watch | None = None  # the reactor's watch on the open stream: bytes arrive in _on_data
+        self._backoff = Backoff()
 
     def join(self, room: str, since: int) -> None:
         self._since = since
@@ -174,6 +198,9 @@ class SSEClient(PostSender, ChatClient):
         started = time.perf_counter()
         try:
             self._stream = self._open()
+            # What came with the head (a backlog) is parsed now; the rest arrives through the reactor.
+            self._watch = reactor().watch(self._stream.sock, self._on_data)
+            self._on_data(b"")
         except Exception as error:
             self.report("CONNECT", self.transport, ms_since(started), 0, error)
             raise
@@ -198,33 +225,44 @@ class SSEClient(PostSender, ChatClient):
             raise
 
     def _receive(self) -> None:
-        backoff = Backoff()
+        """Wait for the stream's end (the reactor feeds its bytes to `_on_data` meanwhile), then reconnect."""
+        backoff = self._backoff
         while not self.closed:
-            stream = self._stream
-            try:
-                for _, data in stream.events():
-                    received_at = time.time()
-                    try:
-                        message = json.loads(data)
-                    except ValueError:
-                        self.report("RECEIVE", self.transport, 0, len(data),
-                                    ClientError(f"event data is not JSON: {data[:200]!r}"))
-                        continue
-                    self.deliver(message, received_at)
-                    backoff.reset()
-                failure: BaseException = StreamEnded("the stream ended")
-            except StreamEnded as ended:
-                failure = ended
-            except Exception as error:  # a reset, silence past idle_timeout_s, a closed socket
-                failure = error
-            if stream.retry_ms is not None:
+            stream, watch = self._stream, self._watch
+            failure = watch.wait(self.idle_timeout_s) if watch is not None else ClientError("not connected")
+            if stream is not None and stream.retry_ms is not None:
                 self.retry_ms = stream.retry_ms
             if self.closed:
                 return
+            if failure is None:
+                try:
+                    stream.end_of_input()
+                    failure = StreamEnded("the stream ended")
+                except ConnectionError as error:
+                    failure = error
             if not isinstance(failure, StreamEnded):  # an end the server chose is not a failure
                 self.report("RECEIVE", self.transport, 0, 0, failure)
             if not self._reconnect(backoff):
                 return
+
+    def _on_data(self, data: bytes) -> None:
+        """Bytes from the reactor: complete events go to the owner; the last chunk ends the watch."""
+        stream = self._stream
+        events = stream.feed(data)
+        if events:
+            received_at = time.time()
+            for _, payload in events:
+                try:
+                    message = orjson.loads(payload)
+                except ValueError:
+                    self.report("RECEIVE", self.transport, 0, len(payload),
+                                ClientError(f"event data is not JSON: {payload[:200]!r}"))
+                    continue
+                self.deliver(message, received_at)
+            if self._backoff.failures:
+                self._backoff.reset()
+        if stream.ended:
+            self._watch.end(StreamEnded("the server ended the stream"))
 
     def _reconnect(self, backoff: Backoff) -> bool:
         """Reconnect as EventSource does (the server's retry delay first, then backoff on failures), resuming
@@ -247,6 +285,9 @@ class SSEClient(PostSender, ChatClient):
         return False
 
     def _drop_stream(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()  # before the socket closes: its descriptor number may be reused at once
         stream, self._stream = self._stream, None
         if stream is not None:
             try:

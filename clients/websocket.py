@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 from collections import OrderedDict
 
+import orjson
 import websocket  # websocket-client
 
 from .base import (
@@ -18,6 +18,10 @@ from .base import (
     ignore_report,
     ms_since,
 )
+from .reactor import Watch, reactor
+
+OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
+OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
 
 
 class WebSocketClient(ChatClient):
@@ -43,11 +47,19 @@ class WebSocketClient(ChatClient):
         timeout_s: float = 10.0,
         idle_timeout_s: float = 60.0,
         max_pending_sends: int = 10_000,
+        max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         super().__init__(base_url, on_message, report, timeout_s=timeout_s)
         # The server pings every 20 s by default, so this long without a frame means the peer is gone.
         self.idle_timeout_s = idle_timeout_s
         self.max_pending_sends = max_pending_sends
+        self.max_message_bytes = max_message_bytes  # a longer frame from the server is a protocol error
+        self._watch: Watch | None = None  # the reactor's watch on the open socket: frames arrive in _on_data
+        self._backoff = Backoff()
+        self._partial = b""  # the start of a frame whose end has not arrived yet
+        self._fragments: list[bytes] | None = None  # a fragmented message's frames so far
+        self._fragment_opcode = OPCODE_TEXT
+        self._close_payload: bytes | None = None  # the server's close frame, once it came
         self._ws: websocket.WebSocket | None = None
         self._pending: OrderedDict[tuple[str, float], None] = OrderedDict()  # sends awaiting their echo
         self._unsent: list[tuple[tuple[str, float], str]] = []  # sends made while reconnecting, sent once back
@@ -58,7 +70,7 @@ class WebSocketClient(ChatClient):
         if sent_at is None:
             sent_at = time.time()
         key = (user, sent_at)
-        frame = json.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at})
+        frame = orjson.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at})
         self._pending[key] = None
         if len(self._pending) > self.max_pending_sends:
             (_, old_sent_at), _ = self._pending.popitem(last=False)
@@ -88,32 +100,95 @@ class WebSocketClient(ChatClient):
         self.report("CONNECT", self.transport, ms_since(started), 0)
         ws.settimeout(self.idle_timeout_s)
         self._ws = ws
+        self._partial, self._fragments, self._close_payload = b"", None, None
+        # The handshake read the socket only up to the end of the answer's head: every frame is still to come.
+        self._watch = reactor().watch(ws.sock, self._on_data)
 
     def _receive(self) -> None:
-        backoff = Backoff()
+        """Wait for the socket's end (the reactor feeds its frames to `_on_data` meanwhile), then reconnect."""
+        backoff = self._backoff
         while not self.closed:
-            planned = False
-            try:
-                opcode, data = self._ws.recv_data()
-            except Exception as error:  # silence past idle_timeout_s, a reset, a closed socket
-                failure: BaseException = error
-            else:
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    self._on_frame(data, time.time())
-                    backoff.reset()
-                    continue
-                if opcode != websocket.ABNF.OPCODE_CLOSE:
-                    self.report("RECEIVE", self.transport, 0, len(data), ClientError(f"unexpected frame opcode {opcode}"))
-                    continue
-                # 1012 (a drain) and 1001 (a shutdown) are the server asking us to go elsewhere, not failures.
-                planned = close_code(data) in PLANNED_CLOSE_CODES
-                failure = ClientError(f"server closed the WebSocket: {close_description(data)}")
+            watch = self._watch
+            failure = watch.wait(self.idle_timeout_s) if watch is not None else ClientError("not connected")
             if self.closed:
                 return
+            close, self._close_payload = self._close_payload, None
+            if close is not None:
+                # 1012 (a drain) and 1001 (a shutdown) are the server asking us to go elsewhere, not failures.
+                planned = close_code(close) in PLANNED_CLOSE_CODES
+                failure = ClientError(f"server closed the WebSocket: {close_description(close)}")
+            else:
+                planned = False
+                failure = failure or ClientError("the connection closed without a close frame (1006)")
             if not planned:
                 self.report("RECEIVE", self.transport, 0, 0, failure)
             if not self._reconnect(backoff):
                 return
+
+    def _on_data(self, data: bytes) -> None:
+        """Bytes from the reactor: split them into frames (server frames are unmasked) and handle each."""
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        end = len(data)
+        pos = 0
+        while end - pos >= 2:
+            first, second = data[pos], data[pos + 1]
+            if second & 0x80:
+                raise ClientError("the server sent a masked frame")
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                head = 10
+            if length > self.max_message_bytes:
+                raise ClientError(f"a frame of {length} bytes is over the limit of {self.max_message_bytes}")
+            if end - pos < head + length:
+                break
+            payload = data[pos + head:pos + head + length]
+            pos += head + length
+            if first & 0x70:
+                raise ClientError("a frame with RSV bits set: no extension was negotiated")
+            self._on_raw_frame(first & 0x0F, bool(first & 0x80), payload)
+        if pos < end:
+            self._partial = data[pos:]
+
+    def _on_raw_frame(self, opcode: int, fin: bool, payload: bytes) -> None:
+        if opcode == OPCODE_CONTINUATION:
+            if self._fragments is None:
+                raise ClientError("a continuation frame with no message to continue")
+            self._fragments.append(payload)
+            if not fin:
+                return
+            opcode, payload = self._fragment_opcode, b"".join(self._fragments)
+            self._fragments = None
+        elif not fin and opcode in (OPCODE_TEXT, OPCODE_BINARY):
+            self._fragment_opcode, self._fragments = opcode, [payload]
+            return
+        if opcode == OPCODE_TEXT:
+            self._on_frame(payload, time.time())
+            if self._backoff.failures:
+                self._backoff.reset()
+        elif opcode == OPCODE_PING:
+            ws = self._ws
+            if ws is not None:
+                try:
+                    ws.pong(payload)
+                except Exception:
+                    pass  # broken: the reactor sees the end next
+        elif opcode == OPCODE_CLOSE:
+            self._close_payload = payload
+            if self._watch is not None:
+                self._watch.end(None)
+        elif opcode != OPCODE_PONG:
+            self.report("RECEIVE", self.transport, 0, len(payload), ClientError(f"unexpected frame opcode {opcode}"))
 
     def _reconnect(self, backoff: Backoff) -> bool:
         """Reconnect with backoff, resuming after the last id seen; report RECONNECT with the time from the
@@ -155,9 +230,9 @@ class WebSocketClient(ChatClient):
             self._pending.pop(key, None)
             self.report("SEND", self.transport, (time.time() - key[1]) * 1000, 0, error)
 
-    def _on_frame(self, data: bytes | str, received_at: float) -> None:
+    def _on_frame(self, data: bytes, received_at: float) -> None:
         try:
-            frame = json.loads(data)
+            frame = orjson.loads(data)
             kind = frame.get("type")
         except (ValueError, AttributeError):
             self.report("RECEIVE", self.transport, 0, len(data), ClientError(f"frame is not a JSON object: {data[:200]!r}"))
@@ -176,7 +251,13 @@ class WebSocketClient(ChatClient):
         else:
             self.report("RECEIVE", self.transport, 0, len(data), ClientError(f"unexpected frame type {kind!r}"))
 
+    def _stop_watching(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()  # before the socket closes: its descriptor number may be reused at once
+
     def _drop_socket(self) -> None:
+        self._stop_watching()
         ws, self._ws = self._ws, None
         if ws is not None:
             try:
@@ -186,6 +267,7 @@ class WebSocketClient(ChatClient):
 
     def _disconnect(self) -> None:
         self._unsent.clear()  # closing: what was never sent is not a failure of the server
+        self._stop_watching()
         ws, self._ws = self._ws, None
         if ws is None:
             return
