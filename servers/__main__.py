@@ -64,11 +64,21 @@ def add_knobs(parser, knobs) -> None:
             parser.add_argument(knob.cli_flag, dest=dest(knob), action=argparse.BooleanOptionalAction,
                                 default=knob.default, help=knob.help)
         elif knob.kind is tuple:
-            parser.add_argument(knob.cli_flag, dest=dest(knob), action="append", default=list(knob.default),
+            parser.add_argument(knob.cli_flag, dest=dest(knob), action=_Items, default=list(knob.default),
                                 metavar="VALUE", help=knob.help)
         else:
             parser.add_argument(knob.cli_flag, dest=dest(knob), type=knob.kind, default=knob.default,
                                 help=knob.help, metavar=_metavar(knob.name, knob.kind))
+
+
+class _Items(argparse.Action):
+    """A repeatable flag whose values replace its default (argparse's "append" would add to a non-empty one)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest)
+        if items is self.default:
+            items = []
+        setattr(namespace, self.dest, [*items, values])
 
 
 def _metavar(name: str, kind: type) -> str:

@@ -381,9 +381,11 @@ METER = web.AppKey("meter", Meter)
 # (family, name, help, Tally attribute): the per-label figures, exported in this order.
 _PER_LABEL = (
     (CounterMetricFamily, "rtlab_wire_received_bytes",
-     "TCP payload bytes received: request heads and bodies, and every frame a transport reads after a handshake.", "wire_received_bytes"),
+     "TCP payload bytes received: request heads and bodies, and every frame a transport reads after a handshake "
+     "(a UDP transport: every datagram's payload too).", "wire_received_bytes"),
     (CounterMetricFamily, "rtlab_wire_sent_bytes",
-     "TCP payload bytes written: response heads and bodies, frames, streamed events, heartbeats.", "wire_sent_bytes"),
+     "TCP payload bytes written: response heads and bodies, frames, streamed events, heartbeats (a UDP transport: "
+     "every datagram's payload too).", "wire_sent_bytes"),
     (CounterMetricFamily, "rtlab_connections_opened",
      "Connections opened, counted under the label of their first request.", "connections_opened"),
     (GaugeMetricFamily, "rtlab_connections_open",

@@ -24,6 +24,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from . import rtc
 from .settings import Knob, Value
 
 STATIC = Path(__file__).with_name("static")
@@ -56,6 +57,9 @@ class Transport:
     packages: tuple[str, ...] = ()  # distributions whose versions a run's manifest records (a peer's library)
     member: str = ""  # its Locust user class, when several entries share a client class (default: from it)
     counts_payload: bool = True  # its server counts the delivered messages' own bytes (a peer does not: absent)
+    # What its members' bytes travel on: "tcp", or "udp" (WebRTC: datagrams, counted at the server's ICE sockets, which
+    # a TCP capture or a TCP proxy does not see).
+    carrier: str = "tcp"
     # The transport's own expected mean delivery latency from its profile knobs, where theory gives one
     # (short polling: half the poll interval); shown beside the measured mean.
     theory_latency_ms: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
@@ -252,6 +256,46 @@ register(Transport(
              flag="--sse-max-stream"),
     ),
     max_silence_s=lambda knobs: float(knobs["sse_heartbeat_s"]),
+))
+
+
+def _webrtc_knobs(prefix: str, what: str) -> tuple[Knob, ...]:
+    flag = "--" + prefix.replace("_", "-")
+    return (
+        Knob(f"{prefix}_max_peers", 1000, f"{what} peer connections held at once (connecting or open); beyond, an "
+             "offer is answered 503", low=1, high=1_000_000),
+        Knob(f"{prefix}_connect_timeout_s", 10.0, f"{what}: a peer connection whose chat channel is not open this "
+             "long after the offer is closed, s", low=0, low_open=True, high=600, flag=f"{flag}-connect-timeout"),
+        Knob(f"{prefix}_send_queue", 1024, f"{what}: messages queued per data channel (beyond its SCTP buffer) "
+             "before it is closed (1013)", low=1, high=1_000_000),
+        Knob(f"{prefix}_ice_addresses", rtc.LOOPBACK, f"{what}: the addresses ICE offers host candidates on "
+             "(repeatable; no other address of the machine, no STUN, no TURN)", flag=f"{flag}-ice-address",
+             validate=rtc.check_addresses),
+    )
+
+
+register(Transport(
+    name="webrtc",
+    label="WebRTC data channel",
+    colour="#E69F00",
+    server="servers.webrtc:WebRTC",
+    client="clients.webrtc:WebRTCClient",
+    browser=STATIC / "transports" / "webrtc.js",
+    summary="one SDP offer and answer over HTTP, then a reliable, ordered data channel over UDP (ICE, DTLS, SCTP)",
+    server_knobs=_webrtc_knobs("webrtc", "WebRTC"),
+    carrier="udp",
+))
+
+register(Transport(
+    name="webrtc-unreliable",
+    label="WebRTC, unreliable",
+    colour="#56B4E9",
+    server="servers.webrtc:UnreliableWebRTC",
+    client="clients.webrtc:UnreliableWebRTCClient",
+    browser=STATIC / "transports" / "webrtc.js",
+    summary="as WebRTC, but the data channel is unordered and never retransmits: a lost datagram's message stays lost",
+    server_knobs=_webrtc_knobs("webrtc_unreliable", "WebRTC, unreliable"),
+    carrier="udp",
 ))
 
 

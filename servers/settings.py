@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ class Knob:
     experiment: bool = True  # may an experiment's [server] table set it (the runner sets host, port, ...)
     choices: tuple = ()  # the values it may take, when they are few
     required: bool = False  # no default: a file must give it
+    # A last check of the typed value, where type and bounds do not say enough (each item an IP address, say):
+    # returns the value, or raises ValueError saying what is wrong.
+    validate: Callable[[Value], Value] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def kind(self) -> type:
@@ -47,6 +51,15 @@ class Knob:
 
     def check(self, value: object) -> Value:
         """Return `value` as this knob's type, or raise ValueError naming the knob and the bound."""
+        checked = self._typed(value)
+        if self.validate is None or checked is None:
+            return checked
+        try:
+            return self.validate(checked)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}") from None
+
+    def _typed(self, value: object) -> Value:
         kind = self.kind
         if value is None and self.default is None and not self.required:
             return None

@@ -137,11 +137,103 @@ class EventStreamReceiver(Receiver):
                 self.retry_ms = int(value)
 
 
+class DatagramCount:
+    """UDP datagrams one peer's sockets sent and received, and their sizes (their payload, as the kernel carries it)."""
+
+    def __init__(self) -> None:
+        self.sent = self.received = 0
+        self.sent_bytes = self.received_bytes = 0
+
+
+def count_datagrams(pc) -> DatagramCount:
+    """Count `pc`'s datagrams at its own sockets, apart from servers.rtc's meter: wrap the send and the receive of
+    every aioice socket protocol of its ICE transport. Call it after its candidates are gathered, before it
+    connects."""
+    count = DatagramCount()
+    connection = pc.sctp.transport.transport.iceGatherer._connection  # aioice's Connection (private: a test's view)
+    for protocol in connection._protocols:
+        transport, receive = protocol.transport, protocol.datagram_received
+
+        def sendto(data, addr=None, _send=transport.sendto):
+            count.sent += 1
+            count.sent_bytes += len(data)
+            _send(data, addr)
+
+        def datagram_received(data, addr, _receive=receive):
+            count.received += 1
+            count.received_bytes += len(data)
+            _receive(data, addr)
+
+        transport.sendto = sendto
+        protocol.datagram_received = datagram_received
+    return count
+
+
+class WebRTCReceiver(Receiver):
+    """An aiortc peer in the test's event loop: offers one data channel, `chat` (unordered and never retransmitted
+    when `unreliable`), POSTs the offer, and collects the {"type": "message"} messages the channel brings.
+
+    `datagrams` counts the UDP datagrams its own sockets sent and received (count_datagrams)."""
+
+    unreliable = False
+    pc = None
+    channel = None
+
+    def __init__(self, *args, query: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.query = query
+        self.datagrams: DatagramCount | None = None
+        self.others: list[dict] = []  # what arrived that is not a message: {"type": "error"}, {"type": "close"}
+        self.closed = asyncio.Event()
+
+    async def _run(self) -> None:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        from servers import rtc
+
+        self.pc = pc = RTCPeerConnection(rtc.configuration())
+        options = {"ordered": False, "maxRetransmits": 0} if self.unreliable else {}
+        self.channel = channel = pc.createDataChannel("chat", **options)
+        channel.on("open", self.ready.set)
+        channel.on("message", self._on_message)
+        channel.on("close", self.closed.set)
+        with rtc.gathering():
+            await pc.setLocalDescription(await pc.createOffer())
+        self.datagrams = count_datagrams(pc)
+        url = f"{self.url}/webrtc?since={self.since}{self.query}"
+        async with self.session.post(url, json={"type": "offer", "sdp": pc.localDescription.sdp}) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        await pc.setRemoteDescription(RTCSessionDescription(**answer))
+        await self.closed.wait()
+
+    def _on_message(self, data) -> None:
+        body = json.loads(data)
+        if body.get("type") == "message":
+            body.pop("type")
+            self.received.append(body)
+        else:
+            self.others.append(body)
+
+    def send(self, user: str, text: str, sent_at: float | None = None) -> None:
+        self.channel.send(json.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at}))
+
+    async def close(self) -> None:
+        if self.pc is not None:
+            await self.pc.close()
+
+
+class UnreliableWebRTCReceiver(WebRTCReceiver):
+    unreliable = True
+
+
 RECEIVERS: dict[str, type[Receiver]] = {
     "short-polling": PollReceiver,
     "long-polling": LongPollReceiver,
     "websocket": WebSocketReceiver,
     "sse": EventStreamReceiver,
+    "webrtc": WebRTCReceiver,
+    "webrtc-unreliable": UnreliableWebRTCReceiver,
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import TRANSPORTS, UNIT
 
 POLLING = ("short-polling", "long-polling")
+WEBRTC = ("webrtc", "webrtc-unreliable")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ WS_UPGRADE = (
     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ("Sec-WebSocket-Version", "13"),
 )
+
+W = "/rooms/r/webrtc"
+SDP_HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+SDP_NO_MEDIA = SDP_HEAD
+SDP_AUDIO = SDP_HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:0 PCMU/8000\r\n"
+SDP_NO_ICE = SDP_HEAD + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
 
 PROBES = [
     # POST bodies
@@ -107,6 +114,30 @@ PROBES = [
     Probe("Last-Event-ID huge", "GET", "/rooms/r/events", only=("sse",),
           headers=(("Last-Event-ID", "9" * 20),)),
     Probe("POST to events", "POST", "/rooms/r/events", body({}), 405, only=("sse",)),
+    # WebRTC signaling: refused before any peer connection is made
+    Probe("offer not JSON", "POST", W, b'{"type": "offer", "sdp":', only=WEBRTC),
+    Probe("offer a JSON array", "POST", W, b"[]", only=WEBRTC),
+    Probe("offer without sdp", "POST", W, body({"type": "offer"}), only=WEBRTC),
+    Probe("offer sdp a number", "POST", W, body({"type": "offer", "sdp": 7}), only=WEBRTC),
+    Probe("offer sdp empty", "POST", W, body({"type": "offer", "sdp": ""}), only=WEBRTC),
+    Probe("offer without type", "POST", W, body({"sdp": SDP_NO_MEDIA}), only=WEBRTC),
+    Probe("an answer where the offer belongs", "POST", W, body({"type": "answer", "sdp": SDP_NO_MEDIA}), only=WEBRTC),
+    Probe("offer with an unknown field", "POST", W, body({"type": "offer", "sdp": SDP_NO_MEDIA, "x": 1}), only=WEBRTC),
+    Probe("offer sdp not SDP", "POST", W, body({"type": "offer", "sdp": "hello"}), only=WEBRTC),
+    Probe("offer sdp that does not parse", "POST", W, body({"type": "offer", "sdp": "v=0\r\nm=audio x\r\n"}),
+          only=WEBRTC),
+    Probe("offer without a media section", "POST", W, body({"type": "offer", "sdp": SDP_NO_MEDIA}), only=WEBRTC),
+    Probe("offer with audio", "POST", W, body({"type": "offer", "sdp": SDP_AUDIO}), only=WEBRTC),
+    Probe("offer without ICE credentials", "POST", W, body({"type": "offer", "sdp": SDP_NO_ICE}), only=WEBRTC),
+    Probe("offer as text/plain", "POST", W, body({"type": "offer", "sdp": SDP_NO_MEDIA}), 415, only=WEBRTC,
+          headers=(("Content-Type", "text/plain"),)),
+    Probe("offer over 64 KiB", "POST", W, body({"type": "offer", "sdp": "v=0\r\n" + "a=x\r\n" * 20_000}), 413,
+          only=WEBRTC),
+    Probe("offer on an invalid room", "POST", "/rooms/bad!room/webrtc", body({}), only=WEBRTC),
+    Probe("offer since negative", "POST", f"{W}?since=-1", body({}), only=WEBRTC),
+    Probe("offer since not a number", "POST", f"{W}?since=x", body({}), only=WEBRTC),
+    Probe("offer channel unknown", "POST", f"{W}?channel=sometimes", body({}), only=WEBRTC),
+    Probe("GET the signaling route", "GET", W, status=404, only=WEBRTC),
 ]
 
 

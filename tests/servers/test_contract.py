@@ -87,6 +87,8 @@ OWN_ROUTE = {
     "long-polling": "/rooms/r/messages?since=0",
     "websocket": "/rooms/r/ws",
     "sse": "/rooms/r/events?since=0",
+    "webrtc": "/rooms/r/webrtc",  # a POST route (the offer): a GET here is 404 wherever WebRTC is not mounted
+    "webrtc-unreliable": "/rooms/r/webrtc",
 }
 
 

@@ -1,0 +1,186 @@
+"""WebRTC on the lab's terms, for the server, the client and the tests: ICE on the given addresses only
+(loopback by default; no STUN, no TURN), and every UDP datagram of a metered peer connection counted.
+
+aioice gathers a host candidate on every address of the machine except 127.0.0.1 (`aioice.ice.
+get_host_addresses`), so out of the box a lab peer would offer its LAN and Wi-Fi addresses and could not
+use loopback at all. `install()` replaces that function with one that returns exactly the addresses in
+force: those of the innermost `gathering(addresses)` block, else the process default (`use_addresses`,
+["127.0.0.1"] unless told). It also makes every aioice socket protocol a `MeteredStunProtocol`, which counts
+each datagram it receives and each one it hands to its socket (STUN, DTLS and SCTP alike: the whole UDP
+payload) into the `DatagramMeter` that was in force when the peer connection gathered its candidates.
+
+Both choices travel with the gathering coroutine as context variables (a `with gathering(...)` around
+`await pc.setLocalDescription(...)`), not in module state, so two servers, or a server and its test
+client, in one process each get their own addresses and their own counts. Use `configuration()` for every
+RTCPeerConnection, so no STUN server is ever asked (aiortc asks Google's by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+LOOPBACK = ("127.0.0.1",)
+
+
+class DatagramMeter(Protocol):
+    """Where a peer connection's UDP datagrams are counted (their payload, the bytes the socket carries)."""
+
+    def datagram_received(self, size: int) -> None: ...
+
+    def datagram_sent(self, size: int) -> None: ...
+
+
+_default_addresses: tuple[str, ...] = LOOPBACK
+_addresses: ContextVar[tuple[str, ...] | None] = ContextVar("rtlab_ice_addresses", default=None)
+_meter: ContextVar[DatagramMeter | None] = ContextVar("rtlab_datagram_meter", default=None)
+_installed = False
+
+
+def check_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """Return `addresses` as a tuple of IP address literals (not wildcards); raise ValueError otherwise."""
+    checked = []
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"ICE address {address!r} is not an IP address") from None
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(f"ICE address {address!r} must be one address of this host, not {ip}")
+        checked.append(str(ip))
+    if not checked:
+        raise ValueError("at least one ICE address is needed")
+    return tuple(checked)
+
+
+def use_addresses(addresses: Iterable[str] = LOOPBACK) -> tuple[str, ...]:
+    """Make `addresses` the process default for host candidates (a client's, say); install(); return them."""
+    global _default_addresses
+    _default_addresses = check_addresses(addresses)
+    install()
+    return _default_addresses
+
+
+def addresses_in_force() -> tuple[str, ...]:
+    return _addresses.get() or _default_addresses
+
+
+@contextlib.contextmanager
+def gathering(addresses: Iterable[str] | None = None, meter: DatagramMeter | None = None) -> Iterator[None]:
+    """Within: peer connections gather host candidates on `addresses` only (default: the process default), and
+    count their datagrams into `meter` for as long as they live. Wrap `await pc.setLocalDescription(...)`."""
+    install()
+    address_token = _addresses.set(check_addresses(addresses) if addresses is not None else None)
+    meter_token = _meter.set(meter)
+    try:
+        yield
+    finally:
+        _meter.reset(meter_token)
+        _addresses.reset(address_token)
+
+
+def configuration():
+    """The RTCConfiguration of every lab peer connection: no ICE servers (no STUN, no TURN; aiortc's default
+    would ask stun.l.google.com)."""
+    from aiortc import RTCConfiguration
+
+    return RTCConfiguration(iceServers=[])
+
+
+def install() -> None:
+    """Make aioice gather only the addresses in force and count metered datagrams (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = _host_addresses
+    aioice.ice.StunProtocol = _metered_protocol_class(aioice.ice.StunProtocol)
+    _installed = True
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's get_host_addresses, for the lab: exactly the addresses in force (of the families asked for)."""
+    return [a for a in addresses_in_force()
+            if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
+
+
+class MeteredDatagramTransport:
+    """A datagram transport that counts what is handed to its socket, for MeteredStunProtocol."""
+
+    __slots__ = ("_transport", "_meter")
+
+    def __init__(self, transport: asyncio.DatagramTransport, meter: DatagramMeter) -> None:
+        self._transport = transport
+        self._meter = meter
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self._transport.sendto(data, addr)
+        self._meter.datagram_sent(len(data))
+
+    def __getattr__(self, name: str) -> Any:  # close, get_extra_info, abort, ...: the real transport's
+        return getattr(self._transport, name)
+
+
+def _metered_protocol_class(base: type) -> type:
+    class MeteredStunProtocol(base):
+        """aioice's socket protocol, counting each datagram into the meter in force when it was made."""
+
+        def __init__(self, receiver: Any) -> None:
+            super().__init__(receiver)
+            self.rtlab_meter = _meter.get()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            meter = self.rtlab_meter
+            super().connection_made(MeteredDatagramTransport(transport, meter) if meter is not None else transport)
+
+        def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+            meter = self.rtlab_meter
+            if meter is not None:
+                meter.datagram_received(len(data))
+            super().datagram_received(data, addr)
+
+    MeteredStunProtocol.__qualname__ = MeteredStunProtocol.__name__ = "MeteredStunProtocol"
+    return MeteredStunProtocol
+
+
+def candidate_addresses(sdp: str) -> list[str]:
+    """The connection addresses of the `a=candidate:` lines of `sdp` (RFC 8839 §5.1: the fifth field)."""
+    found = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line[len("a=candidate:"):].split()
+            if len(fields) >= 5:
+                found.append(fields[4])
+    return found
+
+
+def without_unresolvable_candidates(sdp: str) -> str:
+    """`sdp` without candidates whose address is not an IP literal (an mDNS `.local` name, as browsers offer):
+    resolving one would make aioice join the mDNS multicast group on every interface. The peer's checks still
+    reach our own candidates, and ICE learns its address from them (a peer-reflexive candidate); for that ICE
+    must not be told that the candidates are complete, or with none left it fails at once: when a candidate is
+    dropped, so is `a=end-of-candidates` (the connect timeout bounds the wait instead)."""
+    kept, dropped = [], False
+    for line in sdp.splitlines(keepends=True):
+        if line.startswith("a=candidate:"):
+            fields = line[len("a=candidate:"):].split()
+            if len(fields) < 5 or not _is_ip(fields[4]):
+                dropped = True
+                continue
+        kept.append(line)
+    if dropped:
+        kept = [line for line in kept if not line.startswith("a=end-of-candidates")]
+    return "".join(kept)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
