@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     try:
         run_dir = run_experiment(experiment, Path(a.out), a.quick, a.quiet)
+    except SpecError as error:  # what this machine cannot run (a [network] without root, nft or netem)
+        print(f"python -m experiments: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: every process was stopped; partial results are kept", file=sys.stderr)
         return 130

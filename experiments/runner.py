@@ -26,7 +26,7 @@ from pathlib import Path
 from servers import registry
 from servers.config import server_settings
 
-from . import figures
+from . import figures, network
 from .spec import Experiment, Point
 from .summary import SUMMARY_COLUMNS, add_ratios, summarize_point
 from .supervisor import Group, start_server
@@ -296,6 +296,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     """Run every point of `experiment`; write results/<UTC timestamp>-<name>/ and point results/latest at it."""
     if quick:
         experiment = experiment.quick()
+    network.preflight(experiment)  # a [network] this machine cannot give: SpecError (exit 2) before anything starts
     experiment = dataclasses.replace(experiment, source=repo_relative(experiment.source))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / f"{stamp}-{experiment.name}"
@@ -326,12 +327,14 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     try:
         for index, point in enumerate(points, 1):
             point_dir = run_dir / point.slug
-            info = run_point(experiment, point, index, point_dir, pinning, display)
+            # With a [network]: the point's processes and the runner's requests in a namespace of its own, impaired.
+            with network.impaired(point.network, f"rtlab-{os.getpid()}-{index}") as netns:
+                info = run_point(experiment, point, index, point_dir, pinning, display)
             row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes)
             rows.append(row)
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
                                        "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
-                                       "cluster": info["cluster"],
+                                       "cluster": info["cluster"], "network": netns.facts if netns else None,
                                        "observer": {"sampler_cpu_percent": row["sampler_cpu_percent"],
                                                     "cpus": pinning.generator},
                                        "window_mono_s": info["window_mono_s"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,13 @@ from servers.config import server_settings
 from servers.settings import Knob, read_toml
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault")
+TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault",
+            "network")
 CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
+# [network]: the impairment of the point's own network namespace (experiments/network.py, docs/network.md).
+NETWORK_KEYS = ("loss_percent", "rate_mbit", "delay_ms", "jitter_ms")
+LOSS_STEP_PERCENT = 0.01  # the drop rule compares a random number mod 10 000: hundredths of a per cent
 
 def server_keys() -> dict[str, Knob]:
     """The settings an experiment's [server] table may fix: the server's own that allow it and every
@@ -45,10 +50,13 @@ class Experiment:
     source: str = ""
     cluster: dict[str, tuple] = field(default_factory=dict)  # instances, modes: several instances behind HAProxy
     fault: dict[str, object] = field(default_factory=dict)  # kind, at_s, instance (1-based)
+    # [network] and its swept keys: None runs on the machine's loopback; a dict (empty too) runs each point in a
+    # network namespace of its own with that impairment (experiments/network.py).
+    network: dict[str, float] | None = None
 
     @property
     def point_keys(self) -> list[str]:
-        """The parameters that tell points apart: the swept profile keys, then the cluster's."""
+        """The parameters that tell points apart: the swept profile and network keys, then the cluster's."""
         return [*self.sweep, *(["instances", "mode"] if self.cluster else [])]
 
     def points(self) -> list[Point]:
@@ -60,11 +68,13 @@ class Experiment:
         out = []
         for values in combos:
             swept = dict(zip(keys, values, strict=True))
-            profile = self.profile.replace(**swept)
+            profile = self.profile.replace(**{k: v for k, v in swept.items() if k not in NETWORK_KEYS})
+            network = None if self.network is None else \
+                {**self.network, **{k: float(v) for k, v in swept.items() if k in NETWORK_KEYS}}
             for cluster in clusters:
                 for repeat in range(1, self.repeats + 1):
                     for transport in self.transports:
-                        out.append(Point(transport, repeat, {**swept, **cluster}, profile))
+                        out.append(Point(transport, repeat, {**swept, **cluster}, profile, network))
         return out
 
     def quick(self) -> Experiment:
@@ -93,6 +103,7 @@ class Experiment:
             "server": dict(self.server),
             "cluster": {k: list(v) for k, v in self.cluster.items()},
             "fault": dict(self.fault),
+            "network": None if self.network is None else dict(self.network),
             "source": self.source,
         }
 
@@ -103,6 +114,7 @@ class Point:
     repeat: int
     swept: dict[str, object]
     profile: Profile
+    network: dict[str, float] | None = None  # the impairment at this point ([network] with its swept keys)
 
     @property
     def slug(self) -> str:
@@ -160,13 +172,17 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
         raise fail("sweep", "must be a table of lists")
     sweep: dict[str, tuple] = {}
     for key, values in sweep_data.items():
-        if key not in profile_keys():
-            raise fail(f"sweep.{key}", f"not a profile key; the keys are {', '.join(profile_keys())}")
+        if key not in profile_keys() and key not in NETWORK_KEYS:
+            raise fail(f"sweep.{key}", f"not a profile or network key; the keys are "
+                                       f"{', '.join([*profile_keys(), *NETWORK_KEYS])}")
         if not isinstance(values, list) or not values:
             raise fail(f"sweep.{key}", "must be a non-empty list")
         if len(set(map(repr, values))) != len(values):
             raise fail(f"sweep.{key}", "lists a value twice")
         for value in values:
+            if key in NETWORK_KEYS:
+                network_value(key, value, lambda p, key=key: fail(f"sweep.{key}", p))
+                continue
             try:
                 profile.replace(**{key: value})
             except (ProfileError, TypeError) as error:
@@ -188,8 +204,49 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
 
     cluster = _cluster(data.get("cluster", {}), fail)
     fault = _fault(data.get("fault", {}), cluster, profile, fail)
+    network = _network(data.get("network"), sweep, fail)
     return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source,
-                      cluster, fault)
+                      cluster, fault, network)
+
+
+def network_value(key: str, value: object, fail) -> float:
+    """Check one [network] value (or a swept one) and return it as a float; raise `fail(problem)` if bad."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise fail(f"must be a number, got {value!r}")
+    value = float(value)
+    if key == "loss_percent":
+        if not 0 <= value <= 100:
+            raise fail(f"must be from 0 to 100 (per cent of packets dropped), got {value:g}")
+        if abs(value / LOSS_STEP_PERCENT - round(value / LOSS_STEP_PERCENT)) > 1e-6:
+            raise fail(f"is applied in steps of {LOSS_STEP_PERCENT} %, got {value:g}")
+    elif key == "rate_mbit":
+        if not 0 < value <= 100_000:
+            raise fail(f"must be more than 0 and at most 100000 Mbit/s, got {value:g}")
+    elif not 0 <= value <= 60_000:  # delay_ms, jitter_ms
+        raise fail(f"must be from 0 to 60000 ms, got {value:g}")
+    return value
+
+
+def _network(data: object, sweep: dict[str, tuple], fail) -> dict[str, float] | None:
+    """[network] as {key: float}, or None when the file neither has the table nor sweeps one of its keys. A swept
+    key's values replace its value here at each point, as a swept profile key's replace [profile]'s."""
+    if data is None and not any(k in NETWORK_KEYS for k in sweep):
+        return None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise fail("network", f"must be a table with {', '.join(NETWORK_KEYS)}")
+    unknown = sorted(set(data) - set(NETWORK_KEYS))
+    if unknown:
+        raise fail(f"network.{unknown[0]}", f"unknown key; the keys are {', '.join(NETWORK_KEYS)}")
+    network = {key: network_value(key, value, lambda p, key=key: fail(f"network.{key}", p))
+               for key, value in data.items()}
+    # Jitter varies the delay around delay_ms: it needs a delay at every point, and no more than it.
+    delays = sweep.get("delay_ms", (network.get("delay_ms", 0.0),))
+    jitters = sweep.get("jitter_ms", (network.get("jitter_ms", 0.0),))
+    if max(jitters) > 0 and max(jitters) > min(delays):
+        where = "sweep.jitter_ms" if "jitter_ms" in sweep else "network.jitter_ms"
+        raise fail(where, f"must be at most delay_ms at every point ({min(delays):g} ms), got {max(jitters):g}")
+    return network
 
 
 def _cluster(data: object, fail) -> dict[str, tuple]:
