@@ -44,6 +44,10 @@ class Profile:
                                              low=1, high=7 * 24 * 3600))
     warmup_s: float = field(metadata=setting('the first part of the run, left out of the HDR histogram and named '
                                              '"[warm-up]" in Locust', value_type=float, low=0))
+    room_size: int = field(default=0, metadata=setting(
+        "members per room: when > 0, rooms follows the users (rooms = users / room_size, rounded up), so a sweep "
+        "of users adds rooms of this size instead of growing the rooms; 0: `rooms` as given", value_type=int,
+        low=0, high=100_000))
     knobs: dict[str, object] = field(default_factory=dict)  # the transports' own keys, defaults filled in
 
     def __post_init__(self) -> None:
@@ -52,6 +56,8 @@ class Profile:
                 object.__setattr__(self, knob.name, knob.check(getattr(self, knob.name)))
             except ValueError as error:
                 raise ProfileError(str(error)) from None
+        if self.room_size:
+            object.__setattr__(self, "rooms", -(-self.users // self.room_size))
         if self.rooms > self.users:
             raise ProfileError(f"rooms must not exceed users ({self.users}), got {self.rooms}: a room would be empty")
         if self.warmup_s >= self.duration_s:
@@ -75,6 +81,16 @@ class Profile:
     def room_for(self, member_index: int) -> str:
         """Return the room of the member-th member: members are dealt round-robin, so rooms differ by at most one."""
         return f"room-{member_index % self.rooms}"
+
+    def room_sizes(self) -> list[int]:
+        """The members of each room at full load (round robin: they differ by at most one)."""
+        small, extra = divmod(self.users, self.rooms)
+        return [small + 1] * extra + [small] * (self.rooms - extra)
+
+    def offered_deliveries_per_s(self) -> float:
+        """The deliveries per second this profile asks for: each member's sends reach every other member of its
+        room (the DELIVER count; a member's own echo is not one), rooms at full load."""
+        return self.messages_per_second * sum(n * (n - 1) for n in self.room_sizes())
 
     def replace(self, **changes: object) -> Profile:
         """Return a copy with `changes` (common keys or transports' keys) applied and validated again."""
@@ -106,11 +122,11 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
     unknown = sorted(set(data) - set(keys()))
     if unknown:
         raise ProfileError(f"{source}: unknown key {unknown[0]!r}; the keys are {', '.join(keys())}")
-    missing = [key for key in COMMON_KEYS if key not in data]
+    missing = [knob.name for knob in COMMON if knob.required and knob.name not in data]
     if missing:
         raise ProfileError(f"{source}: missing key {missing[0]!r}")
     try:
-        return Profile(**{k: data[k] for k in COMMON_KEYS}, knobs={k: v for k, v in data.items() if k not in COMMON_KEYS})
+        return Profile(**{k: data[k] for k in COMMON_KEYS if k in data}, knobs={k: v for k, v in data.items() if k not in COMMON_KEYS})
     except ProfileError as error:
         raise ProfileError(f"{source}: {error}") from None
 

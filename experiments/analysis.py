@@ -17,6 +17,7 @@ from . import figures
 from .plots import (  # noqa: F401  (the notebooks' helpers, reached through this one import)
     FIGURE_DPI,
     PARAMETER_LABELS,
+    dodge,
     figure_label,
     legend,
     log_axis,
@@ -137,8 +138,9 @@ class Run:
                 return "{" + ", ".join(fmt.format(v) for v in sweep[key]) + "}"
             return fmt.format(p[key])
 
+        rooms = f"rooms of {value('room_size', '{:,}')}" if p.get("room_size") else f"{value('rooms', '{:,}')} rooms"
         parts = [
-            f"{value('users', '{:,}')} members in {value('rooms', '{:,}')} rooms",
+            f"{value('users', '{:,}')} members in {rooms}",
             f"{value('messages_per_second', '{:g}')} msg/s each ({p['arrival']})",
             f"{value('message_bytes', '{:,}')} B texts",
         ]
@@ -175,14 +177,28 @@ class Run:
             mask &= frame[key] == value
         return frame[mask]
 
-    def capacity(self, p99_limit_ms: float = figures.CAPACITY_P99_MS) -> dict[str, float]:
-        """Return each transport's capacity in users (figures.capacity over this run's points)."""
-        rows = [
-            {"transport": r.transport, "users": r.users, "latency_p99_ms": r.latency_p99_ms,
-             "lost": r.messages_lost, "generator_saturated": r.generator_saturated}
-            for r in self.points.itertuples()
-        ]
-        return figures.capacity(rows, p99_limit_ms)
+    def capacity(self, load_key: str | None = None) -> dict[str, figures.Capacity]:
+        """Each transport's capacity over this run's sweep of `load_key` (default: users, else the message rate,
+        whichever was swept), by figures.capacity's criterion; {} when neither was swept."""
+        load_key = load_key or next((k for k in CAPACITY_LOADS if k in self.swept), None)
+        if load_key is None:
+            return {}
+        return figures.capacity(capacity_rows(self.points, load_key), load_key)
+
+
+CAPACITY_LOADS = ("users", "messages_per_second")  # what a capacity sweep grows
+
+
+def capacity_rows(points: pd.DataFrame, load_key: str) -> list[dict]:
+    """The summary-row view figures.capacity reads, from analysis points (figure names -> summary columns)."""
+    return [
+        {"transport": r.transport, load_key: getattr(r, load_key), "latency_p99_ms": r.latency_p99_ms,
+         "lost": r.messages_lost, "generator_saturated": r.generator_saturated,
+         "server_cpu_percent": r.server_cpu_share * 100, "delivered_offered_ratio": r.delivered_offered_ratio,
+         "delivered_offered_tolerance": r.delivered_offered_tolerance,
+         "delivered_per_s": r.deliveries_per_second}
+        for r in points.itertuples()
+    ]
 
 
 def load_run(path: str | Path | None = None) -> Run:
@@ -192,6 +208,7 @@ def load_run(path: str | Path | None = None) -> Run:
     swept = point_keys(manifest["experiment"])
     cpus = manifest["machine"].get("cpu_count") or 1
     processes = manifest["experiment"].get("processes", 1)
+    server_cpus = len(manifest.get("pinning", {}).get("server_cpus") or [0])
 
     points, latency, resources, metrics, loop_lag = [], [], [], [], []
     for entry in manifest["points"]:
@@ -204,7 +221,7 @@ def load_run(path: str | Path | None = None) -> Run:
         # The payload of runs from before the server counted it is estimated from the profile; a peer's, whose
         # server does not count it, is absent, never guessed.
         sizes = message_sizes(profile) if counts_payload(entry["transport"]) else {}
-        data = dataclasses.replace(load_run_data(point, point_dir, window, processes), cpus=cpus, **sizes)
+        data = dataclasses.replace(load_run_data(point, point_dir, window, processes, server_cpus), cpus=cpus, **sizes)
         points.append({**ids, **profile.as_dict(), **figures.compute(data), "window_s": window[1] - window[0]})
         latency.append(_latency_frame(data, ids))
         resources.append(_resources_frame(point_dir / "resources.csv", window, ids))
@@ -265,6 +282,79 @@ def ratios(run: Run) -> pd.DataFrame:
     for name in figures.RATIO_FIGURES:
         frame[name] = [r[name] for r in computed]
     return frame
+
+
+def carrier(transport: str) -> str:
+    """Return what `transport`'s members' messages travel on, from its registry entry: "tcp" or "udp" ("" for a
+    transport the registry does not know)."""
+    try:
+        return registry.get(transport).carrier
+    except registry.UnknownTransport:
+        return ""
+
+
+# network_points' columns after the ID columns and swept keys.
+NETWORK_COLUMNS = ["loss_asked_percent", "loss_applied_percent", "packets_seen", "packets_dropped", "dropped_percent",
+                   "tcp_out_segments", "tcp_retransmitted_segments", "retransmitted_percent", "mtu", "drop_rule",
+                   "qdisc"]
+
+
+def network_points(run: Run) -> pd.DataFrame:
+    """Return one row per point that ran in an impaired namespace (empty for a run without [network]): the loss
+    asked for and as the drop rule applies it, the rule and lo's MTU and qdiscs as the kernel read them back, and
+    the kernel's counters at the point's end (experiments/network.py): TCP and UDP packets the rule saw and dropped,
+    TCP segments sent and retransmitted, the two shares in %. The counters cover the whole point, warm-up and the
+    runner's own requests included, not only the measured window."""
+    rows = []
+    for entry in run.manifest["points"]:
+        facts = entry.get("network")
+        if not facts:
+            continue
+        at_end = facts.get("at_end") or {}
+        packets, tcp = at_end.get("packets") or {}, at_end.get("tcp") or {}
+        seen, dropped = packets.get("seen", math.nan), packets.get("dropped", math.nan)
+        sent, resent = tcp.get("out_segments", math.nan), tcp.get("retransmitted_segments", math.nan)
+        # The rule as read back before the point ran, its counters (zero then) left out.
+        rule = next((" ".join(line.replace("counter packets 0 bytes 0", "counter").split())
+                     for line in facts.get("ruleset", "").splitlines() if "numgen" in line), "no drop rule")
+        rows.append({
+            "point": entry["dir"], "transport": entry["transport"], "repeat": entry["repeat"],
+            **{key: entry["swept"][key] for key in run.swept},
+            "loss_asked_percent": (facts.get("requested") or {}).get("loss_percent", math.nan),
+            "loss_applied_percent": (facts.get("applied") or {}).get("loss_percent", math.nan),
+            "packets_seen": seen, "packets_dropped": dropped, "dropped_percent": _percent(dropped, seen),
+            "tcp_out_segments": sent, "tcp_retransmitted_segments": resent,
+            "retransmitted_percent": _percent(resent, sent),
+            "mtu": (facts.get("link") or {}).get("mtu"), "drop_rule": rule, "qdisc": "; ".join(facts.get("qdisc", [])),
+        })
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *run.swept, *NETWORK_COLUMNS])
+
+
+def _percent(part: float, whole: float) -> float:
+    return 100 * part / whole if whole else math.nan
+
+
+def network_text(run: Run) -> str:
+    """Describe the run's impairment in one line, swept keys as their values ("" for a run without [network])."""
+    network = run.experiment.get("network")
+    if network is None:
+        return ""
+    sweep = run.experiment["sweep"]
+
+    def value(key: str) -> str | None:
+        if key in sweep:
+            return "{" + ", ".join(f"{v:g}" for v in sweep[key]) + "}"
+        return f"{network[key]:g}" if network.get(key) is not None else None
+
+    parts = []
+    if value("loss_percent") is not None:
+        parts.append(f"{value('loss_percent')} % of the TCP and UDP packets dropped at random on arrival (nftables)")
+    if value("rate_mbit") is not None:
+        parts.append(f"rate limited to {value('rate_mbit')} Mbit/s (tbf)")
+    if value("delay_ms") is not None and (network.get("delay_ms") or "delay_ms" in sweep):
+        jitter = f" ± {value('jitter_ms')}" if value("jitter_ms") is not None else ""
+        parts.append(f"{value('delay_ms')}{jitter} ms delay each way (netem)")
+    return "each point in a network namespace of its own, " + (", ".join(parts) or "nothing impaired")
 
 
 def message_sizes(profile) -> dict[str, float]:

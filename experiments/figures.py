@@ -158,6 +158,9 @@ class RunData:
     message_json_bytes: float | None = None
     send_json_bytes: float | None = None
     sampler: Samples | None = None  # the resource sampler's own rows (the observer's cost); None: not sampled
+    offered_per_s: float | None = None  # deliveries per second the profile asks for (Profile.offered_deliveries_per_s)
+    offered_sends_per_s: float | None = None  # sends per second it asks for: users x messages_per_second
+    server_cpus: int = 1  # the CPUs the server was pinned to: its CPU share is of these
 
     @classmethod
     def from_scrapes(
@@ -234,7 +237,10 @@ def _figure(unit: str, description: str):
 
 
 GENERATOR_SATURATED = 0.9  # of one core
-CAPACITY_P99_MS = 250.0
+# The server's limits (figures.capacity): each transport is held to its own.
+SERVER_CPU_LIMIT = 0.9  # of the CPUs it is pinned to
+DELIVERED_LIMIT = 0.99  # delivered / offered below this: the senders fell behind or messages queued up
+CAPACITY_P99_MARGIN_MS = 250.0  # p99 this far above the transport's own p99 at the lightest load swept
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -362,6 +368,20 @@ def empty_poll_ratio(run: RunData) -> float:
     return _ratio(run.empty_polls, run.polls)
 
 
+@_figure("ratio", "Server CPU time as a share of the CPUs it was pinned to, over the window: 1.0 is a server at its "
+                  "limit.")
+def server_cpu_share(run: RunData) -> float:
+    return _ratio(run.server.cpu_s, run.server.wall_s * run.server_cpus)
+
+
+@_figure("ratio", "Load generator CPU time as a share of one core per Locust process, over the window (its busiest "
+                  "second is generator_cpu_peak).")
+def generator_cpu_mean(run: RunData) -> float:
+    if run.generator is None:
+        return math.nan
+    return _ratio(run.generator.cpu_s, run.generator.wall_s * run.generator_processes)
+
+
 @_figure("ratio", "Load generator CPU time as a share of the machine's CPU capacity (wall time x CPUs).")
 def generator_cpu_share(run: RunData) -> float:
     if run.generator is None:
@@ -385,6 +405,25 @@ def messages_delivered(run: RunData) -> float:
 @_figure("msg/s", "Deliveries per second of measured time.")
 def deliveries_per_second(run: RunData) -> float:
     return _ratio(messages_delivered(run), run.measured_s or 0)
+
+
+@_figure("msg/s", "Deliveries per second the profile offers: every member's sends times the others in its room.")
+def offered_deliveries_per_second(run: RunData) -> float:
+    return math.nan if run.offered_per_s is None else run.offered_per_s
+
+
+@_figure("ratio", "Deliveries per second measured over those the profile offers: under 1 when the senders fell "
+                  "behind or messages stayed queued (the server, or the generator, could not keep up).")
+def delivered_offered_ratio(run: RunData) -> float:
+    return _ratio(deliveries_per_second(run), offered_deliveries_per_second(run))
+
+
+@_figure("ratio", "How far under 1 delivered/offered may fall by chance alone: three standard deviations of the "
+                  "Poisson count of sends in the window (each send's deliveries rise and fall together).")
+def delivered_offered_tolerance(run: RunData) -> float:
+    if not run.offered_sends_per_s or not run.measured_s:
+        return math.nan
+    return 3 / math.sqrt(run.offered_sends_per_s * run.measured_s)
 
 
 def _completeness(run: RunData, key: str) -> float:
@@ -530,21 +569,80 @@ def peak_cpu_rate(samples: Samples, span_s: float = 1.0) -> float:
     return max((rate for _, rate in cpu_rates(samples, span_s)), default=math.nan)
 
 
-def capacity(rows: Iterable[Mapping[str, object]], p99_limit_ms: float = CAPACITY_P99_MS) -> dict[str, float]:
-    """Return, per transport, the most users at which p99 latency <= the limit, nothing was lost and the
-    generator was not saturated (NaN when no point qualifies). `rows` are summary rows with `users`."""
-    best: dict[str, float] = {}
+@dataclass(frozen=True)
+class Capacity:
+    """One transport's capacity over a sweep of `load_key`: the most load it carried within its limits."""
+
+    transport: str
+    load_key: str  # "users" or "messages_per_second": what the sweep grew
+    load: float  # the highest load it carried within its limits (NaN: not even the lightest)
+    delivered_per_s: float  # its deliveries per second there
+    bound: str  # "server": the next point hit the server's limit; "generator": the generator saturated first;
+    #             "sweep": the sweep ended before any limit
+    reason: str  # what ended it, in words
+    p99_limit_ms: float  # the p99 this transport was held to: its own lightest-load p99 plus the margin
+
+    @property
+    def lower_bound(self) -> bool:
+        """Whether the capacity is only "at least": the generator or the sweep ran out before the server."""
+        return self.bound != "server"
+
+    def sentence(self, unit: str = "members") -> str:
+        if math.isnan(self.load):
+            amount = "under the lightest load swept"
+        else:
+            amount = f"{'≥ ' if self.lower_bound else ''}{self.load:,.6g} {unit} ({self.delivered_per_s:,.0f} deliveries/s)"
+        return f"capacity of {self.transport}: {amount}, {self.bound}-bound: {self.reason}"
+
+
+def _true(value: object) -> bool:
+    return str(value) in ("True", "1", "1.0")
+
+
+def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
+             margin_ms: float = CAPACITY_P99_MARGIN_MS) -> dict[str, Capacity]:
+    """Each transport's capacity from summary rows of a sweep of `load_key`, lightest load first.
+
+    A point is within the server's limits while its CPU stays under SERVER_CPU_LIMIT of its core, it delivers
+    at least DELIVERED_LIMIT of what the profile offers (less a short window's chance shortfall), nothing is lost, and its p99 stays within `margin_ms`
+    of the transport's own p99 at the lightest load (short polling's p99 is about its interval T by design,
+    so it is held to T + margin, not to a fixed 250 ms). Walking up the loads, the first point outside them
+    ends the walk: the capacity is the load before it, server-bound. A point where the generator saturated
+    ends it too, and then the capacity is only a lower bound (generator-bound), never the capacity.
+    """
+    by_transport: dict[str, list[Mapping[str, object]]] = {}
     for row in rows:
-        transport = str(row["transport"])
-        best.setdefault(transport, math.nan)
-        ok = (
-            float(row["latency_p99_ms"]) <= p99_limit_ms
-            and float(row["lost"]) == 0
-            and str(row["generator_saturated"]) not in ("True", "1", "1.0")
-        )
-        if ok and (math.isnan(best[transport]) or float(row["users"]) > best[transport]):
-            best[transport] = float(row["users"])
-    return best
+        by_transport.setdefault(str(row["transport"]), []).append(row)
+    out = {}
+    for transport, points in by_transport.items():
+        points = sorted(points, key=lambda r: float(r[load_key]))
+        baseline = float(points[0]["latency_p99_ms"])
+        p99_limit = baseline + margin_ms
+        load, rate, bound, reason = math.nan, math.nan, "sweep", "no limit reached within the sweep"
+        for row in points:
+            at = f"at {float(row[load_key]):,.6g}"
+            if _true(row.get("generator_saturated")):
+                bound, reason = "generator", f"the load generator saturated its core {at}"
+                break
+            problems = []
+            cpu = _number(row.get("server_cpu_percent"))
+            if cpu >= SERVER_CPU_LIMIT * 100:
+                problems.append(f"server CPU {cpu:.0f} % of its core")
+            ratio = _number(row.get("delivered_offered_ratio"))
+            # A short window of Poisson sends misses the offered rate by chance: allow for that, no more.
+            if ratio < min(DELIVERED_LIMIT, 1 - (_number(row.get("delivered_offered_tolerance")) or 0)):
+                problems.append(f"delivered {ratio:.1%} of the offered")
+            if _number(row.get("lost")) > 0:
+                problems.append(f"{_number(row.get('lost')):,.0f} lost")
+            p99 = float(row["latency_p99_ms"])
+            if p99 > p99_limit:
+                problems.append(f"p99 {p99:,.0f} ms > {p99_limit:,.0f} ms")
+            if problems:
+                bound, reason = "server", f"{', '.join(problems)} {at}"
+                break
+            load, rate = float(row[load_key]), _number(row.get("delivered_per_s"))
+        out[transport] = Capacity(transport, load_key, load, rate, bound, reason, p99_limit)
+    return out
 
 
 # The figures a peer is compared on, each divided by its rtlab transport's at the same point (rtlab = 1.0).

@@ -75,6 +75,11 @@ PARAMETER_LABELS = {
     "spawn_rate": "members started per second (1/s)",
     "duration_s": "run length (s)",
     "warmup_s": "warm-up (s)",
+    # [network] keys (docs/network.md), swept like profile keys
+    "loss_percent": "packets dropped at random (%)",
+    "rate_mbit": "rate limit (Mbit/s)",
+    "delay_ms": "added delay each way (ms)",
+    "jitter_ms": "delay jitter (ms)",
 }
 
 
@@ -99,6 +104,18 @@ def sweep_axis(ax, key: str, values) -> None:
     ax.set_xticks(values)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
     ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
+def dodge(values, index: int, count: int, spread: float = 0.3):
+    """Return x `values` shifted for the index-th of `count` series drawn at the same x values, so their markers sit
+    side by side instead of on top of each other: the series together take `spread` of the smallest gap between
+    the values. Say so beside the figure: the shift is only drawn."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    distinct = np.unique(values)
+    gap = np.diff(distinct).min() if len(distinct) > 1 else 1.0
+    return values + (index - (count - 1) / 2) * spread * gap / max(1, count)
 
 
 def subplot_grid(n: int, ncols: int = 3, panel=(4.6, 3.6), **kwargs):

@@ -94,13 +94,10 @@ def findings(rows: list[dict], swept: list[str]) -> list[str]:
                 f"{fit['fixed_bytes_per_member_s']:,.1f} B per member per second, is the fixed cost only as far as "
                 "the cost is a line (EXP=idle measures it directly)"
             )
-    if "users" in swept:
-        limit = figures.CAPACITY_P99_MS
-        for transport, users in figures.capacity(rows).items():
-            said = "no point qualified" if math.isnan(users) else f"{users:,.0f} users"
-            lines.append(
-                f"capacity of {transport}: {said} (most users with p99 <= {limit:g} ms, nothing lost,"
-                " generator unsaturated)"
-            )
+    load_key = next((k for k in ("users", "messages_per_second") if k in swept), None)
+    if load_key is not None and len(swept) == 1:
+        unit = "members" if load_key == "users" else "messages/s per member"
+        for found in figures.capacity(rows, load_key).values():
+            lines.append(found.sentence(unit))
     return lines
 

@@ -310,7 +310,9 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
         # The sampler and the runner itself share the generator's CPUs: nothing but the server runs on its CPU.
         "pinning": {"server_cpus": pinning.server, "generator_cpus": pinning.generator,
-                    "sampler_cpus": pinning.generator, "runner_cpus": pinning.generator},
+                    "sampler_cpus": pinning.generator, "runner_cpus": pinning.generator,
+                    # How the load used its CPUs: Locust processes (a master and its workers when > 1) on them.
+                    "generator_processes": experiment.processes},
         "quick": quick,
         "experiment": experiment.as_dict(),
         "started_at": utc_now(),
@@ -324,13 +326,20 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     points = experiment.points()
     display = Display(len(points), quiet)
     rows = []
+    load_key = capacity_load(experiment)
+    limited: dict[str, str] = {}  # transport -> the limit it hit (stop_at_limit)
     try:
         for index, point in enumerate(points, 1):
             point_dir = run_dir / point.slug
+            if point.transport in limited:
+                manifest.setdefault("skipped", []).append(
+                    {"dir": point.slug, "transport": point.transport, "swept": point.swept,
+                     "why": f"stop_at_limit: {limited[point.transport]}"})
+                continue
             # With a [network]: the point's processes and the runner's requests in a namespace of its own, impaired.
             with network.impaired(point.network, f"rtlab-{os.getpid()}-{index}") as netns:
                 info = run_point(experiment, point, index, point_dir, pinning, display)
-            row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes)
+            row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes, len(pinning.server))
             rows.append(row)
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
                                        "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
@@ -339,6 +348,10 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                                                     "cpus": pinning.generator},
                                        "window_mono_s": info["window_mono_s"]})
             write_json(run_dir / "manifest.json", manifest)
+            if load_key is not None:
+                found = figures.capacity([r for r in rows if r["transport"] == point.transport], load_key)
+                if found[point.transport].bound != "sweep":
+                    limited[point.transport] = found[point.transport].reason
     finally:
         os.sched_setaffinity(0, own_cpus)
         display.close()
@@ -349,6 +362,16 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         write_marginal_costs(run_dir / "marginal.csv", rows, experiment)
         point_latest(out_root, run_dir)
     return run_dir
+
+
+def capacity_load(experiment: Experiment) -> str | None:
+    """The load a stop_at_limit experiment grows (its one swept key, users or messages_per_second), else None."""
+    if not experiment.stop_at_limit:
+        return None
+    swept = list(experiment.sweep)
+    if len(swept) != 1 or swept[0] not in ("users", "messages_per_second") or experiment.cluster:
+        return None
+    return swept[0]
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -45,6 +45,7 @@ DEFAULT_CONN_HZ = 1.0
 SELF_LABEL = "sampler"
 LISTEN = b"0A"  # the state column of /proc/net/tcp for a listening socket
 CHILDREN_EVERY_S = 5.0  # listing descendants reads every process of the machine; Locust's workers stay put
+YOUNG_S = 15.0  # for this long after the sampler starts, descendants are listed every tick
 DESCRIPTOR_BUDGET = 0.005  # of a CPU, for counting file descriptors and TCP connections (reading /proc/net/tcp costs the kernel ~7 us a line)
 
 
@@ -65,12 +66,17 @@ class _Watched:
         self.tcp = 0
         self.descendants: list[psutil.Process] = []
         self.listed_at = -math.inf
+        self.started_at = time.monotonic()
 
     def family(self, now: float) -> list[psutil.Process] | None:
-        """The target's live descendants, listed again every CHILDREN_EVERY_S (listing reads every process)."""
+        """The target's live descendants, listed again every CHILDREN_EVERY_S (listing reads every process), and
+        every tick for the first YOUNG_S."""
         if not self.target.children:
             return []
-        if now - self.listed_at >= CHILDREN_EVERY_S:
+        # Listed each tick while the target is young (Locust starts its processes then): a child found late would
+        # bring all the CPU it had spent into one sample, a busiest second that never was.
+        young = now - self.started_at < YOUNG_S
+        if young or now - self.listed_at >= CHILDREN_EVERY_S:
             try:
                 self.descendants = self.process.children(recursive=True)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):

@@ -16,7 +16,7 @@ from servers.config import server_settings
 from servers.settings import Knob, read_toml
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "profile", "sweep", "server", "cluster", "fault",
+TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "stop_at_limit", "profile", "sweep", "server", "cluster", "fault",
             "network")
 CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
@@ -50,6 +50,9 @@ class Experiment:
     source: str = ""
     cluster: dict[str, tuple] = field(default_factory=dict)  # instances, modes: several instances behind HAProxy
     fault: dict[str, object] = field(default_factory=dict)  # kind, at_s, instance (1-based)
+    # A capacity sweep (of users or messages_per_second): once a transport hit a limit (figures.capacity: the
+    # server's, or the generator saturated), its heavier points are skipped, and the manifest says why.
+    stop_at_limit: bool = False
     # [network] and its swept keys: None runs on the machine's loopback; a dict (empty too) runs each point in a
     # network namespace of its own with that impairment (experiments/network.py).
     network: dict[str, float] | None = None
@@ -98,6 +101,7 @@ class Experiment:
             "transports": list(self.transports),
             "repeats": self.repeats,
             "processes": self.processes,
+            "stop_at_limit": self.stop_at_limit,
             "profile": self.profile.as_dict(),
             "sweep": {k: list(v) for k, v in self.sweep.items()},
             "server": dict(self.server),
@@ -161,6 +165,9 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
 
     repeats = _int(data.get("repeats", 1), 1, 100, lambda p: fail("repeats", p))
     processes = _int(data.get("processes", 1), 1, 64, lambda p: fail("processes", p))
+    stop_at_limit = data.get("stop_at_limit", False)
+    if not isinstance(stop_at_limit, bool):
+        raise fail("stop_at_limit", "must be true or false")
 
     try:
         profile = profile_from_dict(data["profile"], f"{source}: [profile]")
@@ -189,6 +196,9 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
                 raise fail(f"sweep.{key}", str(error)) from None
         sweep[key] = tuple(values)
 
+    if stop_at_limit and (list(sweep) not in (["users"], ["messages_per_second"]) or data.get("cluster")):
+        raise fail("stop_at_limit", "needs a sweep of users or of messages_per_second alone, on one server")
+
     server = data.get("server", {})
     if not isinstance(server, dict):
         raise fail("server", "must be a table")
@@ -206,7 +216,7 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     fault = _fault(data.get("fault", {}), cluster, profile, fail)
     network = _network(data.get("network"), sweep, fail)
     return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source,
-                      cluster, fault, network)
+                      cluster, fault, stop_at_limit, network)
 
 
 def network_value(key: str, value: object, fail) -> float:

@@ -30,6 +30,9 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "latency_mean_ms": ("latency_mean_ms", 1),
     "latency_theory_ms": ("theory_latency_ms", 1),
     "delivered_per_s": ("deliveries_per_second", 1),
+    "offered_per_s": ("offered_deliveries_per_second", 1),
+    "delivered_offered_ratio": ("delivered_offered_ratio", 1),
+    "delivered_offered_tolerance": ("delivered_offered_tolerance", 1),
     "wire_bytes_in": ("wire_bytes_in", 1),
     "wire_bytes_out": ("wire_bytes_out", 1),
     "bytes_per_delivered": ("bytes_per_delivered_message", 1),
@@ -37,6 +40,7 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "bytes_out_per_delivered": ("bytes_out_per_delivered_message", 1),
     "bytes_per_sent": ("bytes_per_sent_message", 1),
     "ip_bytes_per_delivered": ("ip_bytes_per_delivered_message", 1),
+    "server_cpu_percent": ("server_cpu_share", 100),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
     "generator_cpu_us_per_delivered": ("generator_cpu_us_per_delivered_message", 1),
     "server_cpu_us_per_member_s": ("server_cpu_us_per_member_s", 1),
@@ -61,7 +65,8 @@ RATIO_COLUMNS = {
 SUMMARY_COLUMNS = [*COLUMN_FIGURES, "window_s", "vs", *RATIO_COLUMNS]
 
 
-def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1) -> figures.RunData:
+def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1,
+                  server_cpus: int = 1) -> figures.RunData:
     """Assemble one point's measured window from its raw files."""
     start, end = window_mono_s
     samples = figures.read_samples(point_dir / "resources.csv")
@@ -85,6 +90,9 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         generator_processes=processes,
         knobs=point.profile.knobs,
         members=point.profile.users,
+        offered_per_s=point.profile.offered_deliveries_per_s(),
+        offered_sends_per_s=point.profile.users * point.profile.messages_per_second,
+        server_cpus=server_cpus,
         idle_rss_bytes=sum(s.rss_bytes[0] for label, s in samples.items()
                            if label not in figures.NOT_SERVER and s.rss_bytes),
     )
@@ -98,9 +106,10 @@ def scrapes(point_dir: Path, stem: str) -> dict[str, str]:
     return {path.stem[len(stem) + 1:]: path.read_text() for path in sorted(point_dir.glob(f"{stem}-*.txt"))}
 
 
-def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1) -> dict:
+def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], processes: int = 1,
+                    server_cpus: int = 1) -> dict:
     """Return the summary row of one point: its parameters, then every column of COLUMN_FIGURES."""
-    run = load_run_data(point, point_dir, window_mono_s, processes)
+    run = load_run_data(point, point_dir, window_mono_s, processes, server_cpus)
     values = figures.compute(run, [name for name, _ in COLUMN_FIGURES.values()])
     row: dict[str, object] = {"transport": point.transport, "repeat": point.repeat, **point.swept}
     for column, (name, scale) in COLUMN_FIGURES.items():
