@@ -21,6 +21,7 @@ EXPECTED_FIGURES = {
     "03-resources": ["03-cpu-over-time", "03-memory-connections", "03-cpu-per-message", "03-event-loop-lag"],
     "04-capacity": ["04-capacity"],
     "05-scaling": ["05-never-arrived", "05-latency-p99", "05-cpu-per-message"],
+    "06-network": [],  # the fixture sweeps no loss (tests/experiments/test_network_notebook.py draws a run that does)
     "07-peers": [],  # the fixture has no peers (tests/experiments/test_peers_run.py draws a run that has)
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
