@@ -302,6 +302,9 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     run_dir = out_root / f"{stamp}-{experiment.name}"
     run_dir.mkdir(parents=True)
     pinning = Pinning.choose()
+    asked_processes = experiment.processes or "auto"
+    if not experiment.processes:  # "auto": every CPU the load may use gets a Locust process
+        experiment = dataclasses.replace(experiment, processes=len(pinning.generator))
     manifest = {
         "name": experiment.name,
         "git_commit": git("rev-parse", "HEAD") or None,
@@ -312,7 +315,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         "pinning": {"server_cpus": pinning.server, "generator_cpus": pinning.generator,
                     "sampler_cpus": pinning.generator, "runner_cpus": pinning.generator,
                     # How the load used its CPUs: Locust processes (a master and its workers when > 1) on them.
-                    "generator_processes": experiment.processes},
+                    "generator_processes": experiment.processes, "generator_processes_asked": asked_processes},
         "quick": quick,
         "experiment": experiment.as_dict(),
         "started_at": utc_now(),

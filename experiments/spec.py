@@ -43,7 +43,7 @@ class Experiment:
     description: str
     transports: tuple[str, ...]
     repeats: int
-    processes: int  # Locust worker processes; 1 runs Locust in one process
+    processes: int  # Locust worker processes; 1 runs Locust in one process; 0: "auto", one per generator CPU
     profile: Profile
     sweep: dict[str, tuple] = field(default_factory=dict)
     server: dict[str, object] = field(default_factory=dict)
@@ -164,7 +164,9 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
         raise fail("transports", "lists a transport twice")
 
     repeats = _int(data.get("repeats", 1), 1, 100, lambda p: fail("repeats", p))
-    processes = _int(data.get("processes", 1), 1, 64, lambda p: fail("processes", p))
+    # "auto": one Locust process per CPU the load generator is pinned to (the runner decides, per machine).
+    processes = 0 if data.get("processes") == "auto" else _int(data.get("processes", 1), 1, 64,
+                                                             lambda p: fail("processes", f'{p}, or "auto"'))
     stop_at_limit = data.get("stop_at_limit", False)
     if not isinstance(stop_at_limit, bool):
         raise fail("stop_at_limit", "must be true or false")

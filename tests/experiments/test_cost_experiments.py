@@ -1,5 +1,6 @@
-"""The cost experiments in small: idle.toml (nobody talks: what holding a member costs) and connections.toml
-(members held on one process by Locust's worker processes), each shrunk to a smoke run of the shipped file."""
+"""The cost experiments in small: idle.toml (nobody talks: what holding a member costs), connections.toml
+(members held on one process by Locust's worker processes) and capacity.toml (rooms of ten, "auto" processes),
+each shrunk to a smoke run of the shipped file."""
 
 from __future__ import annotations
 
@@ -60,3 +61,26 @@ def test_members_held_by_locust_worker_processes_are_counted_per_connection(tmp_
     with open((tmp_path / "results" / "latest").resolve() / point["dir"] / "resources.csv", newline="") as f:
         server = [r for r in csv.DictReader(f) if r["label"] == "server"]
     assert max(int(r["tcp_connections"]) for r in server) >= 60  # every member held its connection
+
+
+def test_the_capacity_experiment_in_small_grows_rooms_of_ten_and_says_what_bound_it(tmp_path):
+    spec = shrink("capacity", tmp_path, transports='["websocket"]', spawn_rate="40")
+    text = re.sub(r"(?m)^users = \[.*\]$", "users = [10, 20]", open(spec).read())
+    open(spec, "w").write(text)
+    rows, manifest = run(spec, tmp_path)
+    # processes = "auto": one Locust process per CPU the load was pinned to, and the manifest says how it split.
+    pinning = manifest["pinning"]
+    assert pinning["generator_processes"] == len(pinning["generator_cpus"]) == manifest["experiment"]["processes"]
+    assert pinning["generator_processes_asked"] == "auto"
+    assert set(pinning["server_cpus"]).isdisjoint(pinning["generator_cpus"])
+    assert [int(row["users"]) for row in rows] == [10, 20]
+    for row in rows:  # rooms of 10: 9 others receive each send; the offer grows with the members, not their square
+        assert float(row["offered_per_s"]) == int(row["users"]) * 9 * 1.0
+        assert 0 < float(row["server_cpu_percent"]) < 100
+        assert float(row["generator_cpu_us_per_delivered"]) > 0 and float(row["server_cpu_us_per_delivered"]) > 0
+    assert [p["swept"] for p in manifest["points"]] == [{"users": 10}, {"users": 20}]
+    from experiments import analysis
+
+    (found,) = analysis.load_run((tmp_path / "results" / "latest").resolve()).capacity().values()
+    assert found.transport == "websocket" and found.load_key == "users"
+    assert found.bound in ("server", "generator", "sweep") and found.reason

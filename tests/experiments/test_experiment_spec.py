@@ -58,6 +58,20 @@ def test_points_cover_sweep_repeats_and_transports(tmp_path):
     assert len({p.slug for p in points}) == len(points)
 
 
+def test_room_size_makes_the_rooms_follow_the_members_and_auto_processes_wait_for_the_runner(tmp_path):
+    text = GOOD.replace("users = [4, 8]", "users = [20, 45]").replace("users = 4\n", "users = 4\nroom_size = 10\n")
+    text = text.replace("repeats = 2", 'repeats = 1\nprocesses = "auto"\nstop_at_limit = true')
+    experiment = load_experiment(write(tmp_path, text))
+    assert experiment.processes == 0 and experiment.stop_at_limit  # 0: the runner gives one per generator CPU
+    rooms = {p.swept["users"]: p.profile.rooms for p in experiment.points()}
+    assert rooms == {20: 2, 45: 5}
+    assert {p.swept["users"]: p.profile.offered_deliveries_per_s() for p in experiment.points()} == {
+        20: 2 * 10 * 9 * 1.0, 45: 5 * 9 * 8 * 1.0}
+    two_loads = text.replace("users = [20, 45]", "users = [20, 45]\nmessage_bytes = [20, 40]")
+    with pytest.raises(SpecError, match="stop_at_limit"):  # which load would it stop?
+        load_experiment(write(tmp_path, two_loads))
+
+
 def test_quick_shortens_durations(tmp_path):
     quick = load_experiment(write(tmp_path, GOOD.replace("duration_s = 10", "duration_s = 600"))).quick()
     assert quick.profile.duration_s <= 8 and quick.profile.warmup_s < quick.profile.duration_s
@@ -90,6 +104,9 @@ def test_quick_shortens_durations(tmp_path):
         (("[sweep]", "[server]\nrequest_head_timeout_s = 60\n[sweep]"), "server.request_head_timeout_s"),
         (("[sweep]", "[server]\nallow_origins = 'http://x'\n[sweep]"), "server.allow_origins"),
         (("[profile]", "[profile]\n[profile]"), "not valid TOML"),
+        (("repeats = 2", 'repeats = 2\nprocesses = "many"'), "processes"),
+        (("repeats = 2", 'repeats = 2\nstop_at_limit = "yes"'), "stop_at_limit"),
+        (("users = 4\n", "users = 4\nroom_size = -1\n"), "room_size"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, change, key):
