@@ -92,6 +92,8 @@ class AsyncioBridge:
         self._hub = gevent.get_hub()
         self.loop = _NativeLoop(_NativeSelector())
         self.loop.set_default_executor(_NoExecutor())
+        self.loop.set_exception_handler(self._on_loop_exception)
+        self.lost_sends = 0  # aiortc's flush tasks that failed on a connection already gone (counted, not logged)
         self._into_loop: deque[tuple[Callable, tuple]] = deque()
         self._into_loop_scheduled = False
         self._into_gevent: deque[tuple[Callable, tuple]] = deque()
@@ -105,6 +107,17 @@ class AsyncioBridge:
         _start_native_thread(self._run, ())
         if not self._running.acquire(timeout=10.0):
             raise RuntimeError("rtlab's asyncio thread did not start")
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        # aiortc leaves the task that flushes a data channel unawaited; when ICE has given the connection up (the
+        # member reconnects by itself) each one dies with "not connected", a traceback apiece in Locust's log.
+        if isinstance(context.get("exception"), ConnectionError):
+            self.lost_sends += 1
+            if self.lost_sends == 1:
+                log.warning("rtlab bridge: a send on a closed WebRTC connection (counted, not logged again): %s",
+                            context.get("exception"))
+            return
+        loop.default_exception_handler(context)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

@@ -608,7 +608,9 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
     of the transport's own p99 at the lightest load (short polling's p99 is about its interval T by design,
     so it is held to T + margin, not to a fixed 250 ms). Walking up the loads, the first point outside them
     ends the walk: the capacity is the load before it, server-bound. A point where the generator saturated
-    ends it too, and then the capacity is only a lower bound (generator-bound), never the capacity.
+    ends it too, and then the capacity is only a lower bound (generator-bound), never the capacity: its
+    latency and delivered share may be the generator's. Its server CPU is not: a server at SERVER_CPU_LIMIT
+    is at its limit even if a faster generator would have offered more, so that point is server-bound.
     """
     by_transport: dict[str, list[Mapping[str, object]]] = {}
     for row in rows:
@@ -621,13 +623,14 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
         load, rate, bound, reason = math.nan, math.nan, "sweep", "no limit reached within the sweep"
         for row in points:
             at = f"at {float(row[load_key]):,.6g}"
+            cpu = _number(row.get("server_cpu_percent"))
+            if cpu >= SERVER_CPU_LIMIT * 100:  # at its limit, however little the generator managed to offer
+                bound, reason = "server", f"server CPU {cpu:.0f} % of its core {at}"
+                break
             if _true(row.get("generator_saturated")):
                 bound, reason = "generator", f"the load generator saturated its core {at}"
                 break
             problems = []
-            cpu = _number(row.get("server_cpu_percent"))
-            if cpu >= SERVER_CPU_LIMIT * 100:
-                problems.append(f"server CPU {cpu:.0f} % of its core")
             ratio = _number(row.get("delivered_offered_ratio"))
             # A short window of Poisson sends misses the offered rate by chance: allow for that, no more.
             if ratio < min(DELIVERED_LIMIT, 1 - (_number(row.get("delivered_offered_tolerance")) or 0)):

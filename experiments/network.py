@@ -31,6 +31,9 @@ from .spec import Experiment, SpecError
 BINARIES = ("ip", "tc", "nft")  # Debian: iproute2 (ip, tc), nftables (nft)
 TABLE = "rtlab"  # `table inet rtlab`: rtlab's own, in the namespace only
 LOSS_MODULUS = 10_000  # the drop rule draws a random number mod this: loss in hundredths of a per cent
+# The runner's own requests come from this loopback address, which the loss rule lets through (the observer is
+# not the network under test); every other packet, Locust's and the server's, meets the rule.
+OBSERVER_ADDRESS = "127.0.0.2"
 # The namespace's loopback is given an Ethernet-sized MTU and one segment per packet (no GSO super-packets), so a
 # packet the rule drops is one segment of at most 1500 bytes, as on a real link, not 64 KiB of a TCP burst.
 LO_MTU = 1500
@@ -77,7 +80,11 @@ class Impairment:
         """The `table inet rtlab` for `nft -f -`: count every TCP and UDP packet arriving at a socket, drop N in
         10 000. The input hook, not output: a packet dropped on output fails the sender's send (EPERM), so TCP would
         know at once and UDP senders would see errors; dropped on input, it is lost silently, as on a real link."""
-        rules = ['meta l4proto { tcp, udp } counter comment "seen"']
+        # The observer's own requests (/healthz, /metrics from OBSERVER_ADDRESS) are not the network under test:
+        # a scrape held up by a lost SYN would shift the measured window, or miss its end.
+        rules = [f'ip saddr {OBSERVER_ADDRESS} accept comment "observer"',
+                 f'ip daddr {OBSERVER_ADDRESS} accept comment "observer"',
+                 'meta l4proto { tcp, udp } counter comment "seen"']
         if self.loss_threshold > 0:
             rules.append(f"meta l4proto {{ tcp, udp }} numgen random mod {LOSS_MODULUS} < {self.loss_threshold} "
                          'counter drop comment "loss"')
@@ -256,7 +263,7 @@ def counters(name: str) -> dict:
         if not rule:
             continue
         counter = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), None)
-        if counter is not None:
+        if counter is not None and rule.get("comment") in ("seen", "loss"):
             packets["seen" if rule.get("comment") == "seen" else "dropped"] = counter["packets"]
     stats = _run(["tc", "-n", name, "-s", "qdisc", "show", "dev", "lo"]).stdout.strip()
     return {"packets": packets, "tcp": tcp_counters(name), "qdisc_stats": stats.splitlines()}

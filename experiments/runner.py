@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import http.client
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +60,27 @@ class Pinning:
         return cls(cpus[:1], cpus[1:])
 
 
+# Where the runner's own requests come from: None, the kernel's choice; inside an impaired namespace,
+# network.OBSERVER_ADDRESS, which the loss rule lets through (set around each such point).
+observer_source: str | None = None
+
+
 def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read().decode()
+    if observer_source is None:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read().decode()
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
+                                            source_address=(observer_source, 0))
+    try:
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        body = response.read().decode()
+        if response.status != 200:
+            raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, None)
+        return body
+    finally:
+        connection.close()
 
 
 def wait_healthy(url: str, timeout: float) -> dict:
@@ -185,7 +205,8 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             if "after" not in window and now >= measure_to:
                 scrape_all(scrape_urls, point_dir, "metrics_after")
                 window["after"] = time.monotonic()
-            if now >= next_rate_at and now < measure_to:
+            # The live rate for the display: not in the last seconds, so a slow scrape cannot delay the window's end.
+            if now >= next_rate_at and now < measure_to - 6:
                 next_rate_at = now + 1.0
                 total = sum(delivered_total(text) for text in scrape_texts(scrape_urls).values())
                 if last_total is not None and now > last_t:
@@ -294,6 +315,7 @@ def repo_relative(path: str | Path) -> str:
 
 def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: bool = False) -> Path:
     """Run every point of `experiment`; write results/<UTC timestamp>-<name>/ and point results/latest at it."""
+    global observer_source
     if quick:
         experiment = experiment.quick()
     network.preflight(experiment)  # a [network] this machine cannot give: SpecError (exit 2) before anything starts
@@ -341,7 +363,11 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                 continue
             # With a [network]: the point's processes and the runner's requests in a namespace of its own, impaired.
             with network.impaired(point.network, f"rtlab-{os.getpid()}-{index}") as netns:
-                info = run_point(experiment, point, index, point_dir, pinning, display)
+                observer_source = network.OBSERVER_ADDRESS if netns else None
+                try:
+                    info = run_point(experiment, point, index, point_dir, pinning, display)
+                finally:
+                    observer_source = None
             row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes, len(pinning.server))
             rows.append(row)
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,

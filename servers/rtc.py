@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -100,6 +101,9 @@ def install() -> None:
 
     aioice.ice.get_host_addresses = _host_addresses
     aioice.ice.StunProtocol = _metered_protocol_class(aioice.ice.StunProtocol)
+    # aioice logs every connectivity check at INFO: eight lines a peer, half a megabyte a run at 800 members.
+    logger = logging.getLogger("aioice")
+    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
     _installed = True
 
 

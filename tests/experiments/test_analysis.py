@@ -158,11 +158,12 @@ def load_point(users, p99=20.0, cpu=40.0, ratio=1.0, lost=0, saturated=False, tr
 
 
 @pytest.mark.parametrize(("heavy", "bound", "said"), [
-    (load_point(800, cpu=95.0), "server", "server CPU 95 % of its core at 800"),
+    (load_point(800, cpu=95.0, p99=400.0), "server", "server CPU 95 % of its core at 800"),
     (load_point(800, ratio=0.9), "server", "delivered 90.0% of the offered at 800"),
     (load_point(800, p99=400.0), "server", "p99 400 ms > 270 ms at 800"),
     (load_point(800, lost=3), "server", "3 lost at 800"),
-    (load_point(800, cpu=99.0, saturated=True), "generator", "the load generator saturated its core at 800"),
+    (load_point(800, cpu=60.0, p99=900.0, saturated=True), "generator", "the load generator saturated its core at 800"),
+    (load_point(800, cpu=97.0, saturated=True), "server", "server CPU 97 % of its core at 800"),
 ])
 def test_capacity_is_the_load_before_the_first_limit(heavy, bound, said):
     rows = [load_point(400), heavy, load_point(200), load_point(1600, cpu=99.0)]  # any order: sorted by load

@@ -154,6 +154,9 @@ def test_the_rules_and_qdiscs_asked_for():
     assert "drop" not in network.Impairment(loss_percent=0).nft_script()  # loss 0: counted, never dropped
     script = network.Impairment(loss_percent=0.5).nft_script()
     assert "hook input" in script and "numgen random mod 10000 < 50 counter drop" in script
+    # The runner's own scrapes come from the observer's address, let through before the loss rule.
+    observer = script.index(f"ip saddr {network.OBSERVER_ADDRESS} accept")
+    assert observer < script.index(f"ip daddr {network.OBSERVER_ADDRESS} accept") < script.index("numgen")
     assert network.Impairment(loss_percent=1).tc_commands("ns") == []
     (tbf,) = network.Impairment(rate_mbit=8).tc_commands("ns")
     assert tbf[:8] == ["tc", "-n", "ns", "qdisc", "add", "dev", "lo", "root"] and "tbf" in tbf
