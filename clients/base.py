@@ -240,6 +240,24 @@ class ChatClient(ABC):
     def _connect(self) -> None:
         """Open what join needs before the receiver starts (a WebSocket); nothing by default."""
 
+    def _reconnect_with(self, backoff: Backoff, started: float) -> bool:
+        """Call `_connect` (since= the last id seen: the server resends what was missed) until it succeeds or
+        `backoff` gives up; report RECONNECT, timed from `started` (perf_counter) to the connection being open."""
+        while backoff.retry():
+            if self.closed:
+                return False
+            try:
+                self._connect()
+            except Exception:
+                continue  # reported by _connect
+            backoff.recovered()
+            self.report("RECONNECT", self.transport, ms_since(started), 0)
+            return True
+        self.report(
+            "RECONNECT", self.transport, ms_since(started), 0, ClientError(f"gave up after {backoff.failures} attempts")
+        )
+        return False
+
     @abstractmethod
     def _receive(self) -> None:
         """Receive until closed, calling `deliver` for each message; bounded by Backoff on errors."""

@@ -469,21 +469,9 @@ class WebRTCClient(ChatClient):
         self._open = False
         self._current = 0  # frames of the old connection are dropped from here on
         self._bridge.post(self._close_connection)
-        started = time.perf_counter()
-        while backoff.retry():
-            if self.closed:
-                return False
-            try:
-                self._connect()
-            except Exception:
-                continue  # reported by _connect
-            backoff.recovered()
-            self.report("RECONNECT", self.transport, ms_since(started), 0)
+        if self._reconnect_with(backoff, time.perf_counter()):
             self._send_unsent()
             return True
-        self.report(
-            "RECONNECT", self.transport, ms_since(started), 0, ClientError(f"gave up after {backoff.failures} attempts")
-        )
         self._fail_unsent(ClientError("never sent: the client gave up reconnecting"))
         return False
 

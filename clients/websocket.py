@@ -194,21 +194,9 @@ class WebSocketClient(ChatClient):
         """Reconnect with backoff, resuming after the last id seen; report RECONNECT with the time from the
         disconnect to the new connection being open (the server sends what we missed right after)."""
         self._drop_socket()
-        started = time.perf_counter()
-        while backoff.retry():
-            if self.closed:
-                return False
-            try:
-                self._connect()  # since= the last id seen: the server resends what we missed
-            except Exception:
-                continue  # reported by _connect
-            backoff.recovered()
-            self.report("RECONNECT", self.transport, ms_since(started), 0)
+        if self._reconnect_with(backoff, time.perf_counter()):
             self._send_unsent()
             return True
-        self.report(
-            "RECONNECT", self.transport, ms_since(started), 0, ClientError(f"gave up after {backoff.failures} attempts")
-        )
         self._fail_unsent(ClientError("never sent: the client gave up reconnecting"))
         return False
 

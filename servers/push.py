@@ -4,12 +4,13 @@ room, one encoding per message, and a bounded queue per member so a slow reader 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .broker import Broker, RoomListeners
-from .core import Message
+from .core import Message, Unavailable
 from .metrics import NULL_TALLY, Tally
 
 # What a transport sends for one message, and the bytes of the message's own JSON within it (payload).
@@ -207,6 +208,22 @@ class PushHub:
                 # A slow reader must not stall the room or grow memory: cut it loose; it resumes after its last id.
                 self.overflow_closes += 1
                 self.close_soon(member, *self._overflow)
+
+    def writer_done(self, member: PushMember, task: asyncio.Task, what: str,
+                    stopped: Callable[[BaseException | None], None]) -> None:
+        """A member's writer task ended (start_writer's `on_done`): nothing when it was cancelled (closed on
+        purpose); a broker that could not answer the backlog (Unavailable) closes the member with the overflow
+        code ("try again later", resume with since=); else `stopped(error)` closes it the transport's way, after an
+        unexpected error (not a peer gone mid-send) was logged as `what` writer failed."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, Unavailable):
+            self.close_soon(member, self._overflow[0], "broker unavailable; reconnect with since=")
+            return
+        if error is not None and not isinstance(error, ConnectionError):
+            logging.getLogger("rtlab.server").error("%s writer failed: %r", what, error)
+        stopped(error)
 
     def close_soon(self, member: PushMember, code: int, reason: str) -> None:
         if member.closing:

@@ -13,7 +13,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import rtc
 from .broker import Broker
-from .core import ChatError, InvalidInput, Limits, Message, RateLimited, Unavailable, parse_post, validate_room
+from .core import (
+    ChatError,
+    InvalidInput,
+    Limits,
+    Message,
+    RateLimited,
+    Unavailable,
+    parse_post,
+    validate_room,
+)
 from .guard import GUARD, SendLimiter, TokenBucket
 from .http import BROKER, int_param, json_text, query_value, read_json
 from .metrics import METER, NULL_TALLY, ClientLedger, Tally, tally_of
@@ -277,7 +286,8 @@ class Peer:
         channel.on("close", self.close_soon)
         hub = owner.hub
         hub.join(self.room, member)  # before reading the backlog, so nothing posted meanwhile is missed
-        hub.start_writer(member, self.room, self.since, owner.limits.page, lambda task: _writer_done(hub, member, task))
+        hub.start_writer(member, self.room, self.since, owner.limits.page, lambda task: hub.writer_done(
+            member, task, "webrtc", lambda error: member.peer.close_soon()))
 
     def timed_out(self) -> None:
         self.timer = None
@@ -339,17 +349,6 @@ async def _refuse(channel, error: str, peer: Peer | None = None) -> None:
         await peer.close()
 
 
-def _writer_done(hub: PushHub, member: Member, task: asyncio.Task) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    if isinstance(error, Unavailable):
-        # The broker could not answer the backlog read (Redis down): "try again later", with since=.
-        hub.close_soon(member, CLOSE_OVERFLOW, "broker unavailable; reconnect with since=")
-        return
-    if error is not None and not isinstance(error, ConnectionError):
-        log.error("webrtc writer failed: %r", error)
-    member.peer.close_soon()
 
 
 def parse_offer(body: object) -> str:

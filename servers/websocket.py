@@ -11,7 +11,16 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .broker import Broker
-from .core import ChatError, InvalidInput, Limits, Message, RateLimited, Unavailable, parse_post, validate_room
+from .core import (
+    ChatError,
+    InvalidInput,
+    Limits,
+    Message,
+    RateLimited,
+    Unavailable,
+    parse_post,
+    validate_room,
+)
 from .guard import GUARD, SendLimiter, TokenBucket
 from .http import BROKER, int_param
 from .metrics import NULL_TALLY, Tally, tally_of
@@ -142,7 +151,11 @@ class WebSocket(ServerTransport):
         # Its token bucket is made at its first send: most members listen far more than they talk.
         member = Member(ws, self.send_queue, tally_of(request), None, request.transport)
         hub.join(room, member)  # before reading the backlog, so nothing posted meanwhile is missed
-        hub.start_writer(member, room, since, self.limits.page, lambda task: _writer_done(hub, member, task))
+        hub.start_writer(member, room, since, self.limits.page, lambda task: hub.writer_done(
+            member, task, "websocket",
+            # The peer went away mid-send (or the writer failed): close so the handler's receive loop ends.
+            lambda error: hub.close_soon(member, WSCloseCode.INTERNAL_ERROR if error else WSCloseCode.OK,
+                                         "writer stopped")))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -189,15 +202,3 @@ async def _on_text(broker: Broker, limits: Limits, limiter: SendLimiter, room: s
         member.offer((0, error_frame(str(error)), 0))
 
 
-def _writer_done(hub: PushHub, member: Member, task: asyncio.Task) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    if isinstance(error, Unavailable):
-        # The broker could not answer the backlog read (Redis down): "try again later", with since=.
-        hub.close_soon(member, CLOSE_OVERFLOW, "broker unavailable; reconnect with since=")
-        return
-    if error is not None and not isinstance(error, ConnectionError):
-        log.error("websocket writer failed: %r", error)
-    # The peer went away mid-send (or the writer failed): close so the handler's receive loop ends.
-    hub.close_soon(member, WSCloseCode.INTERNAL_ERROR if error else WSCloseCode.OK, "writer stopped")
