@@ -64,6 +64,7 @@ end
 return {last, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))}
 """
 
+CLOSE_TIMEOUT_S = 5.0  # close() waits this long at most for its tasks to stop
 CONTROL_CHANNEL = "control"  # always subscribed, so the subscriber connection exists before any room does
 
 
@@ -185,11 +186,12 @@ class RedisBroker:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._tasks:
+            # Bounded: a task whose cancel was swallowed (see _commander) still sees _closed on its next turn.
+            done, _ = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a task that failed on its way out is not worth a warning
         self._tasks = []
         self._rooms.clear()
         await self._close_clients()
@@ -402,7 +404,9 @@ class RedisBroker:
 
     async def _commander(self) -> None:
         """Send SUBSCRIBE/UNSUBSCRIBE in the order the rooms' states changed; drop subscriptions that lingered."""
-        while True:
+        # Until closed, not forever: on Python 3.11 a cancel that lands as asyncio.timeout expires can come out as
+        # TimeoutError (the cancel swallowed), and close() would wait for this task for ever (a test hung on it).
+        while not self._closed:
             try:
                 async with asyncio.timeout(max(self.linger_s / 2, 0.05)):
                     room = await self._wanted.get()
