@@ -41,10 +41,12 @@ def test_idle_members_cost_polls_and_heartbeats_and_polling_costs_the_most_bytes
     assert manifest["experiment"]["profile"]["messages_per_second"] == 0
     for row in rows:
         assert float(row["sent"]) == 0 and float(row["lost"]) == 0
-        assert float(row["server_cpu_us_per_member_s"]) > 0
+        # Counted in the kernel's 10 ms ticks: an idle server over a quick window may well read 0, never less.
+        assert float(row["server_cpu_us_per_member_s"]) >= 0
         assert 0 <= float(row["sampler_cpu_percent"]) < 100
     # A short-polling member asks every second whatever happens; an idle WebSocket says nothing until its ping.
     assert float(by["short-polling"]["bytes_per_member_s"]) > 10 * max(float(by["websocket"]["bytes_per_member_s"]), 1)
+    assert float(by["short-polling"]["server_cpu_us_per_member_s"]) >= float(by["websocket"]["server_cpu_us_per_member_s"])
     for point in manifest["points"]:
         assert point["observer"]["cpus"] == manifest["pinning"]["generator_cpus"]
         assert manifest["pinning"]["sampler_cpus"] == manifest["pinning"]["generator_cpus"]
