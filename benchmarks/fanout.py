@@ -46,6 +46,12 @@ def floors() -> dict[str, str]:
             if peer.client.split(":")[0] in KINDS and peer.compare_with}
 
 
+def per_unit(transport: str) -> str:
+    """What a pair's ratio divides the server's CPU by: a delivered message, or for short polling a poll answered (its
+    cost is the polls, every member's every interval, whether or not a message waits)."""
+    return "request" if kind(transport) == "short-polling" else "delivered"
+
+
 def pinned(cpu: int) -> list[int] | None:
     return [cpu] if (os.cpu_count() or 1) >= 2 else None
 
@@ -98,6 +104,7 @@ def drive(transports: list[str], a: argparse.Namespace, rate: float, hash_seed: 
             "due": counts["sent"][i] * a.members, "lost": counts["lost"][i], "cpu_s": round(cpu_s, 6),
             "server_cpu_share": cpu_s / a.duration, "load_cpu_share": (load_end - load_start) / a.duration,
             "delivered_per_s": delivered / a.duration, "cpu_us_per_delivered": cpu_s * 1e6 / max(delivered, 1),
+            "requests": counts["requests"][i], "cpu_us_per_request": cpu_s * 1e6 / max(counts["requests"][i], 1),
         })
     return results
 
@@ -109,26 +116,29 @@ def pairs(a: argparse.Namespace) -> dict:
         if transport not in known:
             raise SystemExit(f"{transport!r} has no floor to compare with; floors exist for {sorted(known)}")
         floor = known[transport]
+        unit = per_unit(transport)
         ratios, rounds = [], []
         for r in range(a.rounds):
             order = [transport, floor] if r % 2 == 0 else [floor, transport]
             by_name = {res["transport"]: res for res in drive(order, a, a.rate, hash_seed=r + 1)}
             ours, theirs = by_name[transport], by_name[floor]
-            ratios.append(ours["cpu_us_per_delivered"] / theirs["cpu_us_per_delivered"])
+            ratios.append(ours[f"cpu_us_per_{unit}"] / theirs[f"cpu_us_per_{unit}"])
             rounds.append(by_name)
-            print(f"  {transport:13} round {r + 1}: {ours['cpu_us_per_delivered']:6.1f} us/msg "
-                  f"({ours['delivered']} delivered, {ours['lost']} lost)  {floor} {theirs['cpu_us_per_delivered']:6.1f} "
-                  f"({theirs['delivered']}, {theirs['lost']} lost)  ratio {ratios[-1]:.3f}  "
-                  f"load CPU {ours['load_cpu_share']:.0%}", flush=True)
+            print(f"  {transport:13} round {r + 1}: {ours[f'cpu_us_per_{unit}']:6.1f} us/{unit} "
+                  f"({ours['delivered']} delivered, {ours['requests']} polls, {ours['lost']} lost)  {floor} "
+                  f"{theirs[f'cpu_us_per_{unit}']:6.1f} ({theirs['delivered']}, {theirs['requests']}, {theirs['lost']} lost)"
+                  f"  ratio {ratios[-1]:.3f}  load CPU {ours['load_cpu_share']:.0%}", flush=True)
         low, high, confidence = median_interval(ratios)
         report[transport] = {
             "floor": floor, "ratio_median": statistics.median(ratios), "ratio_low": low, "ratio_high": high,
-            "confidence": confidence, "rounds": rounds,
+            "confidence": confidence, "rounds": rounds, "unit": unit,
             "rtlab_us_per_delivered": statistics.median(r[transport]["cpu_us_per_delivered"] for r in rounds),
             "floor_us_per_delivered": statistics.median(r[floor]["cpu_us_per_delivered"] for r in rounds),
+            "rtlab_us_per_unit": statistics.median(r[transport][f"cpu_us_per_{unit}"] for r in rounds),
+            "floor_us_per_unit": statistics.median(r[floor][f"cpu_us_per_{unit}"] for r in rounds),
         }
-        print(f"{transport}: {report[transport]['rtlab_us_per_delivered']:.1f} us/msg against {floor} "
-              f"{report[transport]['floor_us_per_delivered']:.1f}; median ratio {report[transport]['ratio_median']:.3f}"
+        print(f"{transport}: {report[transport]['rtlab_us_per_unit']:.1f} us/{unit} against {floor} "
+              f"{report[transport]['floor_us_per_unit']:.1f}; median ratio {report[transport]['ratio_median']:.3f}"
               f" ({confidence:.0%} interval {low:.3f}..{high:.3f})\n", flush=True)
     return report
 
@@ -200,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         out["highest"] = highest(a)
     if a.pairs is not None or not a.max:
         out["pairs"] = pairs(a)
-        print("summary (server CPU per delivered message, rtlab / floor; median and its interval):")
+        print("summary (server CPU per delivered message, per poll for short polling, rtlab / floor; median and its "
+              "interval):")
         for transport, r in out["pairs"].items():
             print(f"  {transport:13} {r['ratio_median']:.3f}  ({r['ratio_low']:.3f}..{r['ratio_high']:.3f}) "
-                  f"{r['rtlab_us_per_delivered']:.1f} against {r['floor_us_per_delivered']:.1f} us/msg")
+                  f"{r['rtlab_us_per_unit']:.1f} against {r['floor_us_per_unit']:.1f} us/{r['unit']}")
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -49,13 +49,14 @@ DIGITS = frozenset("0123456789") | frozenset(b"0123456789")
 
 
 class Counts:
-    """Deliveries, sends and gaps per server while the window is open."""
+    """Deliveries, sends, polls answered and gaps per server while the window is open."""
 
     def __init__(self, urls: list[str]) -> None:
         self.counting = False
         self.delivered = dict.fromkeys(urls, 0)
         self.sent = dict.fromkeys(urls, 0)
         self.lost = dict.fromkeys(urls, 0)
+        self.requests = dict.fromkeys(urls, 0)  # polls answered (the polling transports' unit of work)
 
     def got(self, url: str, last: int, message_id: int) -> int:
         if self.counting:
@@ -65,7 +66,7 @@ class Counts:
         return message_id
 
     def as_dict(self, urls: list[str]) -> dict:
-        return {key: [getattr(self, key)[u] for u in urls] for key in ("delivered", "sent", "lost")}
+        return {key: [getattr(self, key)[u] for u in urls] for key in ("delivered", "sent", "lost", "requests")}
 
 
 async def load(transport: str, urls: list[str], rooms: int, members: int, rate: float, warmup_s: float,
@@ -113,6 +114,8 @@ async def load(transport: str, urls: list[str], rooms: int, members: int, rate: 
                         await asyncio.sleep(delay)
                 async with session.get(f"{url}/rooms/{room}/messages?since={since}{wait}") as resp:
                     page = json.loads(await resp.read())
+                if counts.counting:
+                    counts.requests[url] += 1
                 for message in page["messages"]:
                     since = counts.got(url, since, message["id"])
 

@@ -331,6 +331,21 @@ register(Transport(
 ))
 
 register(Transport(
+    name="floor-short-polling",
+    counts_payload=False,
+    label="Floor: short polling",
+    colour="#DDCC77",
+    server="servers.peers.floor_short_polling:FloorShortPolling",
+    client="clients.short_polling:ShortPollingClient",
+    member="FloorShortPollingMember",
+    group=PEER,
+    compare_with="short-polling",
+    summary="the yardstick: a poll answered at once from a room's log, as an expert writes it in forty lines of aiohttp",
+    theory_latency_ms=lambda knobs: float(knobs["poll_interval_s"]) * 1000 / 2,
+    max_delay_s=lambda knobs: float(knobs["poll_interval_s"]),
+))
+
+register(Transport(
     name="floor-sse",
     counts_payload=False,
     label="Floor: SSE",

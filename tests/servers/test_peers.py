@@ -23,8 +23,8 @@ async def scrape(session, url: str) -> dict:
 
 
 def test_every_peer_is_compared_with_one_of_rtlabs_own_transports():
-    assert set(PEERS) == {"floor-websocket", "floor-long-polling", "floor-sse", "socketio-websocket",
-                          "socketio-polling"}
+    assert set(PEERS) == {"floor-websocket", "floor-long-polling", "floor-short-polling", "floor-sse",
+                          "socketio-websocket", "socketio-polling"}
     for name in PEERS:
         entry = registry.get(name)
         assert entry.compare_with in registry.names() and not entry.counts_payload
@@ -69,6 +69,22 @@ async def test_the_long_polling_floor_speaks_rtlabs_contract(app_server, session
     async with session.get(f"{server.url}/rooms/r/messages?since=20&wait=0.3") as resp:
         assert (await resp.json()) == {"messages": [], "last_id": 20, "truncated": False}
     assert time.monotonic() - started >= 0.25  # held until the wait ran out
+    metrics = await scrape(session, server.url)
+    assert metric_total(metrics, "rtlab_polls_total") >= 2 and metric_total(metrics, "rtlab_empty_polls_total") >= 1
+
+
+async def test_the_short_polling_floor_answers_every_poll_at_once(app_server, session):
+    server = await app_server("floor-short-polling")
+    started = time.monotonic()
+    async with session.get(f"{server.url}/rooms/r/messages?since=0") as resp:  # nothing yet: an empty answer, now
+        assert (await resp.json()) == {"messages": [], "last_id": 0, "truncated": False}
+    assert time.monotonic() - started < 1 * UNIT
+    async with receiver(session, server.url, "short-polling", "r") as member:
+        sent = await asyncio.gather(*(session.post(f"{server.url}/rooms/r/messages",
+                                                   json={"user": f"u{i}", "text": str(i)}) for i in range(5)))
+        assert all(resp.status == 201 for resp in sent)
+        await member.wait_for(5)
+    assert member.ids() == [1, 2, 3, 4, 5]
     metrics = await scrape(session, server.url)
     assert metric_total(metrics, "rtlab_polls_total") >= 2 and metric_total(metrics, "rtlab_empty_polls_total") >= 1
 
