@@ -126,6 +126,11 @@ async def error_answer(request: web.Request, error: Exception) -> web.Response:
             await response.write_eof()
             request.transport.close()
         return response
+    if isinstance(error, ConnectionResetError):
+        # The client left before its answer was written (a WebSocket handshake it reset, a stream it dropped): nobody
+        # to tell, nothing wrong here. aiohttp discards the answer on the closed connection.
+        log.debug("%s %s: the client left before the answer (%s)", request.method, request.path, error)
+        return error_response(400, "the connection closed before the answer was written")
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
     return error_response(500, "internal server error")
 

@@ -234,3 +234,29 @@ async def test_websocket_frame_probes(app_server, probe):
         async with session.get(f"{server.url}/rooms/r/history") as resp:
             texts = [m["text"] for m in (await resp.json())["messages"]]
         assert texts == ([] if probe.close_code else ["after"])
+
+
+@pytest.mark.parametrize("transport", [t for t in TRANSPORTS if t not in WEBRTC])
+async def test_clients_that_reset_right_after_their_request_leave_no_traceback(app_server, transport, caplog):
+    # A member that sends its request and resets the connection at once (a closed tab, a killed load generator):
+    # its handler finds the transport closing when it writes the answer (a WebSocket's 101, a stream's headers).
+    import asyncio
+    import socket
+    import struct
+
+    server = await app_server(transport)
+    path = {"websocket": "/rooms/r/ws?since=0", "sse": "/rooms/r/events"}.get(transport, "/rooms/r/messages?since=0")
+    head = "".join(f"{k}: {v}\r\n" for k, v in (WS_UPGRADE if transport == "websocket" else ()))
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{head}\r\n".encode()
+    loop = asyncio.get_running_loop()
+    for _ in range(100):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(sock, request)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        sock.close()
+    await asyncio.sleep(0.3 * UNIT)
+    async with aiohttp.ClientSession() as session, session.get(f"{server.url}/healthz") as resp:
+        assert resp.status == 200
+    assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]
