@@ -60,6 +60,10 @@ class Message:
     sent_at: float | None  # the sender's clock, echoed untouched
     ts: float  # server receive time, unix seconds
     json: str = field(default="", compare=False, repr=False)  # encoded once, sent by every transport
+    json_bytes: int = field(default=0, init=False, compare=False, repr=False)  # len(json) in UTF-8: payload counters
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "json_bytes", len(self.json.encode()))
 
     def as_dict(self) -> dict:
         return {

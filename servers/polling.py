@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .broker import Broker, RoomListeners
 from .core import InvalidInput, Message, Page, validate_room
-from .http import BROKER, CONFIG, int_param, json_text, page_json, seconds_param
+from .http import BROKER, CONFIG, int_param, page_json, seconds_param
 from .metrics import tally_of
 from .transport import ServerTransport
 
@@ -72,12 +72,14 @@ class LongPollHub:
 
 
 class Answer(NamedTuple):
-    """A poll answer that carried messages, encoded once: `key` is (since, limit, the room's last id)."""
+    """A poll answer encoded once, for every poll that asks the same (since, limit) while its room's last id holds."""
 
-    key: tuple[int, int, int]
     body: bytes
     messages: int
     payload_bytes: int
+
+
+ANSWERS_PER_ROOM = 64  # distinct (since, limit) answers kept for a room's newest id; more start the set afresh
 
 
 def _release(waiter: asyncio.Future[None]) -> None:
@@ -91,10 +93,25 @@ class PollRoute:
     def __init__(self, app: web.Application) -> None:
         self.long: LongPolling | None = None
         self.route = app.router.add_get("/rooms/{room}/messages", self.handle)
-        # Each room's latest answer that carried messages: the polls one message releases all ask with the same
-        # since=, and get the same bytes, encoded once. (since, limit, last_id) pin the answer down: history only
-        # grows.
-        self._answers: dict[str, Answer] = {}
+        # Each room's answers for its newest id, encoded once: the polls one message releases all ask with the same
+        # since=, and so do the short polls that come between two messages (a member's since= is the last id it
+        # saw). (since, limit) and the room's last id pin an answer down, history only growing; a new message
+        # starts the room's set afresh. Used only where the broker knows the last id without reading (in memory).
+        self._answers: dict[str, tuple[int, dict[tuple[int, int], Answer]]] = {}
+
+    def _cached(self, room: str, since: int, limit: int, last_id: int | None) -> Answer | None:
+        entry = self._answers.get(room)
+        if entry is None or last_id is None or entry[0] != last_id:
+            return None
+        return entry[1].get((since, limit))
+
+    def _remember(self, room: str, since: int, limit: int, page: Page) -> Answer:
+        answer = Answer(page_json(page).encode(), len(page.messages), sum(m.json_bytes for m in page.messages))
+        entry = self._answers.get(room)
+        if entry is None or entry[0] != page.last_id or len(entry[1]) >= ANSWERS_PER_ROOM:
+            entry = self._answers[room] = (page.last_id, {})
+        entry[1][(since, limit)] = answer
+        return answer
 
     async def handle(self, request: web.Request) -> web.Response:
         app = request.app
@@ -106,24 +123,22 @@ class PollRoute:
         if long is None:
             if "wait" in request.query:
                 raise InvalidInput("this server does short polling and does not hold requests: drop wait")
-            page = await broker.since(room, since, limit)
+            answer = self._cached(room, since, limit, broker.known_last_id(room))
+            page = None if answer is not None else await broker.since(room, since, limit)
         else:
             wait = seconds_param(request, "wait", long.max_wait_s) or 0.0
             page = await long.hub.hold(room, since, limit, wait)
+            answer = None
+            if page is None:  # a held poll, released: the answer its room's first released poll built is likely ours
+                answer = self._cached(room, since, limit, broker.known_last_id(room))
+                if answer is None:
+                    page = await broker.since(room, since, limit)
+        if answer is None:
+            answer = self._remember(room, since, limit, page)
         tally = tally_of(request)
         tally.polls += 1
-        answer = self._answers.get(room)
-        if page is None:  # a held poll, released: the answer its room's first released poll built is likely ours
-            if answer is None or answer.key != (since, limit, broker.known_last_id(room)):
-                page = await broker.since(room, since, limit)
-        if page is not None:
-            if not page.messages:
-                tally.empty_polls += 1
-                return json_text(200, page_json(page))
-            if answer is None or answer.key != (since, limit, page.last_id):
-                answer = self._answers[room] = Answer(
-                    (since, limit, page.last_id), page_json(page).encode(), len(page.messages),
-                    sum(len(m.json.encode()) for m in page.messages))
+        if not answer.messages:
+            tally.empty_polls += 1
         tally.messages_delivered += answer.messages
         tally.payload_sent_bytes += answer.payload_bytes
         return web.Response(body=answer.body, content_type="application/json", charset="utf-8")

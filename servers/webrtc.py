@@ -64,7 +64,7 @@ def message_text(message: Message) -> str:
 def encode(message: Message) -> Encoded:
     """One message as every member's channel sends it (a string message; each peer's DTLS seals its own), and the
     bytes of the message JSON in it."""
-    return Prepared(message_text(message), None), len(message.json.encode())
+    return Prepared(message_text(message), None), message.json_bytes
 
 
 def error_item(error: str) -> tuple[int, Prepared, int]:

@@ -69,7 +69,7 @@ def encoder(compress: bool):
 
     def encode(message: Message) -> Encoded:
         """The frame of one message, the same for every member, and the bytes of the message JSON within it."""
-        return frame(message_frame(message)), len(message.json.encode())
+        return frame(message_frame(message)), message.json_bytes
 
     return encode
 
