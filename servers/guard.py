@@ -253,6 +253,9 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
     """aiohttp's per-connection protocol, refusing connections over the caps and closing a connection whose
     request head (or whose first request) does not arrive in time. servers.app's middleware calls `head_done` (Guard.refuse)."""
 
+    # One per connection, held as long as it is: slots, not a dict per instance (aiohttp's RequestHandler has slots).
+    __slots__ = ("_guard", "_address", "_head_timer", "_in_request", "_refused")
+
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
