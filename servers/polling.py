@@ -80,6 +80,18 @@ class Answer(NamedTuple):
 
 
 ANSWERS_PER_ROOM = 64  # distinct (since, limit) answers kept for a room's newest id; more start the set afresh
+ANSWER_CACHE_BYTES = 16 * 2**20  # every room's kept answers together; past it, the whole cache starts afresh
+
+
+class RoomAnswers:
+    """A room's kept answers, all for its newest id `last_id`."""
+
+    __slots__ = ("last_id", "answers", "bytes")
+
+    def __init__(self, last_id: int) -> None:
+        self.last_id = last_id
+        self.answers: dict[tuple[int, int], Answer] = {}
+        self.bytes = 0
 
 
 def _release(waiter: asyncio.Future[None]) -> None:
@@ -97,20 +109,32 @@ class PollRoute:
         # since=, and so do the short polls that come between two messages (a member's since= is the last id it
         # saw). (since, limit) and the room's last id pin an answer down, history only growing; a new message
         # starts the room's set afresh. Used only where the broker knows the last id without reading (in memory).
-        self._answers: dict[str, tuple[int, dict[tuple[int, int], Answer]]] = {}
+        self._answers: dict[str, RoomAnswers] = {}
+        self.cached_bytes = 0  # bounded by ANSWER_CACHE_BYTES: distinct since= values cannot grow it without end
 
     def _cached(self, room: str, since: int, limit: int, last_id: int | None) -> Answer | None:
         entry = self._answers.get(room)
-        if entry is None or last_id is None or entry[0] != last_id:
+        if entry is None or last_id is None or entry.last_id != last_id:
             return None
-        return entry[1].get((since, limit))
+        return entry.answers.get((since, limit))
 
     def _remember(self, room: str, since: int, limit: int, page: Page) -> Answer:
-        answer = Answer(page_json(page).encode(), len(page.messages), sum(m.json_bytes for m in page.messages))
+        body = page_json(page).encode()
+        answer = Answer(body, len(page.messages), sum(m.json_bytes for m in page.messages))
+        if len(body) > ANSWER_CACHE_BYTES // 4:
+            return answer  # a page this big is rare (a member far behind): not worth the cache's room
         entry = self._answers.get(room)
-        if entry is None or entry[0] != page.last_id or len(entry[1]) >= ANSWERS_PER_ROOM:
-            entry = self._answers[room] = (page.last_id, {})
-        entry[1][(since, limit)] = answer
+        if entry is None or entry.last_id != page.last_id or len(entry.answers) >= ANSWERS_PER_ROOM:
+            if entry is not None:
+                self.cached_bytes -= entry.bytes
+            entry = self._answers[room] = RoomAnswers(page.last_id)
+        if self.cached_bytes + len(body) > ANSWER_CACHE_BYTES:
+            self._answers.clear()
+            self.cached_bytes = 0
+            entry = self._answers[room] = RoomAnswers(page.last_id)
+        entry.answers[(since, limit)] = answer
+        entry.bytes += len(body)
+        self.cached_bytes += len(body)
         return answer
 
     async def handle(self, request: web.Request) -> web.Response:

@@ -28,6 +28,25 @@ async def test_poll_says_truncated_when_history_dropped_messages(app_server, ses
     assert page == {**page, "truncated": False, "last_id": 12} and [m["id"] for m in page["messages"]] == [8, 9]
 
 
+async def test_poll_answers_are_shared_right_and_their_cache_is_bounded(app_server, session, monkeypatch):
+    from servers import polling
+
+    monkeypatch.setattr(polling, "ANSWER_CACHE_BYTES", 4096)
+    server = await app_server("short-polling")
+    route = server.app[polling.POLL_ROUTE]
+    for i in range(30):
+        await post(session, server.url, "r", text="x" * 100 + str(i))
+    for _ in range(2):  # the second round is served from the cache: the same pages
+        for since in range(30):
+            async with session.get(f"{server.url}/rooms/r/messages?since={since}") as resp:
+                page = await resp.json()
+            assert [m["id"] for m in page["messages"]] == list(range(since + 1, 31)) and page["last_id"] == 30
+            assert route.cached_bytes <= 4096
+    await post(session, server.url, "r", text="new")  # a new message: no kept answer is served again
+    async with session.get(f"{server.url}/rooms/r/messages?since=29") as resp:
+        assert [m["id"] for m in (await resp.json())["messages"]] == [30, 31]
+
+
 async def test_short_polling_rejects_wait(app_server, session):
     server = await app_server("short-polling")
     async with session.get(f"{server.url}/rooms/r/messages?since=0&wait=5") as resp:
