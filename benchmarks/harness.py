@@ -28,6 +28,7 @@ KINDS = {
     "clients.sse": "sse",
 }
 LONG_POLL_WAIT_S = 10
+PAGE_LIMIT = 1000  # clients.polling.PollingClient.page_limit: the servers' largest page
 
 
 def kind(transport: str) -> str:
@@ -103,21 +104,23 @@ async def load(transport: str, urls: list[str], rooms: int, members: int, rate: 
                         last = counts.got(url, last, int(line[4:]))
 
         async def poll(url: str, room: str, index: int) -> None:
-            since, k = 0, 0
-            wait = f"&wait={LONG_POLL_WAIT_S}" if how == "long-polling" else ""
+            since, k, full = 0, 0, False
+            # As rtlab's client asks: the server's largest page, and a full page followed at once (more is waiting).
+            query = f"&limit={PAGE_LIMIT}" + (f"&wait={LONG_POLL_WAIT_S}" if how == "long-polling" else "")
             sockets.setdefault((url, room), []).append(None)
             while not stop.is_set():
-                if how == "short-polling":  # on a fixed schedule, spread over the interval
+                if how == "short-polling" and not full:  # on a fixed schedule, spread over the interval
                     k += 1
                     delay = start + poll_interval_s * (k + index / members) - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                async with session.get(f"{url}/rooms/{room}/messages?since={since}{wait}") as resp:
+                async with session.get(f"{url}/rooms/{room}/messages?since={since}{query}") as resp:
                     page = json.loads(await resp.read())
                 if counts.counting:
                     counts.requests[url] += 1
                 for message in page["messages"]:
                     since = counts.got(url, since, message["id"])
+                full = len(page["messages"]) >= PAGE_LIMIT
 
         async def sender(room: str, offset: float) -> None:
             k = 0
