@@ -161,6 +161,10 @@ class RunData:
     offered_per_s: float | None = None  # deliveries per second the profile asks for (Profile.offered_deliveries_per_s)
     offered_sends_per_s: float | None = None  # sends per second it asks for: users x messages_per_second
     server_cpus: int = 1  # the CPUs the server was pinned to: its CPU share is of these
+    # The server's full garbage collections in the window (rtlab_gc_pause_seconds, generation 2): how many, and how
+    # long they stopped it in all; None where the pages predate the metric.
+    gc_full_pauses: float | None = None
+    gc_full_pause_s: float | None = None
 
     @classmethod
     def from_scrapes(
@@ -190,6 +194,13 @@ class RunData:
 
         # A counter added later than some runs: absent from their pages, and then not zero but unknown.
         payload_counted = any(key[0] == "rtlab_message_payload_sent_bytes_total" for _, end in pages for key in end)
+        gc_counted = any(key[0] == "rtlab_gc_pause_seconds_count" for _, end in pages for key in end)
+
+        def gc_delta(name: str) -> float | None:  # process-wide: one collector per server process, whatever it serves
+            if not gc_counted:
+                return None
+            return sum(metric_total(end, name, generation="2") - metric_total(start, name, generation="2")
+                       for start, end in pages)
 
         return cls(
             wire_received_bytes=delta("rtlab_wire_received_bytes_total"),
@@ -205,6 +216,8 @@ class RunData:
             ip_bytes=ip_bytes,
             payload_sent_bytes=delta("rtlab_message_payload_sent_bytes_total") if payload_counted else None,
             transport=transport,
+            gc_full_pauses=gc_delta("rtlab_gc_pause_seconds_count"),
+            gc_full_pause_s=gc_delta("rtlab_gc_pause_seconds_sum"),
             **client_side,
         )
 
@@ -338,6 +351,17 @@ def sampler_cpu_share(run: RunData) -> float:
     if run.sampler is None:
         return math.nan
     return _ratio(run.sampler.cpu_s, run.sampler.wall_s)
+
+
+@_figure("count", "Full garbage collections (generation 2) in the server's processes over the window: each walks "
+                  "every tracked object and stops the event loop while it does.")
+def server_gc_full_pauses(run: RunData) -> float:
+    return math.nan if run.gc_full_pauses is None else run.gc_full_pauses
+
+
+@_figure("s", "Time the server's full garbage collections stopped it over the window, in all.")
+def server_gc_full_pause_s(run: RunData) -> float:
+    return math.nan if run.gc_full_pause_s is None else run.gc_full_pause_s
 
 
 @_figure("B", "Largest server resident set size sampled in the window.")

@@ -53,6 +53,8 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "generator_cpu_peak": ("generator_cpu_peak", 1),
     "generator_saturated": ("generator_saturated", 1),
     "sampler_cpu_percent": ("sampler_cpu_share", 100),
+    "server_gc_full_pauses": ("server_gc_full_pauses", 1),
+    "server_gc_full_pause_ms": ("server_gc_full_pause_s", 1000),
 }
 # A peer's figures divided by its rtlab transport's at the same point (figures.ratios; rtlab's own rows: 1.0).
 RATIO_COLUMNS = {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import itertools
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -269,6 +271,10 @@ class Meter:
         else:
             self.mode = "+".join(transports)
         self.loop_lag = LagHistogram()
+        # Pauses of the cyclic garbage collector, by generation: a full collection (2) walks every tracked object,
+        # and with 10 000 connections held it stops the loop for hundreds of ms (docs/metrics.md).
+        self.gc_pauses = [LagHistogram() for _ in range(3)]
+        self._gc_started: float | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         self.transports: dict[str, Any] = {}  # name -> servers.transport.ServerTransport: gauges, claims
@@ -306,6 +312,7 @@ class Meter:
         self._metrics_route = app.router.add_get(METRICS_PATH, self.handle_metrics, allow_head=False)
         app.on_startup.append(self._index_routes)  # by then every route exists
         app.cleanup_ctx.append(self._watch_loop_lag)
+        app.cleanup_ctx.append(self._watch_gc)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -365,6 +372,18 @@ class Meter:
         self._lag_timer = loop.call_at(due, self._lag_tick, loop, due)
         yield
         self._lag_timer.cancel()
+
+    async def _watch_gc(self, app: web.Application):
+        gc.callbacks.append(self._gc_callback)
+        yield
+        gc.callbacks.remove(self._gc_callback)
+
+    def _gc_callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.gc_pauses[min(info["generation"], 2)].observe(time.perf_counter() - self._gc_started)
+            self._gc_started = None
 
     def _lag_tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         # A bare timer callback, not a task: on an idle VM every wake-up costs ~0.15 ms of CPU, and a
@@ -437,6 +456,17 @@ class _Collector:
         buckets = [(repr(bound), n) for bound, n in zip(LOOP_LAG_BUCKETS_S, cumulative)]
         histogram.add_metric([meter.mode], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
         yield histogram
+
+        pauses = HistogramMetricFamily(
+            "rtlab_gc_pause_seconds",
+            "How long Python's cyclic garbage collector stopped this process, by generation (2: a full collection).",
+            labels=["transport", "generation"],
+        )
+        for generation, lag in enumerate(meter.gc_pauses):
+            cumulative = list(itertools.accumulate(lag.counts))
+            buckets = [(repr(bound), n) for bound, n in zip(LOOP_LAG_BUCKETS_S, cumulative)]
+            pauses.add_metric([meter.mode, str(generation)], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
+        yield pauses
 
         for source in meter.sources:
             yield from source()

@@ -126,6 +126,26 @@ async def test_a_blocked_event_loop_shows_as_lag(app_server):
     ) >= 0.35
 
 
+async def test_a_full_garbage_collection_shows_as_a_pause(app_server):
+    import gc
+
+    server = await app_server("websocket")
+    _, before = await scrape(server.url)
+    cycles = []
+    for _ in range(200_000):  # tracked objects for a full collection to walk, so it takes a measurable while
+        cell: list = []
+        cell.append(cell)
+        cycles.append(cell)
+    gc.collect()  # a full collection (generation 2), in this process, where the server runs
+    _, after = await scrape(server.url)
+    full = metric_total(after, "rtlab_gc_pause_seconds_count", generation="2") - metric_total(
+        before, "rtlab_gc_pause_seconds_count", generation="2")
+    assert full >= 1
+    assert metric_total(after, "rtlab_gc_pause_seconds_sum", generation="2") > metric_total(
+        before, "rtlab_gc_pause_seconds_sum", generation="2")
+    del cycles
+
+
 async def test_no_metrics_serves_no_metrics_and_counts_nothing(app_server):
     server = await app_server("short-polling", metrics=False)
     assert METER not in server.app
