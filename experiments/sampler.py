@@ -210,6 +210,7 @@ def run(
         if max_duration_s is not None and now - start > max_duration_s:
             break
         counting = conn_hz > 0 and now >= next_count - period / 2
+        cpu_before = time.thread_time()
         inodes = open_tcp_inodes() if counting else None
         for w in [*watched, *([me] if me else [])]:
             if w.gone:
@@ -232,7 +233,9 @@ def run(
             rows += 1
         if counting:
             # Counting reads every descriptor: at most DESCRIPTOR_BUDGET of a CPU on it, however many there are.
-            cost = time.monotonic() - now
+            # The cost is this thread's CPU (the kernel's reading of /proc included), not the wall time a
+            # busy machine stretches it to.
+            cost = time.thread_time() - cpu_before
             next_count = max(next_count + 1.0 / conn_hz, now + cost / DESCRIPTOR_BUDGET)
         out.flush()  # a sampler killed mid-run still leaves every row it took
         tick = max(tick + 1, int((time.monotonic() - start) / period) + 1)
