@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import orjson
 
 from .settings import setting
 
@@ -79,8 +80,9 @@ class Message:
 def fields_json(room: str, user: str, text: str, sent_at: float | None, ts: float) -> str:
     """A message's JSON without its id (the id comes first: with_id adds it; the Redis broker's script does the
     same in Redis, where the id is allocated)."""
-    fields = {"room": room, "user": user, "text": text, "sent_at": sent_at, "ts": ts}
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    # orjson: compact, UTF-8 as is (json.dumps's ensure_ascii=False), a tenth of its time; the same text but for
+    # the exponent of a float under 1e-4 (1e-08 reads 1e-8), valid JSON both.
+    return orjson.dumps({"room": room, "user": user, "text": text, "sent_at": sent_at, "ts": ts}).decode()
 
 
 def with_id(message_id: int, fields: str) -> str:
@@ -224,7 +226,8 @@ class ChatCore:
             if len(self._rooms) >= self.limits.rooms:
                 raise Unavailable(f"room limit reached ({self.limits.rooms} rooms)")
             state = self._rooms[room] = _Room()
-        message = encode_message(Message(state.last_id + 1, room, user, text, sent_at, self._clock()))
+        message_id, ts = state.last_id + 1, self._clock()
+        message = Message(message_id, room, user, text, sent_at, ts, with_id(message_id, fields_json(room, user, text, sent_at, ts)))
         state.append(message, self.limits.history)
         return message
 

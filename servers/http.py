@@ -8,6 +8,7 @@ import logging
 import math
 import re
 
+import orjson
 from aiohttp import web
 
 from .broker import Broker
@@ -87,21 +88,27 @@ async def read_json(request: web.Request) -> object:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(
             reason=f"a request body must be application/json, not {request.content_type or 'unlabelled'}")
-    try:
-        async with asyncio.timeout(request.app[CONFIG].request_head_timeout_s):
-            body = await request.read()
-    except TimeoutError:
-        raise web.HTTPRequestTimeout(reason="the request body did not arrive in time") from None
+    if request.content.is_eof():  # the whole body came with the head (a chat message nearly always does)
+        body = await request.read()
+    else:
+        try:
+            async with asyncio.timeout(request.app[CONFIG].request_head_timeout_s):
+                body = await request.read()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(reason="the request body did not arrive in time") from None
     if not body:
         raise InvalidInput("request body must be a JSON object")
     try:
-        return json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("request body is not valid UTF-8") from None
-    except ValueError:
-        raise InvalidInput("request body is not valid JSON") from None
-    except RecursionError:
-        raise InvalidInput("request body is nested too deeply") from None
+    try:
+        # orjson: a fifth of json.loads's time, and stricter (no NaN, no integers past 64 bits); nesting past
+        # its limit of 1024 is an error too.
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        nested = "depth limit" in str(error)
+        raise InvalidInput("request body is nested too deeply" if nested else "request body is not valid JSON") from None
 
 
 async def error_answer(request: web.Request, error: Exception) -> web.Response:
