@@ -14,7 +14,7 @@ from .broker import Broker, MemoryBroker
 from .config import ServerConfig
 from .core import ChatCore, RateLimited, parse_post, validate_room
 from .guard import GUARD, Guard
-from .http import BROKER, CONFIG, error_answer, int_param, json_text, messages_json, read_json
+from .http import BROKER, CONFIG, error_answer, int_param, json_text, messages_json, messages_resource, read_json
 from .transport import CLOSE_GOING_AWAY, MOUNTED, ServerTransport, mounted
 
 
@@ -112,7 +112,7 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
         raise ValueError(f"{standalone[0]} serves every chat route itself: mount it alone")
     app.router.add_get("/healthz", handle_healthz)
     if not standalone:
-        app.router.add_post("/rooms/{room}/messages", handle_post)
+        messages_resource(app).add_route("POST", handle_post)
         app.router.add_get("/rooms/{room}/history", handle_history)
     admin.add_routes(app, config)
     transports: dict[str, ServerTransport] = {}

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .broker import Broker, RoomListeners
 from .core import InvalidInput, Message, Page, validate_room
-from .http import BROKER, CONFIG, int_param, page_json, seconds_param
+from .http import BROKER, CONFIG, int_param, messages_resource, page_json, seconds_param
 from .metrics import tally_of
 from .transport import ServerTransport
 
@@ -104,7 +104,9 @@ class PollRoute:
 
     def __init__(self, app: web.Application) -> None:
         self.long: LongPolling | None = None
-        self.route = app.router.add_get("/rooms/{room}/messages", self.handle)
+        resource = messages_resource(app)
+        resource.add_route("HEAD", self.handle)
+        self.route = resource.add_route("GET", self.handle)
         # Each room's answers for its newest id, encoded once: the polls one message releases all ask with the same
         # since=, and so do the short polls that come between two messages (a member's since= is the last id it
         # saw). (since, limit) and the room's last id pin an answer down, history only growing; a new message
