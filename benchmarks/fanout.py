@@ -155,12 +155,14 @@ def highest(a: argparse.Namespace) -> dict:
             print(f"  {transport:18} {rate:8.1f} msg/s/room: {result['delivered_per_s']:9.0f} delivered/s, "
                   f"server CPU {result['server_cpu_share']:.0%}, load CPU {result['load_cpu_share']:.0%}, "
                   f"{result['cpu_us_per_delivered']:.1f} us/msg, {result['delivered'] / max(result['due'], 1):.1%} "
-                  f"of due{'' if ok else '  <- limit'}", flush=True)
+                  f"of due{'' if ok else '  <- short'}", flush=True)
             if result["load_cpu_share"] >= SATURATED and ok:
                 held, bound = result, "generator"
                 break
             if not ok:
-                bound = "server"
+                # Deliveries fell short while the load ran out of CPU and the server did not: the load's limit.
+                generator = result["load_cpu_share"] >= SATURATED and result["server_cpu_share"] < SATURATED
+                bound = "generator" if generator else "server"
                 break
             held, rate = result, rate * a.step
         else:

@@ -53,7 +53,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def messages_json(messages: tuple[Message, ...]) -> str:
-    return "[" + ",".join(m.json for m in messages) + "]"
+    return "[" + ",".join([m.json for m in messages]) + "]"
 
 
 def page_json(page: Page) -> str:
