@@ -39,10 +39,10 @@ def outcome(result):
     """A comparable form of what an operation returned or raised, JSON encodings included."""
     if isinstance(result, BaseException):
         return (type(result).__name__, str(result))
+    if hasattr(result, "truncated"):  # a Page (a named tuple, so before the tuples of messages)
+        return ([outcome(m) for m in result.messages], result.last_id, result.truncated)
     if isinstance(result, tuple):
         return [outcome(m) for m in result]
-    if hasattr(result, "truncated"):
-        return ([outcome(m) for m in result.messages], result.last_id, result.truncated)
     return (result, result.json)
 
 
