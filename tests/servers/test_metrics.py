@@ -161,3 +161,24 @@ async def test_no_metrics_serves_no_metrics_and_counts_nothing(app_server):
 def test_cli_switches_metrics():
     assert parse_args(["--transport", "websocket"]).metrics is True
     assert parse_args(["--transport", "websocket", "--no-metrics"]).metrics is False
+
+
+async def test_gc_freeze_leaves_what_survived_a_full_collection_out_of_the_next(app_server):
+    import gc
+
+    server = await app_server("websocket")
+    gc.collect()
+    assert gc.get_freeze_count() == 0  # off by default: every collection walks everything
+    await server.stop()
+
+    server = await app_server("websocket", gc_freeze=True)
+    started = gc.get_freeze_count()
+    assert started > 0  # what the server held once started
+    kept = [[] for _ in range(10_000)]  # long-lived, tracked objects
+    gc.collect()
+    assert gc.get_freeze_count() >= started + len(kept)  # survivors of a full collection: frozen
+    _, text = await scrape(server.url)
+    assert metric_total(text, "rtlab_gc_pause_seconds_count", generation="2") >= 1  # still measured
+    await server.stop()
+    assert gc.get_freeze_count() == 0  # the server unfreezes what it froze when it stops
+    del kept
