@@ -90,10 +90,14 @@ def with_id(message_id: int, fields: str) -> str:
     return f'{{"id":{message_id},{fields[1:]}'
 
 
+def new_message(message_id: int, room: str, user: str, text: str, sent_at: float | None, ts: float) -> Message:
+    """A message carrying its JSON encoding, made once, so fan-out never encodes it again."""
+    return Message(message_id, room, user, text, sent_at, ts, with_id(message_id, fields_json(room, user, text, sent_at, ts)))
+
+
 def encode_message(message: Message) -> Message:
-    """Return `message` carrying its JSON encoding, so fan-out never encodes it again."""
-    text = with_id(message.id, fields_json(message.room, message.user, message.text, message.sent_at, message.ts))
-    return Message(message.id, message.room, message.user, message.text, message.sent_at, message.ts, text)
+    """Return `message` carrying its JSON encoding."""
+    return new_message(message.id, message.room, message.user, message.text, message.sent_at, message.ts)
 
 
 class Page(NamedTuple):
@@ -226,8 +230,7 @@ class ChatCore:
             if len(self._rooms) >= self.limits.rooms:
                 raise Unavailable(f"room limit reached ({self.limits.rooms} rooms)")
             state = self._rooms[room] = _Room()
-        message_id, ts = state.last_id + 1, self._clock()
-        message = Message(message_id, room, user, text, sent_at, ts, with_id(message_id, fields_json(room, user, text, sent_at, ts)))
+        message = new_message(state.last_id + 1, room, user, text, sent_at, self._clock())
         state.append(message, self.limits.history)
         return message
 

@@ -66,7 +66,7 @@ class Tally:
 
 
 class LagHistogram:
-    """Event-loop lag in buckets of LOOP_LAG_BUCKETS_S (plus +Inf), as plain counts."""
+    """A pause (event-loop lag, a garbage collection) in buckets of LOOP_LAG_BUCKETS_S (plus +Inf), as plain counts."""
 
     __slots__ = ("counts", "sum_s")
 
@@ -77,6 +77,11 @@ class LagHistogram:
     def observe(self, lag_s: float) -> None:
         self.counts[bisect.bisect_left(LOOP_LAG_BUCKETS_S, lag_s)] += 1
         self.sum_s += lag_s
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative (le, count) pairs, +Inf last, as prometheus_client's HistogramMetricFamily takes them."""
+        cumulative = list(itertools.accumulate(self.counts))
+        return [(repr(bound), n) for bound, n in zip(LOOP_LAG_BUCKETS_S, cumulative)] + [("+Inf", cumulative[-1])]
 
 
 # Where handlers count when instrumentation is off: absorbs the adds, never exported.
@@ -452,9 +457,7 @@ class _Collector:
             f"How late a task scheduled every {LOOP_LAG_INTERVAL_S} s woke, past its due time.",
             labels=["transport"],
         )
-        cumulative = list(itertools.accumulate(lag.counts))
-        buckets = [(repr(bound), n) for bound, n in zip(LOOP_LAG_BUCKETS_S, cumulative)]
-        histogram.add_metric([meter.mode], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
+        histogram.add_metric([meter.mode], lag.buckets(), lag.sum_s)
         yield histogram
 
         pauses = HistogramMetricFamily(
@@ -462,10 +465,8 @@ class _Collector:
             "How long Python's cyclic garbage collector stopped this process, by generation (2: a full collection).",
             labels=["transport", "generation"],
         )
-        for generation, lag in enumerate(meter.gc_pauses):
-            cumulative = list(itertools.accumulate(lag.counts))
-            buckets = [(repr(bound), n) for bound, n in zip(LOOP_LAG_BUCKETS_S, cumulative)]
-            pauses.add_metric([meter.mode, str(generation)], buckets + [("+Inf", cumulative[-1])], lag.sum_s)
+        for generation, pause in enumerate(meter.gc_pauses):
+            pauses.add_metric([meter.mode, str(generation)], pause.buckets(), pause.sum_s)
         yield pauses
 
         for source in meter.sources:
