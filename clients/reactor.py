@@ -116,9 +116,11 @@ class Reactor:
         poll = self._epoll.poll
         watches = self._watches
         read = os.read
+        monotonic = time.monotonic
         try:
             while True:
                 hub.wait(ready)
+                now = monotonic()  # one reading per wake-up: Watch.wait needs the last activity to a second or so
                 for fd, _events in poll(0, MAX_EVENTS):
                     watch = watches.get(fd)
                     if watch is None:
@@ -133,7 +135,7 @@ class Reactor:
                     if not data:
                         watch.end(None)  # the peer closed its side
                         continue
-                    watch.last_data = time.monotonic()
+                    watch.last_data = now
                     try:
                         watch.on_data(data)
                     except Exception as error:  # a parser's protocol error ends that connection only

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import json
 import math
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from servers import registry
@@ -24,10 +28,49 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # The ledger leaves out messages sent in the last seconds of a run: still in flight when receivers stopped.
 LEDGER_MARGIN_S = 2.0
 MAX_RECONNECT_SAMPLES = 100_000
+# Deliveries wait at most this long (and never past a whole second) before they reach the histogram and Locust.
+BATCH_S = 0.25
 
 
 def new_latency_histogram() -> HdrHistogram:
     return HdrHistogram(LATENCY_LOWEST_US, LATENCY_HIGHEST_US, LATENCY_SIGNIFICANT_FIGURES)
+
+
+def record_values(histogram: HdrHistogram, values: np.ndarray) -> None:
+    """Record integer values (each within the histogram's range) at once, as `record_value` would one by one.
+
+    hdrh's `record_value` is Python: about 1.5 µs a value, paid for every delivery on the load generator's hot
+    path. This is its index arithmetic (bucket from the value's bit length, sub-bucket from a shift) on a whole
+    array; tests/clients/test_clients_results.py checks it against `record_value` over the whole range.
+    """
+    if not len(values):
+        return
+    values = values.astype(np.int64, copy=False)
+    unit = histogram.unit_magnitude
+    half_magnitude = histogram.sub_bucket_half_count_magnitude
+    # The bit length of value | mask (frexp is exact: the values are far below 2**53).
+    bit_length = np.frexp((values | histogram.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
+    bucket = bit_length - unit - (half_magnitude + 1)
+    sub_bucket = values >> (bucket + unit)
+    index = ((bucket + 1) << half_magnitude) + sub_bucket - histogram.sub_bucket_half_count
+    if index.min() < 0 or index.max() >= histogram.counts_len:
+        raise ValueError("a value outside the histogram's range")
+    slots, counts = np.unique(index, return_counts=True)
+    np.ctypeslib.as_array(histogram.counts)[slots] += counts.astype(np.uint64)
+    histogram.total_count += len(values)
+    histogram.min_value = min(histogram.min_value, int(values.min()))
+    histogram.max_value = max(histogram.max_value, int(values.max()))
+
+
+class Batch(NamedTuple):
+    """The deliveries of one transport received within one batch (all in the whole second `second`)."""
+
+    second: int
+    last_at: float  # when the batch was closed (within `second`)
+    measured_ms: np.ndarray  # latencies after the warm-up, in ms
+    measured_bytes: int  # their texts' length
+    warmup_ms: np.ndarray
+    warmup_bytes: int
 
 
 @dataclass
@@ -44,18 +87,55 @@ class TransportResults:
     merged: Counts = field(default_factory=Counts)  # completeness of other processes' receivers (Locust workers)
     merged_receivers: int = 0
     measure_from: float = 0.0  # unix time the measured window starts (the run's warm-up ends)
+    # Deliveries wait here, in batches, on their way into the histogram and (`on_batch`) Locust's stats: on the
+    # load generator's hot path a delivery costs two list appends, and a batch is recorded with numpy. The hot
+    # path (clients/locustfile.py) calls `flush(now)` first when `now >= flush_at`, then appends to `pending`
+    # (latency in s, after the warm-up) or `pending_warmup`, and adds the text's length to the bytes.
+    pending: array = field(default_factory=lambda: array("d"))  # C doubles: numpy reads them without a copy
+    pending_bytes: int = 0
+    pending_warmup: array = field(default_factory=lambda: array("d"))
+    pending_warmup_bytes: int = 0
+    flush_at: float = 0.0  # the batch closes at this unix time: BATCH_S after it opened, or the next whole second
+    batch_second: int = 0
+    on_batch: Callable[[Batch], None] | None = None
 
-    def record(self, latency_s: float, now: float) -> bool:
-        """Record one delivery latency; return False when it fell in the warm-up (not in the histogram)."""
-        if now < self.measure_from:
-            self.deliveries_warmup += 1
-            return False
-        latency_us = round(latency_s * 1e6)
-        if not 0 <= latency_us <= LATENCY_HIGHEST_US:
-            self.latencies_clamped += 1
-            latency_us = min(max(latency_us, 0), LATENCY_HIGHEST_US)
-        self.histogram.record_value(latency_us)
-        return True
+    def record(self, latency_s: float, now: float, length: int = 0) -> bool:
+        """Record one delivery latency at once; return False when it fell in the warm-up (not in the histogram)."""
+        self.flush(now)  # what is pending, then a batch that opens now
+        measured = now >= self.measure_from
+        if measured:
+            self.pending.append(latency_s)
+            self.pending_bytes += length
+        else:
+            self.pending_warmup.append(latency_s)
+            self.pending_warmup_bytes += length
+        self.flush(now)
+        return measured
+
+    def flush(self, now: float) -> None:
+        """Record the pending batch (histogram, then `on_batch`) and open the next one at `now`."""
+        if self.pending or self.pending_warmup:
+            measured_ms = np.frombuffer(self.pending, dtype=np.float64) * 1000.0
+            warmup_ms = np.frombuffer(self.pending_warmup, dtype=np.float64) * 1000.0
+            batch = Batch(self.batch_second, min(now, self.flush_at), measured_ms, self.pending_bytes,
+                          warmup_ms, self.pending_warmup_bytes)
+            self.pending, self.pending_warmup = array("d"), array("d")
+            self.pending_bytes = self.pending_warmup_bytes = 0
+            self.deliveries_warmup += len(warmup_ms)
+            latency_us = np.rint(measured_ms * 1000.0)
+            outside = (latency_us < 0) | (latency_us > LATENCY_HIGHEST_US)
+            if outside.any():
+                self.latencies_clamped += int(outside.sum())
+                latency_us = np.clip(latency_us, 0, LATENCY_HIGHEST_US)
+            record_values(self.histogram, latency_us.astype(np.int64))
+            if self.on_batch is not None:
+                self.on_batch(batch)
+        self.batch_second = math.floor(now)
+        self.flush_at = min(self.batch_second + 1.0, now + BATCH_S)
+
+    def drop_pending(self) -> None:
+        self.pending, self.pending_warmup = array("d"), array("d")
+        self.pending_bytes = self.pending_warmup_bytes = 0
 
     @property
     def deliveries_measured(self) -> int:
@@ -164,6 +244,7 @@ class RunResults:
     def reset_deliveries(self) -> None:
         """Forget the deliveries recorded so far (Locust's stats were reset); receivers keep counting."""
         for results in self.transports.values():
+            results.drop_pending()
             results.histogram.reset()
             results.deliveries_warmup = 0
             results.latencies_clamped = 0
@@ -180,8 +261,15 @@ class RunResults:
         """Record a client's reconnect (ok) or its giving up (not ok)."""
         self.for_transport(transport).record_reconnect(milliseconds, ok)
 
+    def flush(self, now: float, due_only: bool = False) -> None:
+        """Record every transport's pending deliveries (only the batches due by `now` when `due_only`)."""
+        for results in list(self.transports.values()):
+            if not due_only or now >= results.flush_at:
+                results.flush(now)
+
     def finish(self, now: float) -> None:
         """Mark the end of the run: the ledger counts messages sent before now - LEDGER_MARGIN_S."""
+        self.flush(now)
         self.stopped_at = now
 
     def ledger_cutoff_s(self) -> int | None:

@@ -93,3 +93,47 @@ def test_files_land_in_the_out_dir_or_beside_the_csvs(tmp_path):
     doc = json.loads(Path(tmp_path / "run1_completeness.json").read_text())
     assert doc["transports"]["websocket"]["deliveries_measured"] == 1
     assert doc["profile"]["users"] == 50
+
+
+def test_a_batch_of_values_lands_where_record_value_puts_each():
+    import random
+
+    import numpy as np
+
+    from clients.results import new_latency_histogram, record_values
+
+    rng = random.Random(7)
+    values = [0, 1, 2047, 2048, 2049, 4095, 4096, LATENCY_HIGHEST_US]
+    values += [rng.randrange(0, 10 ** rng.randrange(1, 10)) for _ in range(20_000)]
+    values = [min(v, LATENCY_HIGHEST_US) for v in values]
+    one_by_one, batched = new_latency_histogram(), new_latency_histogram()
+    for value in values:
+        one_by_one.record_value(value)
+    record_values(batched, np.array(values[:5000]))
+    record_values(batched, np.array(values[5000:]))
+    assert list(batched.counts) == list(one_by_one.counts)
+    assert (batched.total_count, batched.min_value, batched.max_value) == (
+        one_by_one.total_count, one_by_one.min_value, one_by_one.max_value)
+    assert batched.encode() == one_by_one.encode()
+
+
+def test_pending_deliveries_reach_the_histogram_when_their_batch_closes():
+    results = new_results(warmup_s=1.0)
+    ws = results.for_transport("websocket")
+    batches = []
+    ws.on_batch = batches.append
+    ws.flush(100.9)  # a batch opens at 100.9; it closes at the whole second
+    assert ws.flush_at == 101.0
+    ws.pending_warmup.append(0.001)
+    assert ws.deliveries_measured == 0 and not batches  # pending, not recorded yet
+    results.flush(101.0, due_only=True)
+    assert (ws.deliveries_warmup, ws.deliveries_measured) == (1, 0)
+    assert batches[0].second == 100 and batches[0].warmup_ms.tolist() == [1.0]
+    ws.pending.append(0.002)
+    ws.pending.append(-0.5)  # a clock step: clamped to 0 and counted
+    ws.pending_bytes += 200
+    results.flush(101.1, due_only=True)  # not due yet: the batch opened at 101.0 closes at 101.25
+    assert ws.deliveries_measured == 0
+    results.finish(101.1)  # the end of the run records what is pending
+    assert (ws.deliveries_measured, ws.latencies_clamped) == (2, 1)
+    assert batches[1].second == 101 and batches[1].measured_bytes == 200
