@@ -88,6 +88,11 @@ class Samples:
             return 0.0
         return (self.cpu_user_s[-1] + self.cpu_system_s[-1]) - (self.cpu_user_s[0] + self.cpu_system_s[0])
 
+    @property
+    def system_cpu_s(self) -> float:
+        """Of those, the CPU seconds spent in the kernel (system calls: sockets, epoll; TCP on loopback)."""
+        return self.cpu_system_s[-1] - self.cpu_system_s[0] if len(self.t_s) > 1 else 0.0
+
 
 def sum_samples(series: Iterable[Samples]) -> Samples:
     """Add several processes' samples (e.g. a cluster's instances, Redis and HAProxy) into one series.
@@ -331,6 +336,20 @@ def generator_cpu_us_per_delivered_message(run: RunData) -> float:
     if run.generator is None:
         return math.nan
     return _ratio(run.generator.cpu_s * 1e6, run.messages_delivered)
+
+
+@_figure("us/msg", "Of the server's CPU per message delivered, the kernel's (system time): its sockets' system calls, "
+                   "and on loopback the TCP work of delivering into the receiver's socket.")
+def server_system_cpu_us_per_delivered_message(run: RunData) -> float:
+    return _ratio(run.server.system_cpu_s * 1e6, run.messages_delivered)
+
+
+@_figure("us/msg", "Of the load generator's CPU per message the server delivered, the kernel's (system time): one "
+                   "read of a socket or more per delivery, and the TCP work of its own sends.")
+def generator_system_cpu_us_per_delivered_message(run: RunData) -> float:
+    if run.generator is None:
+        return math.nan
+    return _ratio(run.generator.system_cpu_s * 1e6, run.messages_delivered)
 
 
 @_figure("us/member/s", "Server CPU time (user + system), in microseconds, per connected member per second of the "

@@ -43,6 +43,8 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "server_cpu_percent": ("server_cpu_share", 100),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
     "generator_cpu_us_per_delivered": ("generator_cpu_us_per_delivered_message", 1),
+    "server_system_us_per_delivered": ("server_system_cpu_us_per_delivered_message", 1),
+    "generator_system_us_per_delivered": ("generator_system_cpu_us_per_delivered_message", 1),
     "server_cpu_us_per_member_s": ("server_cpu_us_per_member_s", 1),
     "bytes_per_member_s": ("bytes_per_member_s", 1),
     "server_rss_peak_mb": ("server_peak_rss_bytes", 1e-6),

@@ -122,7 +122,8 @@ def test_event_loop_lag_buckets_over_the_window(run):
 
 ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered", "server_cpu_us_per_member_s", "bytes_per_member_s",
                            "sampler_cpu_percent", "server_cpu_percent", "offered_per_s", "delivered_offered_ratio",
-                           "delivered_offered_tolerance", "server_gc_full_pauses", "server_gc_full_pause_ms"}
+                           "delivered_offered_tolerance", "server_gc_full_pauses", "server_gc_full_pause_ms",
+                           "server_system_us_per_delivered", "generator_system_us_per_delivered"}
 
 
 def test_recomputed_figures_match_the_summary_the_runner_wrote(run):

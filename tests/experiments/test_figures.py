@@ -50,6 +50,7 @@ EXPECTED = {
     "bytes_per_sent_message": 200.0,  # 4000 / 20 (sent defaults to accepted)
     "ip_bytes_per_delivered_message": 40.0,  # 8000 / 200
     "server_cpu_us_per_delivered_message": 6000.0,  # (2.7 - 1.5) s = 1.2e6 us / 200
+    "server_system_cpu_us_per_delivered_message": 1000.0,  # (0.7 - 0.5) s of it in the kernel
     "server_peak_rss_bytes": 2500.0,
     "server_mean_rss_bytes": 1750.0,  # (1000 + 1500 + 2000 + 2500) / 4
     "rss_per_connection_bytes": 50.0,
@@ -57,6 +58,7 @@ EXPECTED = {
     "empty_poll_ratio": 0.2,  # 10 / 50
     "generator_cpu_share": 0.25,  # (5.5 - 4.0) s / (3 s x 2 CPUs)
     "generator_cpu_us_per_delivered_message": 1.5e6 / 200,  # (5.5 - 4.0) s of the generator's CPU
+    "generator_system_cpu_us_per_delivered_message": 0.3e6 / 200,  # (1.3 - 1.0) s of it in the kernel
     "server_cpu_us_per_member_s": 1.2e6 / (30 * 3),  # 1.2 s of CPU over 3 s with 30 members
     "bytes_per_member_s": 4000 / (30 * 3),
     "sampler_cpu_share": 0.01,  # 30 ms over 3 s
