@@ -237,6 +237,18 @@ class ChatClient(ABC):
             self.last_id = message_id
         self.on_message(message, received_at)
 
+    def _accept_echo(self, pending: dict, frame: Message, received_at: float, length: int) -> None:
+        """When `frame` echoes a send of ours still in `pending` (keyed by (user, sent_at)), report that SEND,
+        timed from its sent_at, and tell `on_send_accepted` (clients whose sends come back on their own stream)."""
+        if not pending:
+            return
+        key = (frame.get("user"), frame.get("sent_at"))
+        if key in pending:
+            del pending[key]
+            self.report("SEND", self.transport, (received_at - key[1]) * 1000, length)
+            if self.on_send_accepted is not None:
+                self.on_send_accepted(key[1])
+
     def _connect(self) -> None:
         """Open what join needs before the receiver starts (a WebSocket); nothing by default."""
 

@@ -446,12 +446,7 @@ class WebRTCClient(ChatClient):
             self.report("RECEIVE", self.transport, 0, len(data), ClientError(f"frame is not a JSON object: {data[:200]!r}"))
             return
         if kind == "message":
-            key = (frame.get("user"), frame.get("sent_at"))
-            if key in self._pending:
-                del self._pending[key]
-                self.report("SEND", self.transport, (received_at - key[1]) * 1000, len(data))
-                if self.on_send_accepted is not None:
-                    self.on_send_accepted(key[1])
+            self._accept_echo(self._pending, frame, received_at, len(data))
             self.deliver(frame, received_at)
         elif kind == "close":
             # The server's last word before it closes the channel (a data channel has no close code of its own).

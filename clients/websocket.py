@@ -230,12 +230,7 @@ class WebSocketClient(ChatClient):
             return
         if kind == "message":
             if self._pending:  # a send of ours awaits its echo: is this it?
-                key = (frame.get("user"), frame.get("sent_at"))
-                if key in self._pending:
-                    del self._pending[key]
-                    self.report("SEND", self.transport, (received_at - key[1]) * 1000, len(data))
-                    if self.on_send_accepted is not None:
-                        self.on_send_accepted(key[1])
+                self._accept_echo(self._pending, frame, received_at, len(data))
             if self._backoff.failures:
                 self._backoff.reset()  # the connection delivers again
             self.deliver(frame, received_at)
