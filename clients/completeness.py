@@ -110,6 +110,10 @@ class LedgerReceiver:
     def observe(self, user: object, sent_at: object) -> None:
         if user == self.user or isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
             return
+        self.count(sent_at)
+
+    def count(self, sent_at: float) -> None:
+        """Count another member's message sent at `sent_at` (a number: the caller checked, as `observe` does)."""
         if sent_at >= self.joined_at:
             second = math.floor(sent_at)
             self.by_second[second] = self.by_second.get(second, 0) + 1

@@ -455,12 +455,8 @@ class ChatMember(ClientUser):
         sent_at = message.get("sent_at")
         if user == self.user_name or (sent_at.__class__ is not float and sent_at.__class__ is not int):
             return  # our own echo, or no usable sent_at (a bool is neither class): not in the ledger either
-        ledger = self.ledger
-        if ledger is not None and sent_at >= ledger.joined_at:
-            # LedgerReceiver.observe, inline: sent_at is a positive unix time here, so int() is its floor.
-            by_second = ledger.by_second
-            second = int(sent_at)
-            by_second[second] = by_second.get(second, 0) + 1
+        if self.ledger is not None:
+            self.ledger.count(sent_at)  # what LedgerReceiver.observe checks first is checked above
         # Into the transport's batch (clients/results.py, TransportResults): the histogram and Locust's stats get
         # a batch at a time, every delivery in it with its own latency.
         deliveries = self.deliveries

@@ -278,11 +278,8 @@ def write_text(ws: websocket.WebSocket, payload: bytes) -> None:
     about 40 µs of the load generator's CPU per message sent (py-spy). Its lock keeps a pong written meanwhile
     by the reactor's greenlet (websocket-client's `pong`) from landing inside this frame.
     """
-    ws.lock.acquire()
-    try:
+    with ws.lock:
         ws.sock.sendall(masked_text_frame(payload, os.urandom(4)))
-    finally:
-        ws.lock.release()
 
 
 def masked_text_frame(payload: bytes, key: bytes) -> bytes:
