@@ -68,3 +68,15 @@ def test_a_message_the_server_drops_is_counted_lost(transport, tmp_path):
         assert 3 not in seen[member]["ids"]
         assert seen[member]["lost"] == 1
         assert seen[member]["duplicates"] == 0
+
+
+def test_websocket_frames_go_out_whole_past_a_full_buffer_and_a_held_lock():
+    """write_text's one non-blocking write: a frame the socket cannot take at once is finished by sendall, and one
+    written while another greenlet holds the lock mid-frame (a pong) waits for it: nothing is cut or mixed."""
+    result = subprocess.run([sys.executable, str(HELPERS / "write_text_probe.py")],
+                            check=False, capture_output=True, text=True, timeout=60 * UNIT)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["locked_while_writing"]
+    assert seen["frames"] == [[0x81, 4 * 1024 * 1024], [0x8A, 4], [0x81, 7], [0x81, 4 * 1024 * 1024], [0x81, 7]]
+    assert seen["texts_intact"]
