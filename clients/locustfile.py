@@ -10,11 +10,13 @@ import locust  # noqa: F401  first: Locust monkey-patches with gevent on import,
 
 import json
 import logging
+import math
 import os
 import random
 import string
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
 from itertools import count
 from typing import ClassVar
@@ -70,6 +72,27 @@ class NeverArrived(Exception):
     reached it: the senders' ledger (clients.completeness.DeliveryLedger) counts what the ids cannot see."""
 
 
+class RequestBatch:
+    """Successful requests of one type and name, on their way into Locust's stats a batch at a time (`log_batch`):
+    Locust's request event costs the generator about 20 µs a request, and every message sent draws one."""
+
+    def __init__(self, stats: RequestStats, request_type: str, name: str) -> None:
+        self.stats, self.request_type, self.name = stats, request_type, name
+        self.latencies_ms = array("d")
+        self.length = 0
+        self.second = 0
+        self.flush_at = 0.0
+
+    def flush(self, now: float) -> None:
+        if self.latencies_ms:
+            measured = np.frombuffer(self.latencies_ms, dtype=np.float64)
+            batch = Batch(self.second, min(now, self.flush_at), measured, self.length, NO_LATENCIES, 0)
+            log_batch(self.stats, self.name, batch, self.request_type)
+            self.latencies_ms, self.length = array("d"), 0
+        self.second = math.floor(now)
+        self.flush_at = min(self.second + 1.0, now + BATCH_S)
+
+
 @dataclass
 class Run:
     """The state of the test Locust is running now: created on test_start, written out on test_stop."""
@@ -80,6 +103,24 @@ class Run:
     cpu_sampler: gevent.Greenlet | None = None
     flusher: gevent.Greenlet | None = None  # records the deliveries' batches once due when none arrives to do it
     worker_stops: list[float] = field(default_factory=list)  # when each Locust worker stopped (master only)
+    # The successful SENDs, by name, on their way into Locust's stats a batch at a time, as the deliveries go.
+    sends: dict[str, RequestBatch] = field(default_factory=dict)
+
+    def record_send(self, stats: RequestStats, name: str, response_time_ms: float, length: int, now: float) -> None:
+        batch = self.sends.get(name)
+        if batch is None:
+            batch = self.sends[name] = RequestBatch(stats, "SEND", name)
+        if now >= batch.flush_at:
+            batch.flush(now)
+        batch.latencies_ms.append(response_time_ms)
+        batch.length += length
+
+    def flush(self, now: float, due_only: bool = False) -> None:
+        """Record the pending batches (only those due by `now` when `due_only`): deliveries and sends."""
+        self.results.flush(now, due_only)
+        for batch in list(self.sends.values()):
+            if not due_only or now >= batch.flush_at:
+                batch.flush(now)
 
 
 class _Current:
@@ -154,7 +195,7 @@ def start_run(environment: Environment, **_kwargs) -> None:
     profile = current.profile or load_profile(DEFAULT_PROFILE_PATH)
     run = Run(profile, RunResults(profile, time.time()))
     run.cpu_sampler = gevent.spawn(sample_cpu, run.results)
-    run.flusher = gevent.spawn(flush_batches, run.results)
+    run.flusher = gevent.spawn(flush_batches, run)
     current.run = run
     place = output_place(getattr(environment.parsed_options, "rtlab_out", None), None)
     if place is not None and not isinstance(environment.runner, WorkerRunner):
@@ -176,7 +217,7 @@ def finish_run(environment: Environment, **_kwargs) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         current.run = None
-        run.results.flush(now)
+        run.flush(now)
         # The master writes the files, from every worker's results. Our final Locust stats go first, so the
         # master's CSV counts every DELIVER the histogram does by the time our results arrive.
         runner._send_stats()
@@ -187,6 +228,7 @@ def finish_run(environment: Environment, **_kwargs) -> None:
     current.run = None
     # A master's workers may have stopped before it fires test_stop: time the ledger's cutoff from the first.
     run.results.finish(min(run.worker_stops, default=now))
+    run.flush(now)
     report_never_arrived(environment, run)
     for line in run.results.summary_lines():
         print(line, flush=True)
@@ -268,22 +310,26 @@ def reset_histograms_with_locust(user_count: int, **_kwargs) -> None:
         reset_histograms()
 
 
-def flush_batches(results: RunResults) -> None:
-    """Record each transport's batch of deliveries once it is due, should no delivery come to do it."""
+def flush_batches(run: Run) -> None:
+    """Record each batch of deliveries or sends once it is due, should no delivery or send come to do it."""
     for _ in range(int(MAX_CPU_SAMPLES * CPU_SAMPLE_INTERVAL_S / BATCH_S)):
         gevent.sleep(BATCH_S)
-        results.flush(time.time(), due_only=True)
+        run.flush(time.time(), due_only=True)
 
 
-def log_batch(stats: RequestStats, name: str, batch: Batch) -> None:
-    """Add a batch of deliveries to Locust's stats as `log_request` would one by one (the same count, sum,
-    extremes, response-time buckets and requests per second), through `StatsEntry.extend`, the way Locust's
-    master adds up its workers: one `log_request` cost about 5 µs per delivery on the generator's hot path."""
+NO_LATENCIES = np.zeros(0)
+
+
+def log_batch(stats: RequestStats, name: str, batch: Batch, request_type: str = "DELIVER") -> None:
+    """Add a batch of deliveries (or of other requests) to Locust's stats as `log_request` would one by one (the
+    same count, sum, extremes, response-time buckets and requests per second), through `StatsEntry.extend`, the
+    way Locust's master adds up its workers: one `log_request` cost about 5 µs per delivery on the generator's
+    hot path."""
     for latencies_ms, length, entry_name in ((batch.measured_ms, batch.measured_bytes, name),
                                              (batch.warmup_ms, batch.warmup_bytes, name + WARMUP_SUFFIX)):
         if not len(latencies_ms):
             continue
-        part = StatsEntry(stats, entry_name, "DELIVER")
+        part = StatsEntry(stats, entry_name, request_type)
         part.num_requests = len(latencies_ms)
         part.total_response_time = float(latencies_ms.sum())
         part.min_response_time = float(latencies_ms.min())
@@ -292,7 +338,7 @@ def log_batch(stats: RequestStats, name: str, batch: Batch) -> None:
         part.num_reqs_per_sec = {batch.second: len(latencies_ms)}
         part.last_request_timestamp = batch.last_at
         part.response_times = response_time_buckets(latencies_ms)
-        stats.get(entry_name, "DELIVER").extend(part)
+        stats.get(entry_name, request_type).extend(part)
         stats.total.extend(part)
 
 
@@ -352,8 +398,12 @@ class ClientUser(User):
         run = current.run
         if run is not None and request_type == "RECONNECT":
             run.results.record_reconnect(self.transport, response_time_ms, exception is None)
-        if run is not None and run.results.in_warmup(time.time()):
+        now = time.time()
+        if run is not None and run.results.in_warmup(now):
             name += WARMUP_SUFFIX
+        if run is not None and request_type == "SEND" and exception is None:
+            run.record_send(self.environment.stats, name, response_time_ms, response_length, now)
+            return
         self.environment.events.request.fire(
             request_type=request_type,
             name=name,

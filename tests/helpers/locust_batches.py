@@ -12,7 +12,7 @@ import locust.stats  # noqa: E402
 import numpy as np  # noqa: E402
 from locust.stats import RequestStats  # noqa: E402
 
-from clients.locustfile import WARMUP_SUFFIX, log_batch, response_time_buckets  # noqa: E402
+from clients.locustfile import WARMUP_SUFFIX, RequestBatch, log_batch, response_time_buckets  # noqa: E402
 from clients.results import Batch  # noqa: E402
 
 
@@ -43,6 +43,24 @@ def test_a_batch_is_logged_as_its_deliveries_one_by_one():
     assert batched.total.num_requests == one_by_one.total.num_requests == len(measured) + len(warmup)
 
 
+def test_sends_in_a_batch_are_logged_as_one_by_one():
+    one_by_one, batched = RequestStats(), RequestStats()
+    sends = RequestBatch(batched, "SEND", "websocket")
+    sends.flush(1764745000.25)  # opens the batch: nothing to log yet
+    assert batched.total.num_requests == 0
+    for ms in latencies(500, 3):
+        one_by_one.log_request("SEND", "websocket", ms, 120)
+        sends.latencies_ms.append(ms)
+        sends.length += 120
+    sends.flush(1764745000.5)
+    a, b = one_by_one.get("websocket", "SEND"), batched.get("websocket", "SEND")
+    assert (b.num_requests, b.total_content_length) == (a.num_requests, a.total_content_length) == (505, 505 * 120)
+    assert dict(b.response_times) == dict(a.response_times)
+    assert (b.min_response_time, b.max_response_time) == (a.min_response_time, a.max_response_time)
+    assert dict(b.num_reqs_per_sec) == {1764745000: 505}
+    assert not sends.latencies_ms and sends.flush_at == 1764745000.75  # the next batch: BATCH_S, within the second
+
+
 def test_a_bucketing_the_run_replaced_is_applied():
     default = locust.stats.bucket_response_time
     locust.stats.bucket_response_time = lambda ms: int(ms // 7) * 7
@@ -54,5 +72,6 @@ def test_a_bucketing_the_run_replaced_is_applied():
 
 if __name__ == "__main__":
     test_a_batch_is_logged_as_its_deliveries_one_by_one()
+    test_sends_in_a_batch_are_logged_as_one_by_one()
     test_a_bucketing_the_run_replaced_is_applied()
     print("ok")
