@@ -10,7 +10,6 @@ import locust  # noqa: F401  first: Locust monkey-patches with gevent on import,
 
 import json
 import logging
-import math
 import os
 import random
 import string
@@ -44,7 +43,7 @@ finally:
 from clients.base import ChatClient, Message
 from clients.completeness import Arrival, LedgerReceiver, ReceiverTracker
 from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
-from clients.results import BATCH_S, Batch, RunResults, output_place
+from clients.results import BATCH_S, Batch, RunResults, next_batch, output_place
 from clients.schedule import SendSchedule, message_text
 from servers import registry
 
@@ -89,8 +88,7 @@ class RequestBatch:
             batch = Batch(self.second, min(now, self.flush_at), measured, self.length, NO_LATENCIES, 0)
             log_batch(self.stats, self.name, batch, self.request_type)
             self.latencies_ms, self.length = array("d"), 0
-        self.second = math.floor(now)
-        self.flush_at = min(self.second + 1.0, now + BATCH_S)
+        self.second, self.flush_at = next_batch(now)
 
 
 @dataclass

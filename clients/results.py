@@ -73,6 +73,12 @@ class Batch(NamedTuple):
     warmup_bytes: int
 
 
+def next_batch(now: float) -> tuple[int, float]:
+    """A batch that opens at `now`: its whole second, and when it closes (BATCH_S later, or at that second's end)."""
+    second = math.floor(now)
+    return second, min(second + 1.0, now + BATCH_S)
+
+
 @dataclass
 class TransportResults:
     """Deliveries and receivers of one transport in one run."""
@@ -130,8 +136,7 @@ class TransportResults:
             record_values(self.histogram, latency_us.astype(np.int64))
             if self.on_batch is not None:
                 self.on_batch(batch)
-        self.batch_second = math.floor(now)
-        self.flush_at = min(self.batch_second + 1.0, now + BATCH_S)
+        self.batch_second, self.flush_at = next_batch(now)
 
     def drop_pending(self) -> None:
         self.pending, self.pending_warmup = array("d"), array("d")

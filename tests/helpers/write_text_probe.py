@@ -35,8 +35,8 @@ def frames(data: bytes) -> list[tuple[int, bytes]]:
         start = pos + head + 4
         if start + length > len(data):
             raise ValueError(f"a frame cut short at byte {pos}")
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(data[start:start + length])) if length < 4096 else \
-            (int.from_bytes(data[start:start + length], "big") ^ int.from_bytes((key * (length // 4 + 1))[:length], "big")).to_bytes(length, "big")
+        mask = int.from_bytes((key * (length // 4 + 1))[:length], "big")
+        payload = (int.from_bytes(data[start:start + length], "big") ^ mask).to_bytes(length, "big")
         out.append((first, payload))
         pos = start + length
     return out
