@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -181,6 +182,25 @@ def parse_post(body: object, max_chars: int) -> tuple[str, str, float | None]:
         validate_text(body["text"], max_chars),
         validate_sent_at(body.get("sent_at")),
     )
+
+
+def parse_send(data: str | bytes, max_chars: int, what: str = "message") -> tuple[str, str, float | None]:
+    """(user, text, sent_at) of a `{"type": "send", "user", "text", "sent_at"?}` message, as a WebSocket frame, a
+    data channel's message or a WebTransport stream or datagram carries it; raise InvalidInput otherwise (`what`
+    names the carrier in the error)."""
+    if not isinstance(data, str):
+        raise InvalidInput(f"binary {what}s are not accepted: send JSON text")
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise InvalidInput(f"{what} is not valid JSON") from None
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    if body.pop("type", None) != "send":
+        raise InvalidInput('type must be "send"')
+    return parse_post(body, max_chars)
 
 
 class _Room:

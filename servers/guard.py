@@ -19,6 +19,7 @@ from aiohttp import web, web_protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .config import ServerConfig
+from .core import RateLimited
 from .http import error_response
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -74,6 +75,22 @@ class SendLimiter:
         if wait:
             self.refused += 1
         return wait
+
+    def admit(self, member: Any) -> bool:
+        """Take a token for a send of a member that is its connection (a WebSocket, a data channel, a WebTransport
+        session: `member.bucket`, made here at its first send, and `member.refused_running`). Return True to accept
+        it; raise RateLimited when refused; return False once it has kept on past `burst` refusals in a row: cut it
+        off (close 1008)."""
+        if member.bucket is None:  # made at its first send: most members listen far more than they talk
+            member.bucket = self.bucket()
+        wait = self.take(member.bucket)
+        if not wait:
+            member.refused_running = 0
+            return True
+        member.refused_running += 1
+        if member.refused_running >= self.burst:
+            return False
+        raise RateLimited(f"sending faster than {self.rate:g} messages/s: wait {wait:.2f} s", wait)
 
     def check(self, key: Hashable) -> float:
         """Take a token from `key`'s bucket; return 0, or the seconds to wait before the next send."""

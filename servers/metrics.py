@@ -101,7 +101,49 @@ class ClientLedger(Protocol):
     bytes_out: int
 
 
-class MeteredTransport(asyncio.Transport):
+class WireCount:
+    """Bytes in and out of one connection or one datagram flow, counted under a transport's label (and a client's
+    ledger) once it is known: until then they wait in `pending_*`, and `settle` hands them over. A TCP connection
+    waits for its request to be routed (MeteredTransport), a UDP flow for its session to say what it is (WebRTC's
+    channel, WebTransport's CONNECT: servers.datagrams.DatagramMeter). Subclasses hold the four slots."""
+
+    __slots__ = ()
+    tally: Tally | None
+    client: ClientLedger | None
+    pending_in: int
+    pending_out: int
+
+    def count_in(self, size: int) -> None:
+        tally = self.tally
+        if tally is None:
+            self.pending_in += size
+        else:
+            tally.wire_received_bytes += size
+            if self.client is not None:
+                self.client.bytes_in += size
+
+    def count_out(self, size: int) -> None:
+        tally = self.tally
+        if tally is None:
+            self.pending_out += size
+        else:
+            tally.wire_sent_bytes += size
+            if self.client is not None:
+                self.client.bytes_out += size
+
+    def settle(self, tally: Tally, client: ClientLedger | None = None) -> None:
+        """Count under `tally` (and `client`) from now on, the bytes waiting so far included."""
+        self.tally = tally
+        self.client = client
+        if client is not None:
+            client.bytes_in += self.pending_in
+            client.bytes_out += self.pending_out
+        tally.wire_received_bytes += self.pending_in
+        tally.wire_sent_bytes += self.pending_out
+        self.pending_in = self.pending_out = 0
+
+
+class MeteredTransport(WireCount, asyncio.Transport):
     """A connection's transport that counts every byte written to it; also the connection's byte ledger.
 
     Bytes are added to `tally`, the label of the request the connection is serving. Between requests
@@ -123,25 +165,12 @@ class MeteredTransport(asyncio.Transport):
 
     def write(self, data: Any) -> None:
         self._transport.write(data)
-        tally = self.tally
-        if tally is None:
-            self.pending_out += len(data)
-        else:
-            tally.wire_sent_bytes += len(data)
-            if self.client is not None:
-                self.client.bytes_out += len(data)
+        self.count_out(len(data))
 
     def writelines(self, list_of_data: Iterable[Any]) -> None:
         chunks = list_of_data if isinstance(list_of_data, (list, tuple)) else list(list_of_data)
         self._transport.writelines(chunks)
-        size = sum(map(len, chunks))
-        tally = self.tally
-        if tally is None:
-            self.pending_out += size
-        else:
-            tally.wire_sent_bytes += size
-            if self.client is not None:
-                self.client.bytes_out += size
+        self.count_out(sum(map(len, chunks)))
 
     # Everything else is the real transport's.
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -204,13 +233,7 @@ class MeteredRequestHandler(GuardedRequestHandler):
     def data_received(self, data: bytes) -> None:
         wire = self._wire
         if wire is not None:
-            tally = wire.tally
-            if tally is None:
-                wire.pending_in += len(data)
-            else:
-                tally.wire_received_bytes += len(data)
-                if wire.client is not None:
-                    wire.client.bytes_in += len(data)
+            wire.count_in(len(data))
         super().data_received(data)
 
     def routed(self, tally: Tally, client: ClientLedger | None = None) -> None:
@@ -218,17 +241,8 @@ class MeteredRequestHandler(GuardedRequestHandler):
         wire = self._wire
         if wire is None:
             return
-        wire.tally = wire.last = tally
-        wire.client = client
-        if client is not None:
-            client.bytes_in += wire.pending_in
-            client.bytes_out += wire.pending_out
-        if wire.pending_in:
-            tally.wire_received_bytes += wire.pending_in
-            wire.pending_in = 0
-        if wire.pending_out:
-            tally.wire_sent_bytes += wire.pending_out
-            wire.pending_out = 0
+        wire.settle(tally, client)
+        wire.last = tally
         if wire.opened_as is None and tally is not self._meter.excluded:
             wire.opened_as = tally
             tally.connections_opened += 1
@@ -324,10 +338,7 @@ class Meter:
 
     def connection_closed(self, wire: MeteredTransport) -> None:
         """Settle a closed connection: bytes never claimed by a request go to its last label."""
-        tally = wire.last or self.default
-        tally.wire_received_bytes += wire.pending_in
-        tally.wire_sent_bytes += wire.pending_out
-        wire.pending_in = wire.pending_out = 0
+        wire.settle(wire.last or self.default)
         if wire.opened_as is not None:
             wire.opened_as.connections_open -= 1
         elif wire.last is None:

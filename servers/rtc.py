@@ -23,17 +23,14 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+from .core import InvalidInput
+
+if TYPE_CHECKING:  # the registry reads this module: it must not import aiohttp (servers.datagrams does)
+    from .datagrams import DatagramMeter
 
 LOOPBACK = ("127.0.0.1",)
-
-
-class DatagramMeter(Protocol):
-    """Where a peer connection's UDP datagrams are counted (their payload, the bytes the socket carries)."""
-
-    def datagram_received(self, size: int) -> None: ...
-
-    def datagram_sent(self, size: int) -> None: ...
 
 
 _default_addresses: tuple[str, ...] = LOOPBACK
@@ -113,24 +110,9 @@ def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
             if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
 
 
-class MeteredDatagramTransport:
-    """A datagram transport that counts what is handed to its socket, for MeteredStunProtocol."""
-
-    __slots__ = ("_transport", "_meter")
-
-    def __init__(self, transport: asyncio.DatagramTransport, meter: DatagramMeter) -> None:
-        self._transport = transport
-        self._meter = meter
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        self._transport.sendto(data, addr)
-        self._meter.datagram_sent(len(data))
-
-    def __getattr__(self, name: str) -> Any:  # close, get_extra_info, abort, ...: the real transport's
-        return getattr(self._transport, name)
-
-
 def _metered_protocol_class(base: type) -> type:
+    from .datagrams import MeteredDatagramTransport
+
     class MeteredStunProtocol(base):
         """aioice's socket protocol, counting each datagram into the meter in force when it was made."""
 
@@ -188,3 +170,38 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def parse_offer(body: object) -> str:
+    """The SDP of an offer `{"type": "offer", "sdp": ...}` with one data channel section and nothing else; raise
+    InvalidInput naming what is wrong."""
+    from aiortc import sdp as aiortc_sdp
+
+    if not isinstance(body, dict):
+        raise InvalidInput('request body must be a JSON object {"type": "offer", "sdp": "..."}')
+    unknown = sorted(set(body) - {"type", "sdp"})
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}: the body is {{\"type\": \"offer\", \"sdp\": ...}}")
+    if body.get("type") != "offer":
+        raise InvalidInput(f'type must be "offer" (this route answers offers), not {body.get("type")!r}')
+    sdp = body.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise InvalidInput("sdp must be the offer's session description, a non-empty string")
+    if not sdp.startswith("v=0"):
+        raise InvalidInput("sdp is not a session description (it must start with v=0)")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as error:  # noqa: BLE001 (aiortc's parser raises whatever the line it trips on gives)
+        raise InvalidInput(f"sdp does not parse: {type(error).__name__} {error}".rstrip()) from None
+    media = description.media
+    if len(media) != 1 or media[0].kind != "application":
+        raise InvalidInput("the offer must have exactly one media section, the data channel's (m=application): "
+                           f"it has {[m.kind for m in media] or 'none'}")
+    section = media[0]
+    if section.profile not in ("UDP/DTLS/SCTP", "DTLS/SCTP"):
+        raise InvalidInput(f"the data channel section must be UDP/DTLS/SCTP, not {section.profile}")
+    if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
+        raise InvalidInput("the offer has no ICE credentials (a=ice-ufrag, a=ice-pwd)")
+    if section.dtls is None or not section.dtls.fingerprints:
+        raise InvalidInput("the offer has no DTLS fingerprint (a=fingerprint)")
+    return sdp

@@ -18,14 +18,14 @@ from .core import (
     InvalidInput,
     Limits,
     Message,
-    RateLimited,
     Unavailable,
-    parse_post,
+    parse_send,
     validate_room,
 )
 from .guard import GUARD, SendLimiter, TokenBucket
 from .http import BROKER, int_param, json_text, query_value, read_json
-from .metrics import METER, NULL_TALLY, ClientLedger, Tally, tally_of
+from .datagrams import DatagramMeter
+from .metrics import METER, NULL_TALLY, Tally, tally_of
 from .push import Encoded, Prepared, PushHub, PushMember
 from .transport import ServerTransport
 
@@ -138,21 +138,15 @@ class Member(PushMember):
         answered with an error message, and the channel stays open."""
         peer = self.peer
         try:
-            user, text, sent_at = parse_send(data, peer.owner.limits)
-            limiter = peer.owner.limiter
-            if self.bucket is None:
-                self.bucket = limiter.bucket()
-            wait = limiter.take(self.bucket)
-            if wait:
-                self.refused_running += 1
-                if self.refused_running >= limiter.burst:  # it keeps on after being told: cut it off
-                    peer.owner.hub.close_soon(self, CLOSE_POLICY, "sending too fast")
-                    return
-                raise RateLimited(f"sending faster than {limiter.rate:g} messages/s: wait {wait:.2f} s", wait)
+            if len(data) > MAX_MESSAGE_CHARS:
+                raise InvalidInput(f"message over {MAX_MESSAGE_CHARS} characters")
+            user, text, sent_at = parse_send(data, peer.owner.limits.text_chars)
+            if not peer.owner.limiter.admit(self):  # it keeps on after being told: cut it off
+                peer.owner.hub.close_soon(self, CLOSE_POLICY, "sending too fast")
+                return
         except ChatError as error:
             self.offer(error_item(str(error)))
             return
-        self.refused_running = 0
         self.inbox.append((user, text, sent_at))
         if self.poster is None:
             self.poster = asyncio.get_running_loop().create_task(self._post_all())
@@ -175,78 +169,24 @@ class Member(PushMember):
             self.poster = None
 
 
-def parse_send(data: str | bytes, limits: Limits) -> tuple[str, str, float | None]:
-    """(user, text, sent_at) of a {"type": "send", ...} message; raise InvalidInput (or TooLarge) otherwise."""
-    if not isinstance(data, str):
-        raise InvalidInput("binary messages are not accepted: send JSON text")
-    if len(data) > MAX_MESSAGE_CHARS:
-        raise InvalidInput(f"message over {MAX_MESSAGE_CHARS} characters")
-    try:
-        body = json.loads(data)
-    except ValueError:
-        raise InvalidInput("message is not valid JSON") from None
-    except RecursionError:
-        raise InvalidInput("message is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("message must be a JSON object")
-    if body.pop("type", None) != "send":
-        raise InvalidInput('type must be "send"')
-    return parse_post(body, limits.text_chars)
-
-
 class Peer:
-    """One peer connection, from the offer until it closes; the DatagramMeter of its UDP bytes.
+    """One peer connection, from the offer until it closes. Its UDP datagrams are counted in `meter` under the label
+    of the transport whose channel it opens (reliable or not, which only the channel says); until then they wait."""
 
-    Its datagrams are counted under the label of the transport whose channel it opens (reliable or not, which
-    only the channel says); until then they wait in `pending_*`, as a TCP connection's bytes wait for their
-    request to be routed (servers.metrics.MeteredTransport). The client ledger (the demo page's) counts at once.
-    """
+    __slots__ = ("owner", "pc", "room", "since", "meter", "member", "timer", "closed", "done")
 
-    __slots__ = ("owner", "pc", "room", "since", "tally", "fallback", "client", "pending_in", "pending_out",
-                 "member", "timer", "closed", "done")
-
-    def __init__(self, owner: WebRTC, pc, room: str, since: int | None, fallback: Tally,
-                 client: ClientLedger | None) -> None:
+    def __init__(self, owner: WebRTC, pc, room: str, since: int | None, meter: DatagramMeter) -> None:
         self.owner = owner  # the transport holding it now (the one that answered; the channel's once open)
         self.pc = pc
         self.room = room
         self.since = since
-        self.tally: Tally | None = None
-        self.fallback = fallback  # where its bytes go if it never opens a channel: the signaling request's label
-        self.client = client
-        self.pending_in = self.pending_out = 0
+        self.meter = meter
         self.member: Member | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.done: asyncio.Future | None = None
         pc.on("datachannel", self.on_channel)
         pc.on("connectionstatechange", self.on_state)
-
-    # ---- rtc.DatagramMeter ----
-    def datagram_received(self, size: int) -> None:
-        tally = self.tally
-        if tally is None:
-            self.pending_in += size
-        else:
-            tally.wire_received_bytes += size
-        if self.client is not None:
-            self.client.bytes_in += size
-
-    def datagram_sent(self, size: int) -> None:
-        tally = self.tally
-        if tally is None:
-            self.pending_out += size
-        else:
-            tally.wire_sent_bytes += size
-        if self.client is not None:
-            self.client.bytes_out += size
-
-    def settle(self, tally: Tally) -> None:
-        """Count under `tally` from now on, the bytes so far included."""
-        tally.wire_received_bytes += self.pending_in
-        tally.wire_sent_bytes += self.pending_out
-        self.pending_in = self.pending_out = 0
-        self.tally = tally
 
     # ---- events ----
     def on_state(self) -> None:
@@ -280,7 +220,7 @@ class Peer:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.settle(owner.tally)
+        self.meter.settle(owner.tally)
         member = self.member = Member(self, channel, owner.send_queue, owner.tally)
         channel.on("message", member.on_message)
         channel.on("close", self.close_soon)
@@ -324,8 +264,7 @@ class Peer:
         except Exception as error:  # noqa: BLE001 (a closing connection must not keep its place)
             log.warning("closing a WebRTC peer connection failed: %r", error)
         finally:
-            if self.tally is None:
-                self.settle(self.fallback)
+            self.meter.settle_fallback()
             owner.peers.discard(self)
             self.done.set_result(None)
 
@@ -347,43 +286,6 @@ async def _refuse(channel, error: str, peer: Peer | None = None) -> None:
     await close_channel(channel, {"type": "error", "error": error})
     if peer is not None:
         await peer.close()
-
-
-
-
-def parse_offer(body: object) -> str:
-    """The SDP of an offer `{"type": "offer", "sdp": ...}` with one data channel section and nothing else; raise
-    InvalidInput naming what is wrong."""
-    from aiortc import sdp as aiortc_sdp
-
-    if not isinstance(body, dict):
-        raise InvalidInput('request body must be a JSON object {"type": "offer", "sdp": "..."}')
-    unknown = sorted(set(body) - {"type", "sdp"})
-    if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r}: the body is {{\"type\": \"offer\", \"sdp\": ...}}")
-    if body.get("type") != "offer":
-        raise InvalidInput(f'type must be "offer" (this route answers offers), not {body.get("type")!r}')
-    sdp = body.get("sdp")
-    if not isinstance(sdp, str) or not sdp.strip():
-        raise InvalidInput("sdp must be the offer's session description, a non-empty string")
-    if not sdp.startswith("v=0"):
-        raise InvalidInput("sdp is not a session description (it must start with v=0)")
-    try:
-        description = aiortc_sdp.SessionDescription.parse(sdp)
-    except Exception as error:  # noqa: BLE001 (aiortc's parser raises whatever the line it trips on gives)
-        raise InvalidInput(f"sdp does not parse: {type(error).__name__} {error}".rstrip()) from None
-    media = description.media
-    if len(media) != 1 or media[0].kind != "application":
-        raise InvalidInput("the offer must have exactly one media section, the data channel's (m=application): "
-                           f"it has {[m.kind for m in media] or 'none'}")
-    section = media[0]
-    if section.profile not in ("UDP/DTLS/SCTP", "DTLS/SCTP"):
-        raise InvalidInput(f"the data channel section must be UDP/DTLS/SCTP, not {section.profile}")
-    if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
-        raise InvalidInput("the offer has no ICE credentials (a=ice-ufrag, a=ice-pwd)")
-    if section.dtls is None or not section.dtls.fingerprints:
-        raise InvalidInput("the offer has no DTLS fingerprint (a=fingerprint)")
-    return sdp
 
 
 class Signaling:
@@ -466,13 +368,13 @@ class WebRTC(ServerTransport):
             self.refused += 1
             raise Unavailable(f"this server holds its most {self.kind} WebRTC peer connections ({self.max_peers}); "
                               "try again later")
-        sdp = rtc.without_unresolvable_candidates(parse_offer(await read_json(request)))
+        sdp = rtc.without_unresolvable_candidates(rtc.parse_offer(await read_json(request)))
         meter = request.app.get(METER)
         client = meter.client_of(request) if meter is not None and meter.client_of is not None else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout_s  # for the answer, and then for the channel to open
         pc = RTCPeerConnection(rtc.configuration())
-        peer = Peer(self, pc, room, since, tally_of(request), client)
+        peer = Peer(self, pc, room, since, DatagramMeter(tally_of(request), client))
         self.peers.add(peer)  # counted against the cap from the offer on
         try:
             async with asyncio.timeout_at(deadline):
@@ -481,7 +383,7 @@ class WebRTC(ServerTransport):
                     answer = await pc.createAnswer()
                 except (ValueError, LookupError, AssertionError) as error:
                     raise InvalidInput(f"the offer cannot be answered: {error}") from None
-                with rtc.gathering(self.addresses, peer):  # host candidates on these addresses; datagrams counted
+                with rtc.gathering(self.addresses, peer.meter):  # host candidates on these addresses; datagrams counted
                     await pc.setLocalDescription(answer)
         except BaseException as error:
             closed_meanwhile = peer.closed  # by a drain or a shutdown, under aiortc's feet

@@ -16,9 +16,8 @@ from .core import (
     InvalidInput,
     Limits,
     Message,
-    RateLimited,
     Unavailable,
-    parse_post,
+    parse_send,
     validate_room,
 )
 from .guard import GUARD, SendLimiter, TokenBucket
@@ -174,28 +173,10 @@ class WebSocket(ServerTransport):
 async def _on_text(broker: Broker, limits: Limits, limiter: SendLimiter, room: str, member: Member,
                    data: str) -> None:
     try:
-        try:
-            body = json.loads(data)
-        except ValueError:
-            raise InvalidInput("frame is not valid JSON") from None
-        except RecursionError:
-            raise InvalidInput("frame is nested too deeply") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("frame must be a JSON object")
-        kind = body.pop("type", None)
-        if kind != "send":
-            raise InvalidInput('type must be "send"')
-        user, text, sent_at = parse_post(body, limits.text_chars)
-        if member.bucket is None:
-            member.bucket = limiter.bucket()
-        wait = limiter.take(member.bucket)
-        if wait:
-            member.refused_running += 1
-            if member.refused_running >= limiter.burst:  # it keeps on after being told: cut it off
-                await member.ws.close(code=CLOSE_POLICY, message=b"sending too fast")
-                return
-            raise RateLimited(f"sending faster than {limiter.rate:g} messages/s: wait {wait:.2f} s", wait)
-        member.refused_running = 0
+        user, text, sent_at = parse_send(data, limits.text_chars, "frame")
+        if not limiter.admit(member):  # it keeps on after being told: cut it off
+            await member.ws.close(code=CLOSE_POLICY, message=b"sending too fast")
+            return
         await broker.post(room, user, text, sent_at)  # the sender hears its own message through fan-out
         member.tally.messages_accepted += 1
     except ChatError as error:

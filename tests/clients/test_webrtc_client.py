@@ -23,12 +23,12 @@ import locust  # patches with gevent on import, as in every Locust process
 
 import asyncio, json, time, _thread
 import gevent, gevent.event, gevent.monkey
-from clients import webrtc
+from clients import bridge as asyncio_bridge, webrtc
 
 native_id = gevent.monkey.get_original("_thread", "get_native_id")
 main = native_id()
-bridge = webrtc.bridge()
-out = {"same_bridge": webrtc.bridge() is bridge}
+bridge = webrtc.WebRTCClient.bridge()
+out = {"same_bridge": asyncio_bridge.shared() is bridge and webrtc.WebRTCClient.bridge() is bridge}
 
 async def where(delay):
     await asyncio.sleep(delay)

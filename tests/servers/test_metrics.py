@@ -78,6 +78,39 @@ def test_ledger_holds_bytes_between_requests_and_hands_them_to_the_next():
     assert tally.wire_sent_bytes == 3002 and wire.pending_out == 11
 
 
+def test_a_datagram_flow_waits_for_its_label_then_counts_there_and_in_its_client_ledger():
+    from servers.datagrams import DatagramMeter, MeteredDatagramTransport
+
+    class Ledger:
+        bytes_in = bytes_out = 0
+
+    class Socket:
+        sent: list = []
+
+        def sendto(self, data, addr=None):
+            self.sent.append((data, addr))
+
+    common, webtransport, ledger = Tally("common"), Tally("webtransport"), Ledger()
+    meter = DatagramMeter(common, ledger)
+    socket = MeteredDatagramTransport(Socket(), meter)
+    meter.datagram_received(1200)  # a QUIC Initial, before any session says what it is
+    socket.sendto(b"x" * 1000, ("127.0.0.1", 1))
+    assert (meter.pending_in, meter.pending_out, webtransport.wire_received_bytes, ledger.bytes_in) == (1200, 1000, 0, 0)
+    meter.settle(webtransport)
+    meter.datagram_received(50)
+    socket.sendto(b"y" * 30)
+    assert (webtransport.wire_received_bytes, webtransport.wire_sent_bytes) == (1250, 1030)
+    assert (ledger.bytes_in, ledger.bytes_out, meter.pending_in, meter.pending_out) == (1250, 1030, 0, 0)
+    meter.settle_fallback()  # labelled already: nothing moves
+    assert common.wire_received_bytes == common.wire_sent_bytes == 0
+
+    never = DatagramMeter(common)
+    never.datagram_received(7)
+    never.datagram_sent(3)
+    never.settle_fallback()  # a flow that never said what it was: its bytes still count, under the fallback
+    assert (common.wire_received_bytes, common.wire_sent_bytes) == (7, 3)
+
+
 async def test_send_queues_and_overflow_closes_are_reported(app_server):
     server = await app_server("websocket", ws_send_queue=4)
     hub = server.transport("websocket").hub
