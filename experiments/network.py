@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from .spec import Experiment, SpecError
+from .supervisor import signals_deferred
 
 BINARIES = ("ip", "tc", "nft")  # Debian: iproute2 (ip, tc), nftables (nft)
 TABLE = "rtlab"  # `table inet rtlab`: rtlab's own, in the namespace only
@@ -196,7 +197,7 @@ def impaired(network: dict[str, float] | None, name: str) -> Iterator[Namespace 
         with entered(name):
             yield netns
     finally:
-        with _signals_deferred():  # a second Ctrl-C must not leave the namespace behind
+        with signals_deferred():  # a second Ctrl-C must not leave the namespace behind
             with contextlib.suppress(NetworkError, OSError, subprocess.SubprocessError, ValueError, LookupError):
                 netns.facts["at_end"] = counters(name)
             _delete(name)
@@ -352,23 +353,6 @@ def leftovers(prefix: str = "rtlab-") -> list[str]:
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done, then deliver the first that came (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if came:
-            signal.raise_signal(came[0])
 
 
 def _run(command: list[str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,12 +48,17 @@ class Process:
     session: bool = True  # a session of its own: Ctrl-C in the terminal reaches only the caller
     stdin: Any = subprocess.DEVNULL  # subprocess.PIPE for the few that talk over pipes
     stdout: Any = None  # subprocess.PIPE to read it (then log_path holds stderr only)
+    # An experiments.cgroup.Cgroup (its CPU limit): the child moves itself in between fork and exec, so the program
+    # and every process it starts are limited from their first instruction.
+    cgroup: Any = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> Process:
-        cpus = self.cpus
+        cpus, cgroup = self.cpus, self.cgroup
 
         def pin() -> None:
+            if cgroup is not None:
+                cgroup.enter()
             if cpus:
                 os.sched_setaffinity(0, cpus)
 
@@ -62,7 +68,7 @@ class Process:
                 self.command, stdin=self.stdin,
                 stdout=self.stdout if self.stdout is not None else log,
                 stderr=subprocess.STDOUT if log is not None and self.stdout is None else log,
-                preexec_fn=pin if cpus else None, start_new_session=self.session, cwd=self.cwd,
+                preexec_fn=pin if cpus or cgroup is not None else None, start_new_session=self.session, cwd=self.cwd,
                 env=dict(self.env) if self.env is not None else None,
                 text=True,
             )
@@ -182,6 +188,24 @@ class Group:
             process.stop(max(0.1, deadline - time.monotonic()))
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then deliver the first that came (main thread only): for a
+    teardown (a namespace, a cgroup) that a second Ctrl-C must not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if came:
+            signal.raise_signal(came[0])
+
+
 def free_port() -> int:
     """Return a TCP port free on 127.0.0.1 right now (bind to 0, read it, close). Only for processes that
     cannot bind port 0 themselves and report it (Redis, HAProxy); rtlab servers do (start_server)."""
@@ -248,15 +272,15 @@ class StartingServer:
 
 def launch_server(args: list[str], log_path: Path | None = None, *, label: str = "server",
                   cpus: list[int] | None = None, env: Mapping[str, str] | None = None, group: Group | None = None,
-                  python: str = sys.executable, entry: list[str] | None = None) -> StartingServer:
+                  python: str = sys.executable, entry: list[str] | None = None, cgroup: Any = None) -> StartingServer:
     """Start `python -m servers ARGS --ready-file F` (on port 0 unless ARGS give one); `wait()` for it next.
-    Give a `group` to have it stopped with the others; `entry` replaces `python -m servers` (a test's own
-    server script that takes the same --port and --ready-file)."""
+    Give a `group` to have it stopped with the others, a `cgroup` (experiments.cgroup) to start it limited in one;
+    `entry` replaces `python -m servers` (a test's own server script that takes the same --port and --ready-file)."""
     ready_file = Path(tempfile.mkdtemp(prefix="rtlab-ready-")) / "ready.json"
     command = [*(entry or [python, "-m", "servers"]), *args, "--ready-file", str(ready_file)]
     if "--port" not in args:
         command += ["--port", "0"]
-    process = Process(label, command, log_path, cpus=cpus, env=env).start()
+    process = Process(label, command, log_path, cpus=cpus, env=env, cgroup=cgroup).start()
     if group is not None:
         group.adopt(process)
     return StartingServer(process, ready_file)
