@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import admin, demo, metrics, registry
+from . import admin, demo, metrics, observe, registry
 from .aio import LabAppRunner
 from .broker import Broker, MemoryBroker
 from .config import ServerConfig
@@ -74,10 +74,10 @@ def make_broker(config: ServerConfig) -> Broker:
     return RedisBroker(config.broker_url, config.limits)
 
 
-def lab_middleware(meter: metrics.Meter | None, guard: Guard):
+def lab_middleware(meter: metrics.Meter | None, guard: Guard, observer: observe.Observer):
     """The app's one middleware: count the request (the meter first, so a refused request is still counted),
     refuse it when its Host or Origin may not (the guard, before anything reads it), run the handler, and turn
-    what it raises into a JSON error. One layer, not three: a held WebSocket, event stream or long poll keeps
+    what it raises into a JSON error; while someone watches the instance (/admin/events), report its start and end. One layer, not three: a held WebSocket, event stream or long poll keeps
     its middlewares' frames for as long as it lives, and every request pays for each layer."""
 
     @web.middleware
@@ -87,10 +87,15 @@ def lab_middleware(meter: metrics.Meter | None, guard: Guard):
         refused = guard.refuse(request)
         if refused is not None:
             return refused
+        number = observer.opened(request) if observer.watching else None
+        response = None
         try:
             response = await handler(request)
         except Exception as error:  # noqa: BLE001 (error_answer re-raises what is not an error: a redirect)
             response = await error_answer(request, error)
+        finally:  # also when the handler is cancelled: its client went away
+            if number is not None:
+                observer.closed(number, None if response is None else response.status)
         guard.answered(response)
         return response
 
@@ -103,9 +108,10 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
         broker = make_broker(config)
     meter = metrics.Meter(config) if config.metrics else None
     guard = Guard(config)
-    app = web.Application(middlewares=[lab_middleware(meter, guard)], client_max_size=config.max_body_bytes)
+    observer = observe.Observer(config)
+    app = web.Application(middlewares=[lab_middleware(meter, guard, observer)], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
-    app[BROKER] = broker
+    app[BROKER] = observe.install(app, observer, broker)  # the transports' broker: reports what it does when watched
     app[GUARD] = guard
     classes = {name: registry.load(registry.get(name).server) for name in config.transports}
     standalone = [name for name, cls in classes.items() if cls.standalone]
@@ -125,6 +131,7 @@ def create_app(config: ServerConfig, broker: Broker | None = None) -> web.Applic
     app[MOUNTED] = transports
     if meter:
         meter.install(app, routes_of, transports, gauges=[lambda: guard.gauges(meter.mode)])
+        meter.exclude([app[observe.EVENTS_ROUTE]])
     if config.demo_mounted:
         # The teaching page at / shows one room over every mounted transport (docs/demo.md).
         demo.add_routes(app, config)

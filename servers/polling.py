@@ -57,6 +57,9 @@ class LongPollHub:
                 self.held -= 1
         return None
 
+    def held_in(self, room: str) -> int:
+        return len(self._waiters.of(room))
+
     def release_all(self) -> None:
         """Answer every held poll now and hold no new ones (shutdown, draining)."""
         self._closing = True
@@ -212,6 +215,9 @@ class LongPolling(ServerTransport):
 
     def claims(self, request: web.Request) -> bool:
         return asks_to_wait(request)
+
+    def held(self, room: str) -> int:
+        return self.hub.held_in(room)
 
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
         released = self.hub.held

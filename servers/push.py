@@ -181,6 +181,9 @@ class PushHub:
     def members(self) -> int:
         return self._rooms.count()
 
+    def held(self, room: str) -> int:
+        return len(self._rooms.of(room))
+
     def queued(self) -> tuple[int, int]:
         """Return the items waiting in all queues and in the fullest one (read when /metrics is scraped)."""
         depths = [len(member.pending or ()) for members in self._rooms.rooms() for member in members]

@@ -96,6 +96,9 @@ class ServerSentEvents(ServerTransport):
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
         return {"streams_closed": await self.hub.close_all(code, reason)}
 
+    def held(self, room: str) -> int:
+        return self.hub.held(room)
+
     def gauges(self):
         events, deepest = self.hub.queued()
         for kind, name, doc, value in (

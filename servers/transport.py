@@ -48,6 +48,11 @@ class ServerTransport:
         {"websockets_closed": 12}, for the drain's answer."""
         return {}
 
+    def held(self, room: str) -> int:
+        """How many members of `room` this transport holds now (an open connection, a held request): those a
+        message there reaches at once from this instance. None held (short polling): 0."""
+        return 0
+
     def gauges(self) -> Iterable[Any]:
         """Prometheus metric families (prometheus_client.core) of this transport's state, read at scrape time."""
         return ()

@@ -406,6 +406,9 @@ class WebRTC(ServerTransport):
             await asyncio.wait(tuple(self._tasks), timeout=2.0)
         return {f"{self.knob_prefix}_peers_closed": closed + len(connecting)}
 
+    def held(self, room: str) -> int:
+        return self.hub.held(room)
+
     def gauges(self):
         # Both WebRTC transports share metric names (by their transport label): the first mounted reports both, so
         # each family appears once in /metrics.

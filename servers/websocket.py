@@ -119,6 +119,9 @@ class WebSocket(ServerTransport):
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
         return {"websockets_closed": await self.hub.close_all(code, reason)}
 
+    def held(self, room: str) -> int:
+        return self.hub.held(room)
+
     def health(self) -> dict:
         return {"compression": {"websocket_permessage_deflate": self.compress}}
 
