@@ -11,7 +11,7 @@ QUICK ?=
 RUN ?=
 LAB_PORT ?= 8888
 
-.PHONY: venv test serve demo locust run-experiment report lab clean
+.PHONY: venv test serve demo demo-cluster locust run-experiment report lab clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ serve: $(STAMP)
 demo: $(STAMP)
 	@echo "rtlab demo: open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the server)"
 	$(PY) -m servers --transport all --host $(HOST) --port $(PORT)
+
+# The scaling half (docs/demo.md): three instances behind HAProxy (Redis where needed), the page on PORT; Ctrl-C stops all.
+demo-cluster: $(STAMP)
+	$(PY) -m experiments demo-cluster --port $(PORT)
 
 # The server for TRANSPORT on a free port and the Locust web UI on 127.0.0.1:8089 with the default
 # profile (RTLAB_PROFILE=path to use another); the server stops when Locust exits (Ctrl-C).

@@ -131,15 +131,23 @@ class Backoff:
 
     def retry(self) -> bool:
         """Count a failure; sleep and return True when another attempt is allowed, else False."""
+        delay = self.next_delay()
+        if delay is None:
+            return False
+        gevent.sleep(delay)
+        return True
+
+    def next_delay(self) -> float | None:
+        """Count a failure; return how long to sleep before the next attempt, or None when none is allowed (for
+        a caller that sleeps its own way: an asyncio one)."""
         now = time.perf_counter()
         if self.failing_since is None:
             self.failing_since = now
         self.failures += 1
         if self.failures >= self.attempts or now - self.failing_since >= self.budget_s:
-            return False
+            return None
         step = min(self.first_s * 2 ** (self.failures - 1), self.max_s)
-        gevent.sleep(step * self._rng.uniform(0.5, 1.0))
-        return True
+        return step * self._rng.uniform(0.5, 1.0)
 
 
 class ChatClient(ABC):

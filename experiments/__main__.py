@@ -25,6 +25,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .drain import add_drain_arguments
 
     add_drain_arguments(sub.add_parser("drain", help="drain one instance: out of HAProxy, WebSockets closed with 1012"))
+    from .demo_cluster import add_arguments as add_demo_cluster_arguments
+
+    add_demo_cluster_arguments(sub.add_parser(
+        "demo-cluster", help="the scaling half of the seed notes in a browser: three instances, HAProxy, Redis"))
     report = sub.add_parser("report", help="run the notebooks headless on a run; write <run>/report/index.html")
     report.add_argument("run_dir", nargs="?", default=None, help="default: results/latest, else results/reference")
     return p.parse_args(argv)
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from .drain import run_drain
 
         return run_drain(a)
+    if a.command == "demo-cluster":
+        from .demo_cluster import run
+
+        return run(a)
     if a.command == "report":
         from .notebooks import main as report_main
 

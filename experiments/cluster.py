@@ -115,6 +115,8 @@ class Cluster:
     redis_binary: str = "redis-server"
     haproxy_binary: str = "haproxy"
     startup_timeout_s: float = 20.0
+    port: int | None = None  # HAProxy's frontend; default: a free one
+    page_port: int | None = None  # a page server HAProxy sends every path outside /rooms/ to (the cluster demo)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -156,7 +158,7 @@ class Cluster:
                 instance.port = server.wait(self.startup_timeout_s).port
             self.haproxy = _with_free_port(lambda: HAProxy(
                 self.directory, [(i.name, i.port) for i in self.instances], self.balance,
-                binary=self.haproxy_binary, cpus=self._cpus("haproxy"),
+                binary=self.haproxy_binary, cpus=self._cpus("haproxy"), port=self.port, page_port=self.page_port,
                 idle_s=proxy_idle_s(self.transport, self.knobs)).start(self.startup_timeout_s))
         except BaseException:
             self.stop()

@@ -136,8 +136,9 @@ export class Pane {
   constructor(info, root) {
     this.transport = info.name;
     this.info = info;
-    this.user = info.name.slice(0, 32); // each pane's member is named after its transport
-    this.clientId = `${session}-${info.name}`;
+    // Each pane's member is named after its transport, or `info.member` where a page shows several of one transport.
+    this.user = (info.member || info.name).slice(0, 32);
+    this.clientId = `${session}-${info.member || info.name}`;
     this.root = root;
     this.lastId = 0;
     this.paused = false;
@@ -284,6 +285,7 @@ export class Pane {
     const list = this.node("ol.messages");
     const receivedAt = nowMs();
     for (const m of messages) {
+      if (m && Pane.onMessage) Pane.onMessage(this, m); // every message as it came, before the page drops repeats
       if (!m || typeof m.id !== "number" || m.id <= this.lastId) continue; // already shown
       this.lastId = m.id;
       const item = el("li", live ? "" : "old");

@@ -1,0 +1,578 @@
+"""`python -m experiments demo-cluster` (`make demo-cluster`): the seed notes' second half, live in a browser.
+
+One page server on 127.0.0.1 supervises a real cluster (experiments.cluster: three instances behind HAProxy, Redis
+where the architecture needs it) and serves the teaching page through HAProxy's own frontend, so the page and the
+rooms share one origin: every path under /rooms/ goes to the instances, every other path to this server. It
+watches each instance (`GET /admin/events`, servers.observe) and relays what they hold and what happens to each
+message to the page; it switches architectures (sticky, pubsub, naive: the cluster is rebuilt), drains, kills and
+restarts instances, restarts Redis, and runs a small bounded crowd of WebSocket members in the room. Ctrl-C (or
+SIGTERM) stops the crowd and every process of the cluster; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from servers import registry
+from servers.demo import SECURITY_HEADERS, STATIC_DIR, module_path
+from servers.guard import OriginPolicy
+from servers.http import error_response, json_text
+
+from .cluster import MODES, Cluster
+from .redis_server import ClusterError
+from .supervisor import free_port
+
+ROOM = "demo"  # the room pane.js joins by default
+INSTANCES = 3
+MAX_CROWD = 300  # crowd members at most
+MAX_CROWD_RATE = 5.0  # crowd messages per second at most, all members together
+MAX_PAGES = 8  # browsers following the events at once
+PAGE_QUEUE = 2000  # events waiting for one browser; past it the browser is cut off (its EventSource comes back)
+HEARTBEAT_S = 15.0
+SETTLE_S = 3.0  # a crowd message older than this is counted: every member that joined before it should have it
+EXPLAIN = {
+    "sticky": "HAProxy hashes the room: every member of a room reaches the same instance (sticky connections); "
+              "each instance keeps its rooms in its own memory.",
+    "pubsub": "HAProxy spreads members round robin; an instance relays every message through Redis Pub/Sub to the "
+              "others, and Redis keeps the ids and the history.",
+    "naive": "HAProxy spreads members round robin, and each instance keeps the room in its own memory: "
+             "the architecture the seed notes call \u201cnot possible\u201d.",
+}
+# URL path -> file under servers/static, content type: the cluster page and what it shares with the single demo.
+FILES = {
+    "/": ("cluster.html", "text/html"),
+    "/static/cluster.js": ("cluster.js", "text/javascript"),
+    "/static/cluster.css": ("cluster.css", "text/css"),
+    "/static/demo.css": ("demo.css", "text/css"),
+    "/static/pane.js": ("pane.js", "text/javascript"),
+    "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
+}
+
+
+def member_transports() -> list[str]:
+    """The transports the page shows a member of: rtlab's own with a browser module, over TCP (through HAProxy)."""
+    return [t.name for t in registry.transports() if t.browser is not None and t.carrier == "tcp"]
+
+
+class Pages:
+    """The browsers following /cluster/events, each with a bounded queue of encoded events."""
+
+    def __init__(self) -> None:
+        self.queues: list[asyncio.Queue[bytes | None]] = []
+
+    def send(self, event: dict) -> None:
+        if not self.queues:
+            return
+        data = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+        for queue in list(self.queues):
+            if queue.qsize() >= PAGE_QUEUE:
+                self.queues.remove(queue)  # too slow: cut off, its EventSource reconnects and starts afresh
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(data)
+
+
+class Crowd:
+    """`size` WebSocket members of the room, through HAProxy, sending `rate` messages a second between them.
+
+    Each member resumes after the last id it saw when its connection ends (jittered backoff, clients.base.Backoff),
+    and the crowd keeps a senders' ledger of its own messages: a message older than SETTLE_S should have reached
+    every member that had joined before it was sent; the shortfall is `missed`. Also counted: duplicates (an id
+    twice on one member), reconnects and how long they took."""
+
+    def __init__(self, url: str, room: str, size: int, rate: float) -> None:
+        self.url, self.room, self.size, self.rate = url, room, size, rate
+        self.sockets: dict[int, aiohttp.ClientWebSocketResponse] = {}
+        self.joined_at: dict[int, float] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.ledger: dict[str, list] = {}  # key -> [sent_at, members expected, members that got it]
+        self.settled = deque(maxlen=500)
+        self.sent = self.received = self.missed = self.duplicates = 0
+        self.reconnect_ms: deque[float] = deque(maxlen=1000)
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        self.tasks = [asyncio.create_task(self._member(k)) for k in range(self.size)]
+        if self.rate > 0:
+            self.tasks.append(asyncio.create_task(self._talk()))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _member(self, k: int) -> None:
+        from clients.base import Backoff  # (gevent's import, only once a crowd is asked for)
+
+        last_id, recent, down_at = 0, deque(maxlen=200), None
+        backoff = Backoff(attempts=1_000_000, budget_s=float("inf"))
+        name = f"crowd-{k + 1}"
+        await asyncio.sleep(k * 0.01)  # not all in the same millisecond
+        while True:
+            try:
+                async with self.session.ws_connect(
+                        f"{self.url}/rooms/{self.room}/ws?since={last_id}&client={name}", heartbeat=20) as ws:
+                    self.joined_at.setdefault(k, time.time())
+                    if down_at is not None:
+                        self.reconnect_ms.append((time.perf_counter() - down_at) * 1000)
+                        down_at = None
+                    backoff.reset()
+                    self.sockets[k] = ws
+                    async for frame in ws:
+                        if frame.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        message = json.loads(frame.data)
+                        if message.get("type") != "message":
+                            continue
+                        key = f"{message['user']}|{message['sent_at']}"
+                        if key in recent:
+                            self.duplicates += 1
+                            continue
+                        recent.append(key)
+                        last_id = max(last_id, message["id"])
+                        self.received += 1
+                        entry = self.ledger.get(key)
+                        if entry is not None:
+                            entry[2] += 1
+            except (aiohttp.ClientError, OSError, ValueError, KeyError):
+                pass
+            finally:
+                self.sockets.pop(k, None)
+            if down_at is None:
+                down_at = time.perf_counter()
+            await asyncio.sleep(backoff.next_delay() or 2.0)
+
+    async def _talk(self) -> None:
+        while True:
+            await asyncio.sleep(random.expovariate(self.rate))
+            self._settle()
+            if not self.sockets:
+                continue
+            k = random.choice(list(self.sockets))
+            sent_at = time.time()
+            key = f"crowd-{k + 1}|{sent_at}"
+            expected = sum(1 for at in self.joined_at.values() if at <= sent_at)
+            self.ledger[key] = [sent_at, expected, 0]
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.sockets[k].send_str(json.dumps(
+                    {"type": "send", "user": f"crowd-{k + 1}", "text": f"crowd message {self.sent + 1}",
+                     "sent_at": sent_at}))
+                self.sent += 1
+
+    def _settle(self) -> None:
+        cutoff = time.time() - SETTLE_S
+        for key in [key for key, (sent_at, _, _) in self.ledger.items() if sent_at < cutoff]:
+            _, expected, got = self.ledger.pop(key)
+            if got:  # nobody at all, not even its sender: it was never accepted (refused, or the socket was closing)
+                self.missed += max(0, expected - got)
+
+    def stats(self) -> dict:
+        times = sorted(self.reconnect_ms)
+        return {"size": self.size, "rate": self.rate, "connected": len(self.sockets), "sent": self.sent,
+                "received": self.received, "missed": self.missed, "duplicates": self.duplicates,
+                "reconnects": len(times), "reconnect_p50_ms": round(times[len(times) // 2]) if times else None,
+                "reconnect_max_ms": round(times[-1]) if times else None}
+
+
+class ClusterDemo:
+    """The page server's state: the cluster of the current architecture, its watchers, the crowd, the pages."""
+
+    def __init__(self, front_port: int, directory: Path, mode: str = "pubsub", instances: int = INSTANCES,
+                 python: str = sys.executable, redis_binary: str = "redis-server", haproxy_binary: str = "haproxy",
+                 startup_timeout_s: float = 30.0) -> None:
+        self.front_port = front_port
+        self.directory = directory
+        self.mode = mode
+        self.instances = instances
+        self.options = {"python": python, "redis_binary": redis_binary, "haproxy_binary": haproxy_binary,
+                        "startup_timeout_s": startup_timeout_s}
+        self.page_port = 0
+        self.generation = 0
+        self.cluster: Cluster | None = None
+        self.busy = asyncio.Lock()
+        self.pages = Pages()
+        self.watchers: list[asyncio.Task] = []
+        self.open: dict[str, dict[int, dict]] = {}  # instance -> request number -> its open event
+        self.alive: dict[str, bool] = {}
+        self.hello: dict[str, dict] = {}  # instance -> its hello: what it says it is
+        self.crowd: Crowd | None = None
+        self.crowd_wanted = (0, 0.0)
+        self.last_action: dict | None = None
+        self.policy = OriginPolicy()
+        self._ticker: asyncio.Task | None = None
+        self._holding_sent: dict | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.front_port}"
+
+    # ---- the cluster ----
+
+    async def build(self, mode: str) -> None:
+        """Stop the cluster (and the crowd) if any, start one in `mode` on the same front port, watch it."""
+        await self._teardown()
+        self.mode = mode
+        self.generation += 1
+        cluster = Cluster("all", self.instances, mode, self.directory / f"{self.generation}-{mode}",
+                          port=self.front_port, page_port=self.page_port, **self.options)
+        self.cluster = await asyncio.to_thread(cluster.start)
+        for instance in cluster.instances:
+            self.watch(instance.name, instance.url)
+        size, rate = self.crowd_wanted
+        if size:
+            await self.set_crowd(size, rate)
+        self.pages.send(self.state())
+
+    async def _teardown(self) -> None:
+        if self.crowd is not None:
+            await self.crowd.stop()
+            self.crowd = None
+        for task in self.watchers:
+            task.cancel()
+        await asyncio.gather(*self.watchers, return_exceptions=True)
+        self.watchers = []
+        self.open.clear()
+        self.alive.clear()
+        self.hello.clear()
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            await asyncio.to_thread(cluster.stop)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self._teardown()
+
+    def watch(self, name: str, url: str) -> None:
+        self.open[name] = {}
+        self.alive[name] = True
+        self.watchers.append(asyncio.create_task(self._watch(name, url)))
+
+    async def _watch(self, name: str, url: str) -> None:
+        """Follow one instance's /admin/events until it ends (a kill, a stop): relay, and track what it holds."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as session:
+                async with session.get(f"{url}/admin/events") as resp:
+                    async for line in resp.content:
+                        self._instance_event(name, json.loads(line))
+        except (aiohttp.ClientError, OSError, ValueError):
+            pass
+        finally:
+            # An instance that ended (killed: no close events) holds nothing any more.
+            opened = self.open.get(name, {})
+            for number, event in list(opened.items()):
+                self.pages.send({"event": "close", "instance": name, "n": number, "status": None,
+                                 "client": event.get("client"), "t": time.time(), "gone": True})
+            opened.clear()
+            self.alive[name] = False
+
+    def _instance_event(self, name: str, event: dict) -> None:
+        kind = event.get("event")
+        opened = self.open.setdefault(name, {})
+        if kind == "open":
+            opened[event["n"]] = event
+            if not str(event.get("client") or "").startswith("crowd-"):
+                self.pages.send(event)
+        elif kind == "close":
+            began = opened.pop(event["n"], None)
+            if began is not None and not str(began.get("client") or "").startswith("crowd-"):
+                self.pages.send({**event, "client": began.get("client"), "transport": began.get("transport")})
+        elif kind in ("posted", "fanout", "hello", "dropped"):
+            if kind == "hello":
+                self.hello[name] = event
+            self.pages.send(event)
+
+    def holding(self) -> dict:
+        """Per instance: members held per transport (open requests other than posts), the page's members by client
+        id, and the crowd's count."""
+        out = {}
+        for name, opened in self.open.items():
+            per_transport: dict[str, int] = {}
+            clients = []
+            crowd = 0
+            for event in opened.values():
+                if event.get("route", "").startswith("POST"):
+                    continue
+                per_transport[event["transport"]] = per_transport.get(event["transport"], 0) + 1
+                client = event.get("client") or ""
+                if client.startswith("crowd-"):
+                    crowd += 1
+                elif client:
+                    clients.append([client, event["transport"]])
+            out[name] = {"held": per_transport, "clients": clients, "crowd": crowd}
+        return out
+
+    async def _tick(self) -> None:
+        """Every 250 ms: what each instance holds, when it changed; every second: the crowd's figures, HAProxy's view."""
+        beat = 0
+        while True:
+            await asyncio.sleep(0.25)
+            beat += 1
+            holding = self.holding()
+            if holding != self._holding_sent:
+                self._holding_sent = holding
+                self.pages.send({"event": "holding", "instances": holding})
+            if beat % 4 == 0:
+                if self.crowd is not None:
+                    self.pages.send({"event": "crowd", **self.crowd.stats()})
+                self.pages.send({"event": "states", "states": await self._states()})
+
+    async def _states(self) -> dict:
+        cluster = self.cluster
+        if cluster is None or cluster.haproxy is None:
+            return {}
+        try:
+            states = await asyncio.to_thread(cluster.states)
+        except (OSError, ClusterError):
+            return {}
+        return {name: state.split()[0] if state else "?" for name, state in states.items()}
+
+    def state(self) -> dict:
+        cluster = self.cluster
+        return {
+            "event": "state", "generation": self.generation, "mode": self.mode, "room": ROOM,
+            "explain": EXPLAIN[self.mode], "modes": list(MODES),
+            "balance": cluster.balance if cluster else None, "broker": cluster.broker if cluster else None,
+            "instances": [{"name": i.name, "pid": i.pid, "alive": i.process.alive, "drained": i.drained,
+                           "killed": i.killed} for i in cluster.instances] if cluster else [],
+            "redis": {"pid": cluster.redis.pid} if cluster and cluster.redis else None,
+            "haproxy": {"pid": cluster.haproxy.pid} if cluster and cluster.haproxy else None,
+            "crowd": self.crowd.stats() if self.crowd else {"size": 0, "rate": 0},
+            "limits": {"crowd": MAX_CROWD, "rate": MAX_CROWD_RATE},
+            "action": self.last_action, "transports": member_transports(), "hello": self.hello,
+        }
+
+    # ---- actions ----
+
+    async def act(self, what: str, index: int | None = None) -> dict:
+        cluster = self.cluster
+        if cluster is None:
+            raise ClusterError("the cluster is not running")
+        if what in ("drain", "kill", "restart") and not (index is not None and 0 <= index < len(cluster.instances)):
+            raise ValueError(f"no instance {index}")
+        started = time.time()
+        if what == "drain":
+            result = await asyncio.to_thread(cluster.drain, index)
+        elif what == "kill":
+            result = await asyncio.to_thread(cluster.kill, index)
+        elif what == "restart":
+            result = await asyncio.to_thread(cluster.restart_instance, index)
+            instance = cluster.instances[index]
+            self.watch(instance.name, instance.url)
+        elif what == "restart-redis":
+            result = await asyncio.to_thread(cluster.restart_redis, 0.5)
+        else:
+            raise ValueError(f"unknown action {what!r}")
+        result = {k: v for k, v in result.items() if k not in ("t_mono_s",)}
+        self.last_action = {"action": what, "t": started, "took_ms": round((time.time() - started) * 1000), **result}
+        self.pages.send({"event": "action", **self.last_action})
+        self.pages.send(self.state())
+        return self.last_action
+
+    async def set_crowd(self, size: int, rate: float) -> None:
+        if self.crowd is not None:
+            await self.crowd.stop()
+            self.crowd = None
+        self.crowd_wanted = (size, rate)
+        if size and self.cluster is not None:
+            self.crowd = Crowd(self.url, ROOM, size, rate)
+            await self.crowd.start()
+
+    # ---- the page server ----
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=4096)
+        for path, (name, content_type) in FILES.items():
+            app.router.add_get(path, _file(STATIC_DIR / name, content_type), allow_head=False)
+        for name in member_transports():
+            app.router.add_get(module_path(name), _file(registry.get(name).browser, "text/javascript"),
+                               allow_head=False)
+        app.router.add_get("/cluster/transports", _static(transports_json(), "application/json"), allow_head=False)
+        app.router.add_get("/cluster/state", self.handle_state, allow_head=False)
+        app.router.add_get("/cluster/events", self.handle_events, allow_head=False)
+        app.router.add_post("/cluster/mode", self.handle_mode)
+        app.router.add_post("/cluster/action", self.handle_action)
+        app.router.add_post("/cluster/crowd", self.handle_crowd)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        problem = self.policy.problem(request)  # a foreign Origin or an unknown Host name: 403, as the servers do
+        if problem is not None:
+            return error_response(403, problem)
+        return await handler(request)
+
+    async def handle_state(self, request: web.Request) -> web.Response:
+        body = self.state()
+        body["pids"] = self.cluster.pids() if self.cluster else {}
+        return json_text(200, json.dumps(body), headers=SECURITY_HEADERS)
+
+    async def handle_events(self, request: web.Request) -> web.StreamResponse:
+        if len(self.pages.queues) >= MAX_PAGES:
+            return error_response(503, f"at most {MAX_PAGES} pages follow the cluster at once")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.pages.queues.append(queue)
+        self.pages.send(self.state())  # (every page: cheap, and the new one starts from it)
+        holding = self.holding()
+        queue.put_nowait(b"data: " + json.dumps({"event": "holding", "instances": holding}).encode() + b"\n\n")
+        try:
+            await response.write(b"retry: 1000\n\n")
+            while True:
+                try:
+                    data = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    data = b": alive\n\n"
+                if data is None:
+                    break
+                await response.write(data)
+        finally:
+            with contextlib.suppress(ValueError):
+                self.pages.queues.remove(queue)
+        return response
+
+    async def _read_json(self, request: web.Request) -> dict:
+        if request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON"}', content_type="application/json")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text='{"error": "a JSON object, please"}', content_type="application/json")
+        return body
+
+    async def _exclusive(self, work) -> web.Response:
+        if self.busy.locked():
+            return error_response(409, "another change to the cluster is under way")
+        async with self.busy:
+            try:
+                result = await work()
+            except (ClusterError, ValueError) as error:
+                return error_response(400 if isinstance(error, ValueError) else 500, str(error))
+        return json_text(200, json.dumps(result or {"status": "ok"}))
+
+    async def handle_mode(self, request: web.Request) -> web.Response:
+        mode = (await self._read_json(request)).get("mode")
+        if mode not in MODES:
+            return error_response(400, f"mode must be one of {', '.join(MODES)}")
+
+        async def switch() -> dict:
+            # Answered first: the switch stops HAProxy, through which this very request came.
+            asyncio.get_running_loop().create_task(self._switch(mode))
+            return {"status": "switching", "mode": mode, "generation": self.generation + 1}
+
+        return await self._exclusive(switch)
+
+    async def _switch(self, mode: str) -> None:
+        async with self.busy:
+            await asyncio.sleep(0.1)  # let the answer leave
+            try:
+                await self.build(mode)
+            except ClusterError as error:
+                print(f"demo-cluster: {error}", file=sys.stderr)
+
+    async def handle_action(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        index = body.get("instance")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+            return error_response(400, "instance must be an index")
+        return await self._exclusive(lambda: self.act(str(body.get("action")), index))
+
+    async def handle_crowd(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        size, rate = body.get("members", 0), body.get("rate", 1.0)
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_CROWD:
+            return error_response(400, f"members must be an integer from 0 to {MAX_CROWD}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= MAX_CROWD_RATE:
+            return error_response(400, f"rate must be a number from 0 to {MAX_CROWD_RATE:g} messages a second")
+
+        async def crowd() -> dict:
+            await self.set_crowd(size, float(rate))
+            self.pages.send(self.state())
+            return {"members": size, "rate": rate}
+
+        return await self._exclusive(crowd)
+
+    async def serve(self, ready_file: str | None = None) -> None:
+        """Start the page server and the cluster; serve until SIGINT or SIGTERM; stop everything."""
+        runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await runner.setup()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.page_port = site._server.sockets[0].getsockname()[1]
+            await self.build(self.mode)
+            self._ticker = asyncio.create_task(self._tick())
+            print(f"rtlab demo-cluster: open {self.url}/ in a browser ({self.mode}; Ctrl-C stops everything)",
+                  flush=True)
+            if ready_file:
+                from servers.__main__ import write_ready_file
+
+                write_ready_file(ready_file, {"url": self.url, "port": self.front_port, "pid": os.getpid(),
+                                              "pids": self.cluster.pids()})
+            await stop.wait()
+        finally:
+            for queue in self.pages.queues:
+                queue.put_nowait(None)
+            await self.stop()
+            await runner.cleanup()
+
+
+def transports_json() -> bytes:
+    """The member panes' transports, as the single demo's /demo/transports gives them."""
+    return json.dumps({"transports": [
+        {"name": name, "label": registry.get(name).label, "colour": registry.get(name).colour,
+         "summary": registry.get(name).summary, "module": module_path(name)} for name in member_transports()]}).encode()
+
+
+def _file(path: Path, content_type: str):
+    return _static(Path(path).read_bytes(), content_type)
+
+
+def _static(body: bytes, content_type: str):
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type, charset="utf-8", headers=SECURITY_HEADERS)
+
+    return handle
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--port", type=int, default=8080, help="the page's port (HAProxy's frontend); 0: a free one")
+    parser.add_argument("--mode", choices=list(MODES), default="pubsub", help="the architecture to start with")
+    parser.add_argument("--ready-file", metavar="PATH", help="once serving, write {url, port, pid, pids} here as JSON")
+    return parser
+
+
+def run(a: argparse.Namespace) -> int:
+    port = a.port or free_port()
+    with tempfile.TemporaryDirectory(prefix="rtlab-demo-cluster-") as directory:
+        demo = ClusterDemo(port, Path(directory), a.mode)
+        try:
+            asyncio.run(demo.serve(a.ready_file))
+        except ClusterError as error:
+            print(f"rtlab demo-cluster: {error}", file=sys.stderr)
+            return 1
+    return 0
