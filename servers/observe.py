@@ -178,7 +178,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
     observer = request.app[OBSERVER]
     if len(observer.watchers) >= MAX_WATCHERS or observer.closing:
         return error_response(503, f"at most {MAX_WATCHERS} watchers at once")
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(headers={"Content-Type": "application/jsonl", "Cache-Control": "no-cache"})
     await response.prepare(request)
     await response.write(observer.line({
         "event": "hello", "pid": os.getpid(), "broker": request.app[BROKER].name,

@@ -34,7 +34,7 @@ class Events:
 
 async def watch(session: aiohttp.ClientSession, url: str) -> Events:
     response = await session.get(f"{url}/admin/events")
-    assert response.status == 200 and response.content_type == "application/x-ndjson"
+    assert response.status == 200 and response.content_type == "application/jsonl"
     return Events(response)
 
 
