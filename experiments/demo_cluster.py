@@ -563,10 +563,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080, help="the page's port (HAProxy's frontend); 0: a free one")
     parser.add_argument("--mode", choices=list(MODES), default="pubsub", help="the architecture to start with")
     parser.add_argument("--ready-file", metavar="PATH", help="once serving, write {url, port, pid, pids} here as JSON")
+    parser.add_argument("--screenshot", metavar="PNG",
+                        help="instead of serving: start it all on a free port, play a short scene in headless Chromium "
+                             "(a crowd of 30, two messages, a drain), save the page to PNG, stop everything")
     return parser
 
 
+def screenshot(path: Path, timeout_s: float = 60.0) -> None:
+    """Make docs/demo-cluster.png: this command on a free port, driven by Debian's Chromium (experiments.browser)."""
+    from .browser import chromium
+    from .supervisor import launch_server
+
+    server = launch_server([], None, label="demo-cluster", entry=[sys.executable, "-m", "experiments", "demo-cluster"])
+    try:
+        url = server.wait(timeout_s).url
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(f"{url}/")
+            page.wait_for_selector("body[data-ready=true]", timeout=timeout_s * 1000)
+            page.select_option("#crowd-size", "30")
+            page.select_option("#crowd-rate", "1")
+            page.click("#crowd-apply")
+            page.wait_for_selector("#crowd-stats[data-connected='30']", timeout=timeout_s * 1000)
+            for member, text in (("websocket-1", "hello, everyone on every server"),
+                                 ("short-polling", "I ask every 2 s; any server answers")):
+                page.fill(f"#pane-{member} form.send input[name=text]", text)
+                page.press(f"#pane-{member} form.send input[name=text]", "Enter")
+                page.wait_for_timeout(1500)
+            held = page.get_attribute("#pane-websocket-1", "data-held-by") or "server-1"
+            page.locator(".instance").nth(int(held.split(",")[0].split("-")[1]) - 1).locator("button.drain").click()
+            page.wait_for_selector("#pane-websocket-1 .where:text-matches('back on')", timeout=timeout_s * 1000)
+            page.wait_for_timeout(2500)
+            page.locator("body").click(position={"x": 5, "y": 5})  # no focus ring in the picture
+            page.screenshot(path=str(path), full_page=True)
+    finally:
+        server.process.signal(signal.SIGINT)  # as Ctrl-C: it stops the cluster itself
+        server.process.wait(30)
+        server.process.stop()
+
+
 def run(a: argparse.Namespace) -> int:
+    if a.screenshot:
+        screenshot(Path(a.screenshot))
+        print(f"wrote {a.screenshot}")
+        return 0
     port = a.port or free_port()
     with tempfile.TemporaryDirectory(prefix="rtlab-demo-cluster-") as directory:
         demo = ClusterDemo(port, Path(directory), a.mode)

@@ -91,6 +91,7 @@ function updateColumns(state) {
     const { root } = column;
     root.querySelector(".pid").textContent = instance.alive ? `pid ${instance.pid}` : "not running";
     root.classList.toggle("dead", !instance.alive);
+    root.dataset.drained = String(Boolean(instance.drained));
     root.querySelector(".restart").disabled = instance.alive;
     root.querySelector(".kill").disabled = !instance.alive;
     root.querySelector(".drain").disabled = !instance.alive || instance.drained;
@@ -332,9 +333,10 @@ function renderLedger(pane) {
   pane.node(".stat-twice").textContent = pane.twice.toLocaleString("en");
   pane.root.classList.toggle("missing", pane.missed > 0);
   pane.root.dataset.missed = String(pane.missed);
-  pane.node(".stat-back").textContent = pane.back ? `${formatMs(pane.back.ms)} (${pane.back.instance})` : pane.down ? "away…" : "—";
+  pane.node(".stat-back").textContent = pane.back ? formatMs(pane.back.ms) : pane.down ? "away…" : "—";
   let where;
-  if (pane.heldBy.length) where = `connection held by ${pane.heldBy.join(", ")}`;
+  if (pane.back && pane.heldBy.length) where = `back on ${pane.heldBy.join(", ")} after ${formatMs(pane.back.ms)}`;
+  else if (pane.heldBy.length) where = `connection held by ${pane.heldBy.join(", ")}`;
   else if (pane.asked) where = `no connection held; last asked ${pane.asked}`;
   else where = "—";
   pane.node(".where").textContent = where;
@@ -432,7 +434,8 @@ function follow() {
         for (const [name, s] of Object.entries(event.states)) {
           const column = view.columns.get(name);
           if (column) {
-            column.root.querySelector(".state").textContent = s;
+            // HAProxy's view; a drained instance fails its health check on purpose (503), so HAProxy says DOWN.
+            column.root.querySelector(".state").textContent = column.root.dataset.drained === "true" ? `${s} · drained` : s;
             column.root.dataset.state = s;
           }
         }

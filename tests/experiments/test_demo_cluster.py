@@ -126,6 +126,13 @@ class ClusterPage:
     def missed(self, member: str) -> int:
         return int(self.page.locator(f"#pane-{member}").get_attribute("data-missed"))
 
+    def why_missed(self, member: str) -> list:
+        """The posts this member is counted as missing: [key, seconds since posted, instance, id]."""
+        return self.page.evaluate("""member => {
+            const v = window.rtlabCluster, pane = v.panes.find(p => p.info.member === member), now = Date.now() / 1000;
+            return [...v.posts].filter(([k, p]) => p.t >= pane.joinedAt && !pane.got.has(k))
+                               .map(([k, p]) => [k, now - p.t, p.instance, p.id]); }""", member)
+
 
 def test_pubsub_three_instances_fan_out_a_crowd_and_a_drain_that_loses_nothing(browser, tmp_path):
     server = start_page_server(tmp_path / "page.log", "pubsub")
@@ -171,15 +178,16 @@ def test_pubsub_three_instances_fan_out_a_crowd_and_a_drain_that_loses_nothing(b
         expect(page.page.locator("#action")).to_contain_text("closed with 1012")
         expect(page.page.locator("#pane-websocket-1")).not_to_have_attribute("data-held-by", re.compile(drained),
                                                                              timeout=WAIT_MS)
-        expect(page.page.locator("#pane-websocket-1 .stat-back")).to_have_text(re.compile(r"\d.*server-\d"),
+        expect(page.page.locator("#pane-websocket-1 .stat-back")).to_have_text(re.compile(r"^\d[\d.]* m?s$"),
                                                                                timeout=WAIT_MS)
+        expect(page.page.locator("#pane-websocket-1 .where")).to_contain_text("back on server-")
         page.send("sse", "after the drain")
         for member in members:
             expect(page.page.locator(f"#pane-{member} .messages .text")).to_contain_text(["after the drain"],
                                                                                         timeout=WAIT_MS)
         page.page.wait_for_timeout(MISSED_AFTER_MS + 1500)
         for member in members:
-            assert page.missed(member) == 0, (member, page.texts(member))
+            assert page.missed(member) == 0, (member, page.why_missed(member), page.texts(member))
         assert page.page.locator("#pane-websocket-1 .stat-twice").text_content() == "0"
         stats = page.page.locator("#crowd-stats").text_content()
         assert re.search(r"\b0 missed, 0 twice", stats), stats
@@ -221,7 +229,7 @@ def test_naive_loses_across_instances_and_pubsub_does_not(browser, tmp_path):
             expect(page.page.locator(f"#pane-{member} .messages .text")).to_contain_text(["and now?"], timeout=WAIT_MS)
         page.page.wait_for_timeout(MISSED_AFTER_MS + 1000)
         for member in members:
-            assert page.missed(member) == 0, member
+            assert page.missed(member) == 0, (member, page.why_missed(member))
         assert page.errors == [], page.errors
         page.context.close()
     finally:

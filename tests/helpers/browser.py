@@ -1,13 +1,3 @@
-"""Debian's Chromium (never a downloaded browser), the way every browser test launches it."""
+"""Debian's Chromium (never a downloaded browser), the way every browser test launches it (experiments/browser.py)."""
 
-CHROMIUM = "/usr/bin/chromium"
-# What the machine's closed network needs: no background connections, no component updates, no QUIC.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from experiments.browser import CHROMIUM, CHROMIUM_ARGS, chromium  # noqa: F401
