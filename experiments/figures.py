@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -122,7 +123,8 @@ def sum_samples(series: Iterable[Samples]) -> Samples:
 # Rows of the sampler's CSV that are not the server under test (a cluster's server is every other label).
 GENERATOR_LABEL = "generator"
 SAMPLER_LABEL = "sampler"
-NOT_SERVER = (GENERATOR_LABEL, SAMPLER_LABEL)
+CAPTURE_LABEL = "capture"  # the packet capture (experiments/capture.py), an observer like the sampler
+NOT_SERVER = (GENERATOR_LABEL, SAMPLER_LABEL, CAPTURE_LABEL)
 
 
 def read_samples(path: str | os.PathLike) -> dict[str, Samples]:
@@ -170,6 +172,11 @@ class RunData:
     # long they stopped it in all; None where the pages predate the metric.
     gc_full_pauses: float | None = None
     gc_full_pause_s: float | None = None
+    # The packet capture's counts over the window on the members' port (experiments/capture.py: to_server and
+    # from_server, each packets, ip_bytes, payload_bytes; dropped); None: not captured. With one, the wire bytes
+    # above are its TCP payload, and meter_wire_bytes the server's own meter's (both ways; NaN: it has none).
+    capture: Mapping[str, object] | None = None
+    meter_wire_bytes: float | None = None
 
     @classmethod
     def from_scrapes(
@@ -199,6 +206,8 @@ class RunData:
 
         # A counter added later than some runs: absent from their pages, and then not zero but unknown.
         payload_counted = any(key[0] == "rtlab_message_payload_sent_bytes_total" for _, end in pages for key in end)
+        # A server with no byte meter (a peer on uvicorn, daphne, websockets): unknown, not zero (a capture says).
+        wire_counted = any(key[0] == "rtlab_wire_sent_bytes_total" for _, end in pages for key in end)
         gc_counted = any(key[0] == "rtlab_gc_pause_seconds_count" for _, end in pages for key in end)
 
         def gc_delta(name: str) -> float | None:  # process-wide: one collector per server process, whatever it serves
@@ -208,8 +217,8 @@ class RunData:
                        for start, end in pages)
 
         return cls(
-            wire_received_bytes=delta("rtlab_wire_received_bytes_total"),
-            wire_sent_bytes=delta("rtlab_wire_sent_bytes_total"),
+            wire_received_bytes=delta("rtlab_wire_received_bytes_total") if wire_counted else math.nan,
+            wire_sent_bytes=delta("rtlab_wire_sent_bytes_total") if wire_counted else math.nan,
             messages_accepted=delta("rtlab_messages_accepted_total"),
             messages_delivered=delta("rtlab_messages_delivered_total"),
             polls=delta("rtlab_polls_total"),
@@ -229,6 +238,17 @@ class RunData:
     @property
     def sent(self) -> float:
         return self.messages_accepted if self.messages_sent is None else self.messages_sent
+
+    def with_capture(self, window: Mapping[str, object] | None) -> RunData:
+        """This window with the capture's counts as its wire bytes (the meter's kept as meter_wire_bytes)."""
+        if window is None:
+            return self
+        to_server, from_server = window["to_server"], window["from_server"]
+        return dataclasses.replace(
+            self, capture=window, meter_wire_bytes=self.wire_received_bytes + self.wire_sent_bytes,
+            wire_received_bytes=float(to_server["payload_bytes"]), wire_sent_bytes=float(from_server["payload_bytes"]),
+            ip_bytes=float(to_server["ip_bytes"] + from_server["ip_bytes"]),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,6 +343,42 @@ def overhead_bytes_in_per_delivered_message(run: RunData) -> float:
 @_figure("B/msg", "IP packet bytes both ways (TCP/IP headers, handshakes and ACKs included), per message delivered.")
 def ip_bytes_per_delivered_message(run: RunData) -> float:
     return math.nan if run.ip_bytes is None else _ratio(run.ip_bytes, run.messages_delivered)
+
+
+def _captured(run: RunData, direction: str, name: str) -> float:
+    return math.nan if run.capture is None else float(run.capture[direction][name])
+
+
+@_figure("B", "TCP payload bytes to the members' port over the window, counted by the packet capture "
+              "(experiments/capture.py); NaN when the run was not captured.")
+def tcp_payload_in_bytes(run: RunData) -> float:
+    return _captured(run, "to_server", "payload_bytes")
+
+
+@_figure("B", "TCP payload bytes from the members' port over the window, counted by the packet capture.")
+def tcp_payload_out_bytes(run: RunData) -> float:
+    return _captured(run, "from_server", "payload_bytes")
+
+
+@_figure("pkt/msg", "IP packets both ways on the members' port (bare ACKs and handshakes included), counted by the "
+                    "packet capture, per message delivered.")
+def tcp_packets_per_delivered_message(run: RunData) -> float:
+    return _ratio(_captured(run, "to_server", "packets") + _captured(run, "from_server", "packets"),
+                  run.messages_delivered)
+
+
+@_figure("pkt", "Packets the kernel dropped because the capture fell behind (over the whole point): above 0, the "
+                "capture's counts are low.")
+def tcp_dropped_packets(run: RunData) -> float:
+    return math.nan if run.capture is None else float(run.capture["dropped"])
+
+
+@_figure("ratio", "The server's own meter's TCP payload bytes (both ways, /metrics) over the capture's, in the "
+                  "same window: about 1.0 where both count (edges a few ms apart), NaN for a server without a meter.")
+def meter_over_capture_bytes(run: RunData) -> float:
+    if run.capture is None or run.meter_wire_bytes is None:
+        return math.nan
+    return _ratio(run.meter_wire_bytes, run.wire_received_bytes + run.wire_sent_bytes)
 
 
 @_figure("us/msg", "Server CPU time (user + system), in microseconds, per message delivered to a client.")

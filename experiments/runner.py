@@ -28,6 +28,7 @@ from pathlib import Path
 from servers import registry
 from servers.config import server_settings
 
+from . import capture as packet_capture
 from . import figures, network
 from .spec import Experiment, Point
 from .summary import SUMMARY_COLUMNS, add_ratios, summarize_point
@@ -167,6 +168,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             scrape_urls = {"server": url}
             targets = {"server": server.process.pid}
         health = wait_healthy(next(iter(scrape_urls.values())), SERVER_START_TIMEOUT_S)
+        capture = start_capture(experiment, point_dir, pinning, procs, url, scrape_urls)
 
         extra = ["--", "--processes", str(experiment.processes)] if experiment.processes > 1 else []
         started = time.monotonic()
@@ -177,7 +179,8 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
              *extra],
             point_dir / "locust.log", cpus=pinning.generator,
         )
-        sampled = [arg for label, pid in {**targets, "generator": locust.pid}.items()
+        observers = {packet_capture.LABEL: capture.pid} if capture and capture.pid else {}
+        sampled = [arg for label, pid in {**targets, "generator": locust.pid, **observers}.items()
                    for arg in ("--pid", str(pid), "--label", label)]
         procs.start(
             "sampler",
@@ -197,12 +200,16 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             if not locust.alive:
                 break
             if "before" not in window and now >= measure_from:
+                if capture:
+                    capture.mark("before")
                 scrape_all(scrape_urls, point_dir, "metrics_before")
                 window["before"] = time.monotonic()
             if fault_at is not None and now >= fault_at:
                 fault_at = None
                 inject_fault(cluster, experiment.fault)
             if "after" not in window and now >= measure_to:
+                if capture:
+                    capture.mark("after")
                 scrape_all(scrape_urls, point_dir, "metrics_after")
                 window["after"] = time.monotonic()
             # The live rate for the display: not in the last seconds, so a slow scrape cannot delay the window's end.
@@ -216,6 +223,8 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             display.update(index, point, phase, now - test_start, rate)
             time.sleep(0.1)
         code = locust.wait(LOCUST_GRACE_S)
+        if capture:
+            finish_capture(capture, scrape_urls, point_dir)
         if "after" not in window:
             raise RuntimeError(f"Locust ended before the measured window did; see {point_dir / 'locust.log'}")
         if code not in (0, 1):  # 1: Locust saw failures (losses are failures); still a result
@@ -229,7 +238,39 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         "health": health,
         "window_mono_s": [window["before"], window["after"]],
         "cluster": cluster.describe() if cluster is not None else None,
+        "capture": capture.describe() if capture else None,
     }
+
+
+def start_capture(experiment: Experiment, point_dir: Path, pinning: Pinning, procs: Group, url: str,
+                  scrape_urls: dict[str, str]) -> packet_capture.Capture | None:
+    """With `capture = true`: count the members' port (the URL Locust is given) from before the first member
+    connects; `metrics_start` is the meter's reading at that moment (the capture's zero)."""
+    if not experiment.capture:
+        return None
+    capture = packet_capture.Capture(point_dir, pinning.generator, procs, network.OBSERVER_ADDRESS)
+    capture.add(packet_capture.FRONT, urllib.parse.urlsplit(url).port)
+    capture.start()
+    scrape_all(scrape_urls, point_dir, "metrics_start")
+    return capture
+
+
+def finish_capture(capture: packet_capture.Capture, scrape_urls: dict[str, str], point_dir: Path,
+                   timeout_s: float = 5.0) -> None:
+    """Once Locust is gone: wait until the server holds no member's connection and its byte counters stand
+    still (bounded), read them (`metrics_end`), then stop the capture, which counts what is queued still."""
+    last = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        texts = scrape_texts(scrape_urls)
+        now = [sum(figures.metric_total(figures.parse_metrics(t), name) for t in texts.values())
+               for name in ("rtlab_wire_received_bytes_total", "rtlab_wire_sent_bytes_total", "rtlab_connections_open")]
+        if now == last and now[2] == 0:
+            break
+        last = now
+        time.sleep(0.25)
+    scrape_all(scrape_urls, point_dir, "metrics_end")
+    capture.stop()
 
 
 def scrape_texts(urls: dict[str, str]) -> dict[str, str]:
@@ -363,7 +404,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                 continue
             # With a [network]: the point's processes and the runner's requests in a namespace of its own, impaired.
             with network.impaired(point.network, f"rtlab-{os.getpid()}-{index}") as netns:
-                observer_source = network.OBSERVER_ADDRESS if netns else None
+                observer_source = network.OBSERVER_ADDRESS if netns or experiment.capture else None
                 try:
                     info = run_point(experiment, point, index, point_dir, pinning, display)
                 finally:
@@ -373,6 +414,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
                                        "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
                                        "cluster": info["cluster"], "network": netns.facts if netns else None,
+                                       "capture": info["capture"],
                                        "observer": {"sampler_cpu_percent": row["sampler_cpu_percent"],
                                                     "cpus": pinning.generator},
                                        "window_mono_s": info["window_mono_s"]})

@@ -17,7 +17,7 @@ from servers.settings import Knob, read_toml
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "stop_at_limit", "profile", "sweep", "server", "cluster", "fault",
-            "network")
+            "network", "capture")
 CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
 # [network]: the impairment of the point's own network namespace (experiments/network.py, docs/network.md).
@@ -56,6 +56,9 @@ class Experiment:
     # [network] and its swept keys: None runs on the machine's loopback; a dict (empty too) runs each point in a
     # network namespace of its own with that impairment (experiments/network.py).
     network: dict[str, float] | None = None
+    # Count every point's TCP bytes with a packet capture on the members' port (experiments/capture.py); its
+    # payload is then every row's wire bytes, one method for servers with a meter and those without.
+    capture: bool = False
 
     @property
     def point_keys(self) -> list[str]:
@@ -108,6 +111,7 @@ class Experiment:
             "cluster": {k: list(v) for k, v in self.cluster.items()},
             "fault": dict(self.fault),
             "network": None if self.network is None else dict(self.network),
+            "capture": self.capture,
             "source": self.source,
         }
 
@@ -170,6 +174,9 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     stop_at_limit = data.get("stop_at_limit", False)
     if not isinstance(stop_at_limit, bool):
         raise fail("stop_at_limit", "must be true or false")
+    capture = data.get("capture", False)
+    if not isinstance(capture, bool):
+        raise fail("capture", "must be true or false")
 
     try:
         profile = profile_from_dict(data["profile"], f"{source}: [profile]")
@@ -218,7 +225,7 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     fault = _fault(data.get("fault", {}), cluster, profile, fail)
     network = _network(data.get("network"), sweep, fail)
     return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source,
-                      cluster, fault, stop_at_limit, network)
+                      cluster, fault, stop_at_limit, network, capture)
 
 
 def network_value(key: str, value: object, fail) -> float:

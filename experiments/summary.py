@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clients.results import read_histogram
 
-from . import figures
+from . import capture, figures
 from .spec import Point
 
 # summary.csv column -> (figure, scale). Names and units of the figures live in experiments.figures.
@@ -40,6 +40,11 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "bytes_out_per_delivered": ("bytes_out_per_delivered_message", 1),
     "bytes_per_sent": ("bytes_per_sent_message", 1),
     "ip_bytes_per_delivered": ("ip_bytes_per_delivered_message", 1),
+    "tcp_payload_in": ("tcp_payload_in_bytes", 1),
+    "tcp_payload_out": ("tcp_payload_out_bytes", 1),
+    "tcp_packets_per_delivered": ("tcp_packets_per_delivered_message", 1),
+    "tcp_dropped": ("tcp_dropped_packets", 1),
+    "meter_over_capture": ("meter_over_capture_bytes", 1),
     "server_cpu_percent": ("server_cpu_share", 100),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
     "generator_cpu_us_per_delivered": ("generator_cpu_us_per_delivered_message", 1),
@@ -99,7 +104,7 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         server_cpus=server_cpus,
         idle_rss_bytes=sum(s.rss_bytes[0] for label, s in samples.items()
                            if label not in figures.NOT_SERVER and s.rss_bytes),
-    )
+    ).with_capture(capture.window(point_dir))
 
 
 def scrapes(point_dir: Path, stem: str) -> dict[str, str]:

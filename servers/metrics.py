@@ -164,13 +164,17 @@ class MeteredTransport(WireCount, asyncio.Transport):
         self.client: ClientLedger | None = None  # who sent the request being served, when it says
 
     def write(self, data: Any) -> None:
-        self._transport.write(data)
-        self.count_out(len(data))
+        transport = self._transport
+        transport.write(data)
+        # Lost before, or the send found it reset: asyncio dropped the bytes, and they never reached the wire.
+        if not getattr(transport, "_conn_lost", 0):
+            self.count_out(len(data))
 
     def writelines(self, list_of_data: Iterable[Any]) -> None:
         chunks = list_of_data if isinstance(list_of_data, (list, tuple)) else list(list_of_data)
         self._transport.writelines(chunks)
-        self.count_out(sum(map(len, chunks)))
+        if not getattr(self._transport, "_conn_lost", 0):  # dropped, as in write()
+            self.count_out(sum(map(len, chunks)))
 
     # Everything else is the real transport's.
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -28,6 +28,20 @@ async def test_the_internals_the_adapter_uses_are_still_there():
         assert callable(getattr(web_protocol.RequestHandler, method)), method
 
 
+async def test_the_meter_knows_when_asyncio_drops_a_write():
+    """servers/metrics.py counts no byte written to a lost connection (asyncio's `_conn_lost`: it drops them)."""
+    import asyncio
+    import socket
+
+    left, right = socket.socketpair()
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, left)
+    assert transport._conn_lost == 0, "asyncio's socket transport no longer says whether its connection is lost"
+    transport.close()
+    await asyncio.sleep(0)
+    assert transport._conn_lost > 0
+    right.close()
+
+
 async def test_every_connection_gets_the_labs_protocol(app_server):
     metered = await app_server("websocket")
     bare = await app_server("websocket", metrics=False)
