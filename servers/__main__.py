@@ -119,6 +119,14 @@ async def serve(config: ServerConfig, ready_file: str | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     config, ready_file = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    entry = registry.get(config.transports[0])
+    if entry.process:  # a peer of another stack: its own server on our socket (servers/peers/process.py)
+        if missing := registry.missing_packages(entry.name):
+            print(f"rtlab: {entry.name} needs {', '.join(missing)}: pip install -e '.[peers]'", file=sys.stderr)
+            return 2
+        from .peers import process
+
+        return process.run(entry.name, config.host, config.port, ready_file, write_ready_file)
     try:
         asyncio.run(serve(config, ready_file))
     except OSError as error:  # e.g. the port is taken

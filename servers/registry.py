@@ -46,7 +46,7 @@ class Transport:
     name: str  # "sse": the CLI's --transport, experiment files, summary rows, the /metrics label
     label: str  # "Server-Sent Events": what plots, tables and the demo page call it
     colour: str  # "#CC79A7": its colour in every plot and in the demo page
-    server: str  # "servers.sse:ServerSentEvents": its servers.transport.ServerTransport subclass
+    server: str  # "servers.sse:ServerSentEvents": its servers.transport.ServerTransport subclass ("" for a process peer)
     client: str  # "clients.sse:SSEClient": its clients.base.ChatClient subclass
     browser: Path | None = None  # its demo pane, an ES module (servers/static/transports/<name>.js)
     server_knobs: tuple[Knob, ...] = ()
@@ -60,6 +60,10 @@ class Transport:
     # What its members' bytes travel on: "tcp", or "udp" (WebRTC: datagrams, counted at the server's ICE sockets, which
     # a TCP capture or a TCP proxy does not see).
     carrier: str = "tcp"
+    # A peer of another stack, not mounted in rtlab's aiohttp app: "module:serve", run by `python -m servers` on the
+    # socket it binds (servers/peers/process.py says what it must serve). Its bytes come from the run's packet
+    # capture only (capture = true), its deliveries from its own integer on /metrics.
+    process: str = ""
     # The transport's own expected mean delivery latency from its profile knobs, where theory gives one
     # (short polling: half the poll interval); shown beside the measured mean.
     theory_latency_ms: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
@@ -91,7 +95,11 @@ def register(transport: Transport) -> Transport:
         raise ValueError(f"transport {transport.name!r} is registered already")
     if not re.fullmatch(r"#[0-9A-Fa-f]{6}", transport.colour):
         raise ValueError(f"{transport.name}: colour must be #RRGGBB, got {transport.colour!r}")
-    for spec in (transport.server, transport.client):
+    if bool(transport.server) == bool(transport.process):
+        raise ValueError(f"{transport.name}: give server (a ServerTransport) or process (a peer's serve), not both")
+    if transport.process and (transport.group != PEER or transport.counts_payload):
+        raise ValueError(f"{transport.name}: a process is a peer's (group=PEER, counts_payload=False)")
+    for spec in (transport.server or transport.process, transport.client):
         if spec.count(":") != 1:
             raise ValueError(f"{transport.name}: {spec!r} must be 'module:attribute'")
     if transport.browser is not None and not Path(transport.browser).is_file():
@@ -162,6 +170,19 @@ def load(spec: str) -> Any:
     """Import and return the attribute a "module:attribute" string names."""
     module, _, attribute = spec.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def missing_packages(name: str) -> list[str]:
+    """The distributions transport `name` needs (its `packages`) that are not installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in get(name).packages:
+        try:
+            version(package)
+        except PackageNotFoundError:
+            out.append(package)
+    return out
 
 
 def colour(name: str, default: str = "#777777") -> str:
@@ -385,4 +406,71 @@ register(Transport(
     packages=("python-socketio", "python-engineio"),
     summary="python-socketio's AsyncServer on aiohttp, Engine.IO's HTTP long-polling transport only",
     max_silence_s=lambda knobs: 25.0,
+))
+
+
+# ---- peers of other stacks, run as processes of their own (servers/peers/process.py; `pip install -e '.[peers]'`) --
+
+register(Transport(
+    name="fastapi-websocket",
+    counts_payload=False,
+    label="FastAPI: WebSocket",
+    colour="#44AA99",
+    server="",
+    process="servers.peers.fastapi_websocket:serve",
+    client="clients.websocket:WebSocketClient",
+    member="FastAPIWebSocketMember",
+    group=PEER,
+    compare_with="websocket",
+    packages=("fastapi", "starlette", "uvicorn", "websockets", "uvloop", "httptools"),
+    summary="FastAPI on uvicorn (its defaults), the ConnectionManager of FastAPI's WebSocket docs, one per room",
+    max_silence_s=lambda knobs: 20.0,
+))
+
+register(Transport(
+    name="websockets-broadcast",
+    counts_payload=False,
+    label="websockets: broadcast()",
+    colour="#882255",
+    server="",
+    process="servers.peers.websockets_broadcast:serve",
+    client="clients.websocket:WebSocketClient",
+    member="WebsocketsBroadcastMember",
+    group=PEER,
+    compare_with="websocket",
+    packages=("websockets",),
+    summary="the websockets library's asyncio server, broadcast() to a room's connections, compression=None",
+    max_silence_s=lambda knobs: 20.0,
+))
+
+register(Transport(
+    name="channels-websocket",
+    counts_payload=False,
+    label="Django Channels: WebSocket",
+    colour="#661100",
+    server="",
+    process="servers.peers.channels_chat:serve",
+    client="clients.websocket:WebSocketClient",
+    member="ChannelsWebSocketMember",
+    group=PEER,
+    compare_with="websocket",
+    packages=("channels", "daphne", "django", "twisted", "autobahn"),
+    summary="the Channels tutorial's chat consumer, groups on the in-memory channel layer, served by daphne",
+    max_silence_s=lambda knobs: 20.0,
+))
+
+register(Transport(
+    name="sse-starlette",
+    counts_payload=False,
+    label="sse-starlette: SSE",
+    colour="#6699CC",
+    server="",
+    process="servers.peers.sse_starlette_chat:serve",
+    client="clients.sse:SSEClient",
+    member="SSEStarletteMember",
+    group=PEER,
+    compare_with="sse",
+    packages=("sse-starlette", "fastapi", "starlette", "uvicorn", "uvloop", "httptools"),
+    summary="an EventSourceResponse per member (sse-starlette on FastAPI and uvicorn), posts as ordinary POSTs",
+    max_silence_s=lambda knobs: 15.0,
 ))

@@ -36,6 +36,17 @@ def require_binary(name: str, path: str | None = None) -> str:
     pytest.skip(reason)
 
 
+def require_packages(transport: str) -> None:
+    """Skip (or fail under RTLAB_REQUIRE_ALL=1) when a peer's optional packages are not installed."""
+    missing = registry.missing_packages(transport)
+    if not missing:
+        return
+    reason = f"{transport} needs {', '.join(missing)} (the optional extra: pip install -e '.[peers]'; make venv does)"
+    if REQUIRE_ALL:
+        pytest.fail(f"RTLAB_REQUIRE_ALL=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 async def session():
     """An aiohttp client session for the test, closed after it."""

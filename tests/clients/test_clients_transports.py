@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TRANSPORTS, UNIT
+from conftest import TRANSPORTS, UNIT, require_packages
 from helpers.processes import HELPERS, dropping_server
 
 from servers import registry
@@ -30,6 +30,7 @@ def probe(transport: str, url: str, *extra: str) -> dict:
 
 @pytest.mark.parametrize("transport", WITH_PEERS)
 def test_every_member_receives_every_message_once_in_order(transport, server_process):
+    require_packages(transport)
     server = server_process(transport)
     seen = probe(transport, server.url)
     assert seen["failures"] == []
@@ -48,6 +49,7 @@ def test_every_member_receives_every_message_once_in_order(transport, server_pro
 
 @pytest.mark.parametrize("transport", WITH_PEERS)
 def test_a_member_joining_late_starts_after_the_newest_id(transport, server_process):
+    require_packages(transport)
     server = server_process(transport)
     probe(transport, server.url)  # room "probe" now holds 2 * MESSAGES messages
     seen = probe(transport, server.url)

@@ -24,7 +24,8 @@ async def scrape(session, url: str) -> dict:
 
 def test_every_peer_is_compared_with_one_of_rtlabs_own_transports():
     assert set(PEERS) == {"floor-websocket", "floor-long-polling", "floor-short-polling", "floor-sse",
-                          "socketio-websocket", "socketio-polling"}
+                          "socketio-websocket", "socketio-polling", "fastapi-websocket", "websockets-broadcast",
+                          "channels-websocket", "sse-starlette"}
     for name in PEERS:
         entry = registry.get(name)
         assert entry.compare_with in registry.names() and not entry.counts_payload
