@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from servers import registry
 
+# The HTTP versions a member may speak (clients/http.py): here, so the launcher can offer them without gevent.
+HTTP_VERSIONS = ("1.1", "2")
+
 
 def client_class(transport: str) -> type:
     """Import and return the client class for `transport` (this imports gevent)."""

@@ -15,7 +15,7 @@ from experiments.supervisor import Process, ProcessError, start_server
 from servers import registry
 from servers.guard import raise_fd_limit
 
-from . import locust_user_class
+from . import HTTP_VERSIONS, locust_user_class
 from .profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("RTLAB_PROFILE", str(DEFAULT_PROFILE_PATH)),
         help="TOML load profile (env RTLAB_PROFILE)",
     )
+    p.add_argument("--http", choices=HTTP_VERSIONS, default="1.1",
+                   help="the HTTP every member speaks (clients/http.py): 1.1, or 2 (h2 over TLS for an https:// host, "
+                        "h2c for http://)")
+    p.add_argument("--tls-ca", metavar="PEM", help="the certificate that verifies an https:// host (a self-signed one)")
     p.add_argument("--headless", action="store_true", help="run without the web UI and quit after duration_s")
     p.add_argument("--csv", metavar="PREFIX", help="Locust's --csv prefix (rtlab files go beside, same prefix)")
     p.add_argument("--out", metavar="DIR", help="put Locust's CSVs (DIR/locust_*.csv) and rtlab's files in DIR")
@@ -57,7 +61,10 @@ def locust_command(a: argparse.Namespace, profile: Profile, host: str) -> list[s
         "--spawn-rate", f"{profile.spawn_rate:g}",
         "--run-time", f"{profile.duration_s}s",
         "--rtlab-profile", str(a.profile),
+        "--rtlab-http", a.http,
     ]
+    if a.tls_ca:
+        command += ["--rtlab-tls-ca", a.tls_ca]
     if a.headless:
         command += ["--headless", "--only-summary"]
     else:

@@ -21,6 +21,8 @@ import gevent.monkey
 import orjson
 from geventhttpclient import HTTPClient
 
+from .http import MemberHttp, member_http
+
 Message = dict[str, Any]  # as the server sends it: id, room, user, text, sent_at, ts
 OnMessage = Callable[[Message, float], None]  # (message, received_at in unix seconds)
 
@@ -174,11 +176,14 @@ class ChatClient(ABC):
         if not gevent.monkey.is_module_patched("socket"):
             raise RuntimeError("rtlab clients run under gevent: call gevent.monkey.patch_all() first (Locust does)")
         url = urlsplit(base_url)
-        if url.scheme != "http" or not url.hostname:
-            raise ValueError(f"base_url must look like http://127.0.0.1:8080, got {base_url!r}")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must look like http://127.0.0.1:8080 (or https://), got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.host = url.hostname
-        self.port = url.port or 80
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        # The member's HTTP (clients/http.py): HTTP/1.1 or HTTP/2, cleartext or TLS, as the run asks; every request,
+        # stream and WebSocket of this member goes through it.
+        self.http: MemberHttp = member_http(base_url, timeout_s)
         self.on_message = on_message
         self.report = report
         self.timeout_s = timeout_s
@@ -196,14 +201,14 @@ class ChatClient(ABC):
 
     def latest_id(self, room: str) -> int:
         """Return the id of the newest message in `room` (0 when empty), read from the history endpoint."""
-        http = JsonHttp(self.host, self.port, self.timeout_s)
+        http = self.http.requester(self.timeout_s)
         try:
             started = time.perf_counter()
             try:
                 status, body = http.request("GET", f"/rooms/{room}/history?limit=1")
                 if status != 200:
                     raise ClientError(f"history answered {status}: {body[:200]!r}")
-                messages = http.decode(body)["messages"]
+                messages = JsonHttp.decode(body)["messages"]
             except Exception as error:
                 self.report("HISTORY", self.transport, ms_since(started), 0, error)
                 raise
@@ -237,6 +242,7 @@ class ChatClient(ABC):
         if self._receiver is not None:
             self._receiver.kill(block=True, timeout=self.timeout_s)
         self._disconnect()
+        self.http.close()
 
     def deliver(self, message: Message, received_at: float) -> None:
         """Hand one received message to the owner and remember the newest id (the resume point)."""
@@ -293,7 +299,7 @@ class PostSender:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._send_http = JsonHttp(self.host, self.port, self.timeout_s)
+        self._send_http = self.http.requester(self.timeout_s)
 
     def send(self, user: str, text: str, sent_at: float | None = None) -> None:
         if self.room is None:

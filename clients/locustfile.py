@@ -40,6 +40,7 @@ finally:
     if _stepped_aside is not None:
         sys.path.insert(0, _stepped_aside)
 
+from clients import http
 from clients.base import ChatClient, Message
 from clients.completeness import Arrival, LedgerReceiver, ReceiverTracker
 from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
@@ -150,6 +151,20 @@ def add_arguments(parser) -> None:
         include_in_web_ui=False,
     )
     parser.add_argument(
+        "--rtlab-http",
+        default=os.environ.get("RTLAB_HTTP", "1.1"),
+        choices=http.VERSIONS,
+        help="the HTTP every member speaks: 1.1, or 2 (one h2 connection per member: TLS for an https:// host, "
+        "h2c for http://) (env RTLAB_HTTP; clients/http.py)",
+        include_in_web_ui=False,
+    )
+    parser.add_argument(
+        "--rtlab-tls-ca",
+        default=os.environ.get("RTLAB_TLS_CA", ""),
+        help="PEM certificate that verifies an https:// host, e.g. the proxy's self-signed one (env RTLAB_TLS_CA)",
+        include_in_web_ui=False,
+    )
+    parser.add_argument(
         "--rtlab-local-rooms",
         action="store_true",
         default=os.environ.get("RTLAB_LOCAL_ROOMS") == "1",
@@ -178,6 +193,8 @@ def load_profile_once(environment: Environment, **_kwargs) -> None:
     except ProfileError as error:
         log.error("%s", error)
         raise SystemExit(2) from None
+    if options is not None:
+        http.configure(getattr(options, "rtlab_http", "1.1"), getattr(options, "rtlab_tls_ca", "") or None)
     # Locust's own run options come from the profile unless given on the command line.
     if options is not None:
         if getattr(options, "num_users", None) is None:

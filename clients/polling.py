@@ -18,6 +18,7 @@ from .base import (
     ignore_report,
     ms_since,
 )
+from .http import Requester
 
 
 class PollingClient(PostSender, ChatClient):
@@ -33,7 +34,7 @@ class PollingClient(PostSender, ChatClient):
 
     def __init__(self, base_url: str, on_message: OnMessage, report: Report = ignore_report, *, timeout_s: float = 10.0):
         super().__init__(base_url, on_message, report, timeout_s=timeout_s)
-        self._poll_http: JsonHttp | None = None
+        self._poll_http: Requester | None = None
 
     @abstractmethod
     def _poll_query(self) -> str:
@@ -46,7 +47,7 @@ class PollingClient(PostSender, ChatClient):
         """Wait before the next poll (perf_counter clock); not at all by default."""
 
     def _connect(self) -> None:
-        self._poll_http = JsonHttp(self.host, self.port, self._poll_timeout_s())
+        self._poll_http = self.http.requester(self._poll_timeout_s())
 
     def _recovery_query(self) -> str:
         """The query of a poll after a failure: answered at once (no wait), so the client catches up and

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import gevent
@@ -18,14 +17,13 @@ from .base import (
     ignore_report,
     ms_since,
 )
-from .reactor import Watch, reactor
+from .http import Stream
+from .reactor import Watch
 
-# The stream is read from a plain (gevent) socket with a small parser of our own rather than through an
-# HTTP library: a response that never ends must be readable and closable from another greenlet, and the
-# parse runs for every event a member receives, on the load generator's hot path (HTTP head, chunked
-# decoding, `id:`/`data:` lines: about forty lines here).
-RECV_BYTES = 65536
-MAX_HEAD_BYTES = 16 * 1024
+# The stream is parsed by a small parser of our own rather than through an HTTP library: a response that never
+# ends must be readable and closable from another greenlet, and the parse runs for every event a member receives,
+# on the load generator's hot path (chunked decoding, `id:`/`data:` lines: about forty lines here). Whichever HTTP
+# carries it (clients/http.py), the body's bytes come here; over HTTP/1.1 they are still chunked.
 
 
 class StreamEnded(Exception):
@@ -33,47 +31,15 @@ class StreamEnded(Exception):
 
 
 class EventStream:
-    """One `text/event-stream` response on a socket: the head, then events, chunked or not."""
+    """The body of one `text/event-stream` response, chunked (HTTP/1.1) or not (HTTP/2, HTTP/1.0): events."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, chunked: bool = False) -> None:
         self._raw = bytearray()  # received, not yet de-chunked
         self._text = bytearray()  # de-chunked, not yet parsed into events
-        self._chunked = False
+        self._chunked = chunked
         self._chunk_left = 0  # body bytes left in the current chunk
         self._ended = False
         self.retry_ms: int | None = None
-        self.head_bytes = 0
-
-    def read_head(self) -> tuple[int, dict[str, str]]:
-        """Read the response head; return (status, lower-cased headers)."""
-        while b"\r\n\r\n" not in self._raw:
-            if len(self._raw) > MAX_HEAD_BYTES:
-                raise ClientError("response head too long")
-            self._recv()
-        head, _, rest = bytes(self._raw).partition(b"\r\n\r\n")
-        self.head_bytes = len(head) + 4
-        self._raw = bytearray(rest)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        self._chunked = "chunked" in headers.get("transfer-encoding", "")
-        return int(status_line.split()[1]), headers
-
-    def body(self, limit: int = 65536) -> bytes:
-        """Read up to `limit` bytes of a non-stream answer (an error body), de-chunked, for the report."""
-        self._dechunk()
-        return bytes(self._text[:limit])
-
-    def events(self):
-        """Yield (id or None, data) for each event, reading the socket; raise StreamEnded when the response ends."""
-        while True:
-            yield from self.take()
-            if self._ended:
-                raise StreamEnded("the server ended the stream")
-            self._recv()
 
     def feed(self, data: bytes) -> list[tuple[str | None, bytes]]:
         """Add bytes read elsewhere (the reactor); return the events they complete. `ended` says whether the
@@ -86,7 +52,7 @@ class EventStream:
         return self._ended
 
     def end_of_input(self) -> None:
-        """The connection closed: an unchunked stream ends here; a chunked one broke mid-stream."""
+        """The connection (or the h2 stream) ended: an unchunked stream ends here; a chunked one broke mid-stream."""
         if self._chunked:
             raise ConnectionError("the connection closed mid-stream")
         self._ended = True
@@ -120,15 +86,6 @@ class EventStream:
         if not data:
             return None
         return event_id, data[0] if len(data) == 1 else b"\n".join(data)
-
-    def _recv(self) -> None:
-        data = self.sock.recv(RECV_BYTES)
-        if not data:
-            if self._chunked or not self._raw:
-                raise ConnectionError("the connection closed mid-stream")
-            self._ended = True
-            return
-        self._raw += data
 
     def _dechunk(self) -> None:
         raw = self._raw
@@ -186,7 +143,8 @@ class SSEClient(PostSender, ChatClient):
         self.idle_timeout_s = idle_timeout_s
         self.retry_ms = 1000  # until the server says otherwise (retry:)
         self._since = 0  # the join point: the URL's since=, as EventSource keeps its URL
-        self._stream: EventStream | None = None
+        self._stream: EventStream | None = None  # the parser of the open stream's body
+        self._opened: Stream | None = None  # the open stream (clients/http.py)
         self._watch: Watch | None = None  # the reactor's watch on the open stream: bytes arrive in _on_data
         self._backoff = Backoff()
 
@@ -197,32 +155,26 @@ class SSEClient(PostSender, ChatClient):
     def _connect(self) -> None:
         started = time.perf_counter()
         try:
-            self._stream = self._open()
+            opened = self._opened = self._open()
+            self._stream = EventStream(opened.chunked)
             # What came with the head (a backlog) is parsed now; the rest arrives through the reactor.
-            self._watch = reactor().watch(self._stream.sock, self._on_data)
-            self._on_data(b"")
+            self._watch = opened.watch(self._on_data)
+            self._on_data(opened.take_buffered())
         except Exception as error:
             self.report("CONNECT", self.transport, ms_since(started), 0, error)
             raise
         self.report("CONNECT", self.transport, ms_since(started), 0)
 
-    def _open(self) -> EventStream:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
-        try:
-            headers = [f"GET /rooms/{self.room}/events?since={self._since} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                       "Accept: text/event-stream", "Cache-Control: no-cache"]
-            if self.last_id > self._since:
-                headers.append(f"Last-Event-ID: {self.last_id}")
-            sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-            stream = EventStream(sock)
-            status, response_headers = stream.read_head()
-            if status != 200 or not response_headers.get("content-type", "").startswith("text/event-stream"):
-                raise ClientError(f"stream answered {status}: {stream.body(200)!r}")
-            sock.settimeout(self.idle_timeout_s)
-            return stream
-        except BaseException:
-            sock.close()
-            raise
+    def _open(self) -> Stream:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.last_id > self._since:
+            headers["Last-Event-ID"] = str(self.last_id)
+        opened = self.http.open_stream(f"/rooms/{self.room}/events?since={self._since}", headers, self.timeout_s)
+        if opened.status != 200 or not opened.headers.get("content-type", "").startswith("text/event-stream"):
+            body = opened.take_buffered()[:200]
+            opened.close()
+            raise ClientError(f"stream answered {opened.status}: {body!r}")
+        return opened
 
     def _receive(self) -> None:
         """Wait for the stream's end (the reactor feeds its bytes to `_on_data` meanwhile), then reconnect."""
@@ -288,13 +240,10 @@ class SSEClient(PostSender, ChatClient):
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.stop()  # before the socket closes: its descriptor number may be reused at once
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            stream.sock.close()
+        self._stream = None
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.close()
 
     def _disconnect(self) -> None:
         self._drop_stream()

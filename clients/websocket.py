@@ -8,7 +8,6 @@ import time
 from collections import OrderedDict
 
 import orjson
-import websocket  # websocket-client
 
 from .base import (
     Backoff,
@@ -19,7 +18,8 @@ from .base import (
     ignore_report,
     ms_since,
 )
-from .reactor import Watch, reactor
+from .http import Stream, write_frame
+from .reactor import Watch
 
 OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
 OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
@@ -61,7 +61,7 @@ class WebSocketClient(ChatClient):
         self._fragments: list[bytes] | None = None  # a fragmented message's frames so far
         self._fragment_opcode = OPCODE_TEXT
         self._close_payload: bytes | None = None  # the server's close frame, once it came
-        self._ws: websocket.WebSocket | None = None
+        self._ws: Stream | None = None  # the open WebSocket's tunnel (clients/http.py): frames go up it
         self._pending: OrderedDict[tuple[str, float], None] = OrderedDict()  # sends awaiting their echo
         self._unsent: list[tuple[tuple[str, float], str]] = []  # sends made while reconnecting, sent once back
 
@@ -82,28 +82,26 @@ class WebSocketClient(ChatClient):
             self._unsent.append((key, frame))
             return
         try:
-            write_text(ws, frame)
+            ws.write(masked_text_frame(frame, os.urandom(4)))
         except Exception:
             # Not (wholly) written, so the server has not got it: the receiver is about to notice the
             # broken socket and reconnect; send it then.
             self._unsent.append((key, frame))
 
     def _connect(self) -> None:
-        url = f"ws://{self.host}:{self.port}/rooms/{self.room}/ws?since={self.last_id}"
         started = time.perf_counter()
         try:
-            ws = websocket.create_connection(
-                url, timeout=self.timeout_s, enable_multithread=True, skip_utf8_validation=True
-            )
+            ws = self.http.open_websocket(f"/rooms/{self.room}/ws?since={self.last_id}", self.timeout_s)
         except Exception as error:
             self.report("CONNECT", self.transport, ms_since(started), 0, error)
             raise
         self.report("CONNECT", self.transport, ms_since(started), 0)
-        ws.settimeout(self.idle_timeout_s)
         self._ws = ws
         self._partial, self._fragments, self._close_payload = b"", None, None
-        # The handshake read the socket only up to the end of the answer's head: every frame is still to come.
-        self._watch = reactor().watch(ws.sock, self._on_data)
+        self._watch = ws.watch(self._on_data)
+        buffered = ws.take_buffered()  # frames that came with the handshake's answer
+        if buffered:
+            self._on_data(buffered)
 
     def _receive(self) -> None:
         """Wait for the socket's end (the reactor feeds its frames to `_on_data` meanwhile), then reconnect."""
@@ -183,7 +181,7 @@ class WebSocketClient(ChatClient):
             ws = self._ws
             if ws is not None:
                 try:
-                    ws.pong(payload)
+                    ws.write(masked_frame(OPCODE_PONG, payload, os.urandom(4)))
                 except Exception:
                     pass  # broken: the reactor sees the end next
         elif opcode == OPCODE_CLOSE:
@@ -210,7 +208,7 @@ class WebSocketClient(ChatClient):
             if key not in self._pending:
                 continue  # given up on meanwhile (too many pending)
             try:
-                write_text(self._ws, frame)
+                self._ws.write(masked_text_frame(frame, os.urandom(4)))
             except Exception:
                 self._unsent.insert(0, (key, frame))  # broken again: the receiver reconnects, then we retry
                 return
@@ -249,10 +247,7 @@ class WebSocketClient(ChatClient):
         self._stop_watching()
         ws, self._ws = self._ws, None
         if ws is not None:
-            try:
-                ws.shutdown()
-            except Exception:
-                pass
+            ws.close()
 
     def _disconnect(self) -> None:
         self._unsent.clear()  # closing: what was never sent is not a failure of the server
@@ -262,50 +257,34 @@ class WebSocketClient(ChatClient):
             return
         try:
             # Say goodbye as a closing browser tab does, without waiting for the answer.
-            ws.send_close(websocket.STATUS_NORMAL, b"bye")
+            ws.write(masked_frame(OPCODE_CLOSE, struct.pack("!H", 1000) + b"bye", os.urandom(4)))
         except Exception:
             pass
-        try:
-            ws.shutdown()
-        except Exception:
-            pass
+        ws.close()
 
 
-def write_text(ws: websocket.WebSocket, payload: bytes) -> None:
-    """Send one text message as a single frame, masked as a client must (RFC 6455 section 5.3).
-
-    websocket-client's `send` builds the same frame through its ABNF object, an encode and a length check:
-    about 40 µs of the load generator's CPU per message sent (py-spy). gevent's `sendall` then arms a timeout
-    and asks the socket its options, and gevent's lock costs about as much again: the frame goes out in one
-    non-blocking write, which the kernel takes whole unless the socket's buffer is full; `sendall` writes what
-    is left, under websocket-client's lock. That lock is held only by a write that had to wait (a pong from
-    the reactor's greenlet, websocket-client's `pong`, or the rest of a frame): while it is, this frame waits
-    its turn. Greenlets switch only where one waits, so nothing can start a frame between the check and the
-    write.
-    """
-    frame = masked_text_frame(payload, os.urandom(4))
-    sock, lock = ws.sock, ws.lock
-    if not lock.locked():
-        try:
-            written = os.write(sock.fileno(), frame)  # gevent keeps the descriptor non-blocking
-        except BlockingIOError:
-            written = 0
-        if written == len(frame):
-            return
-        frame = frame[written:]
-    with lock:
-        sock.sendall(frame)
+def write_text(ws, payload: bytes) -> None:
+    """Send one text message as a single frame on websocket-client's socket, masked as a client must (RFC 6455
+    section 5.3); websocket-client's `send` builds the same frame through its ABNF object, an encode and a length
+    check: about 40 µs of the load generator's CPU per message sent (py-spy)."""
+    write_frame(ws, masked_text_frame(payload, os.urandom(4)))
 
 
 def masked_text_frame(payload: bytes, key: bytes) -> bytes:
     """A final text frame carrying `payload`, masked with the four bytes of `key`."""
+    return masked_frame(OPCODE_TEXT, payload, key)
+
+
+def masked_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """A final frame of `opcode` carrying `payload`, masked with the four bytes of `key`."""
     n = len(payload)
+    first = 0x80 | opcode
     if n < 126:
-        head = bytes((0x81, 0x80 | n))
+        head = bytes((first, 0x80 | n))
     elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x81, 0xFE, n)
+        head = struct.pack("!BBH", first, 0xFE, n)
     else:
-        head = struct.pack("!BBQ", 0x81, 0xFF, n)
+        head = struct.pack("!BBQ", first, 0xFF, n)
     mask = int.from_bytes((key * (n // 4 + 1))[:n], "big")
     return head + key + (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
 

@@ -1,13 +1,21 @@
-"""HAProxy for the cluster: its configuration (written out for each run, documented in docs/scaling.md), the
-process, and its runtime API (drain, states)."""
+"""HAProxy for the cluster and for the HTTP arms: its configuration (written out for each run, documented in
+docs/scaling.md and docs/http2.md), the process, and its runtime API (drain, states).
+
+The HTTP arms (`HTTP_ARMS`) put one server behind a front that speaks what the member asks for: TLS with ALPN
+`http/1.1` only, TLS with ALPN `h2` only, or h2c (cleartext HTTP/2 with prior knowledge); the proxy always speaks
+HTTP/1.1 to the server, as production does with aiohttp. `http_unavailable()` says what this machine's HAProxy
+lacks for them."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
+import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,12 +42,65 @@ def proxy_idle_s(transport: str, knobs: Mapping[str, object] | None = None) -> f
     return max(65.0, 2 * max(silences, default=0.0) + 5)
 
 
+@dataclass(frozen=True)
+class HttpArm:
+    """What the member speaks to the proxy in one arm of an HTTP comparison."""
+
+    name: str  # "1.1", "2", "h2c": an experiment's [network] http
+    tls: bool
+    alpn: str | None  # the one protocol the TLS front offers
+    label: str
+
+    def bind_options(self, cert_path: str | None) -> str:
+        """The options of the front's `bind` line."""
+        if not self.tls:
+            return "proto h2"  # cleartext HTTP/2, prior knowledge (no Upgrade: h2c)
+        return f"ssl crt {cert_path} alpn {self.alpn}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def client_http(self) -> str:
+        """The HTTP the Locust members speak (clients/http.py)."""
+        return "1.1" if self.alpn == "http/1.1" else "2"
+
+
+HTTP_ARMS = {arm.name: arm for arm in (
+    HttpArm("1.1", True, "http/1.1", "HTTP/1.1 over TLS"),
+    HttpArm("2", True, "h2", "HTTP/2 over TLS"),
+    HttpArm("h2c", False, None, "HTTP/2 cleartext (h2c)"),
+)}
+
+
+def http_unavailable(arms: list[str], binary: str = "haproxy") -> str | None:
+    """What this machine's HAProxy lacks for `arms` (a sentence naming it), or None when it has everything."""
+    if shutil.which(binary) is None:
+        return f"needs HAProxy ({binary!r} is not on PATH; Debian: apt-get install haproxy)"
+    try:
+        build = subprocess.run([binary, "-vv"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"could not ask {binary} what it was built with: {error}"
+    missing = []
+    if any(HTTP_ARMS[a].tls for a in arms) and not re.search(r"USE_OPENSSL=1|\+OPENSSL", build):
+        missing.append("TLS (built without OpenSSL)")
+    if any(HTTP_ARMS[a].client_http == "2" for a in arms) and not re.search(r"^\s*h2 :.*side=FE", build, re.M):
+        missing.append("HTTP/2 on a front end (no h2 multiplexer)")
+    if missing:
+        return f"needs an HAProxy with {' and '.join(missing)}"
+    return None
+
+
 def haproxy_config(frontend_port: int, admin_port: int, servers: list[tuple[str, int]], balance: str,
-                   maxconn: int | None = None, idle_s: float = 65.0, page_port: int | None = None) -> str:
-    """Return haproxy.cfg: a frontend on 127.0.0.1, one backend over `servers` [(name, port)] balanced by
-    `balance` ("uri": hash of /rooms/{room}, consistent; "roundrobin"), health-checked on /healthz; a
-    connection may stay quiet `idle_s` (proxy_idle_s) before the proxy closes it. With `page_port`, every path
-    outside /rooms/ goes to the page server there instead (the cluster demo: its page and the rooms, one origin)."""
+                   maxconn: int | None = None, idle_s: float = 65.0, page_port: int | None = None,
+                   bind_options: str = "", tunnel_s: float = 3600.0, log_requests: bool = False) -> str:
+    """Return haproxy.cfg: a frontend on 127.0.0.1 (its `bind` given `bind_options`: TLS, ALPN, h2c), one backend
+    over `servers` [(name, port)] balanced by `balance` ("uri": hash of /rooms/{room}, consistent; "roundrobin"),
+    health-checked on /healthz; a connection may stay quiet `idle_s` (proxy_idle_s), an upgraded one (a WebSocket)
+    `tunnel_s`, before the proxy closes it; `log_requests` logs each request, its HTTP version too, to stdout. With
+    `page_port`, every path outside /rooms/ goes to the page server there instead (the cluster demo: its page and
+    the rooms, one origin)."""
     if balance not in ("uri", "roundrobin"):
         raise ValueError(f"balance must be uri or roundrobin, got {balance!r}")
     if maxconn is None:
@@ -62,15 +123,17 @@ def haproxy_config(frontend_port: int, admin_port: int, servers: list[tuple[str,
         "    # The cluster demo's page server answers everything but the chat (experiments/demo_cluster.py).\n"
         "    use_backend page unless { path_beg /rooms/ }\n")
     page_backend = "" if page_port is None else f"\nbackend page\n    server page 127.0.0.1:{page_port}\n"
-    return f"""# Generated by experiments/cluster.py; docs/scaling.md explains each line.
+    bind = f"127.0.0.1:{frontend_port}" + (f" {bind_options}" if bind_options else "")
+    logging = ("    log stdout format raw local0\n", "    log global\n    option httplog\n") if log_requests else ("", "")
+    return f"""# Generated by experiments/haproxy.py; docs/scaling.md and docs/http2.md explain each line.
 global
-    maxconn {maxconn}
+{logging[0]}    maxconn {maxconn}
     # Runtime API (loopback only): `set server {BACKEND}/server-1 state drain` takes an instance out at once.
     stats socket ipv4@127.0.0.1:{admin_port} level admin
 
 defaults
     mode http
-    maxconn {maxconn}
+{logging[1]}    maxconn {maxconn}
     timeout connect 2s
     # Above the longest silence of a healthy connection (a held long poll: the servers' cap; an event
     # stream: its heartbeat), so the proxy never cuts one.
@@ -78,13 +141,13 @@ defaults
     timeout server {idle:g}s
     timeout http-keep-alive {idle:g}s
     # Once a connection is upgraded (a WebSocket), only this applies; the servers ping it.
-    timeout tunnel 1h
+    timeout tunnel {tunnel_s:g}s
     # A refused connection (an instance killed) is retried on another instance.
     option redispatch
     retries 3
 
 frontend rtlab
-    bind 127.0.0.1:{frontend_port}
+    bind {bind}
     # The admin routes answer loopback peers, and through this proxy every peer is loopback: refuse them here.
     http-request deny deny_status 403 if {{ path_beg /admin/ }}
 {page}    default_backend {BACKEND}
@@ -101,9 +164,13 @@ class HAProxy:
 
     def __init__(self, directory: Path, servers: list[tuple[str, int]], balance: str, *, binary: str = "haproxy",
                  cpus: list[int] | None = None, port: int | None = None, idle_s: float = 65.0,
-                 page_port: int | None = None) -> None:
+                 page_port: int | None = None, arm: HttpArm | None = None, log_requests: bool = False) -> None:
         self.idle_s = idle_s
         self.page_port = page_port
+        self.arm = arm
+        self.log_requests = log_requests
+        self.cert_path: Path | None = None
+        self.ca_path: Path | None = None
         self.directory = Path(directory)
         self.port = port or free_port()
         self.admin_port = free_port()
@@ -116,7 +183,7 @@ class HAProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.arm.scheme if self.arm else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -124,8 +191,22 @@ class HAProxy:
 
     def start(self, timeout_s: float = 10.0) -> HAProxy:
         self.directory.mkdir(parents=True, exist_ok=True)
+        bind_options, tunnel_s = "", 3600.0
+        if self.arm is not None:
+            if self.arm.tls:
+                # Made now, for this run only (ECDSA P-256, days): never in the repository.
+                from servers import certs
+
+                certificate = certs.generate()
+                self.cert_path = certificate.write_combined(self.directory / "proxy.pem")
+                self.ca_path = self.directory / "proxy.crt"  # what a client verifies the proxy with
+                self.ca_path.write_bytes(certificate.cert_pem)
+            bind_options = self.arm.bind_options(str(self.cert_path) if self.cert_path else None)
+            tunnel_s = self.idle_s  # the WebSockets' heartbeat is in proxy_idle_s's longest silence
         self.config_path.write_text(haproxy_config(self.port, self.admin_port, self.servers, self.balance,
-                                                   idle_s=self.idle_s, page_port=self.page_port))
+                                                   idle_s=self.idle_s, page_port=self.page_port,
+                                                   bind_options=bind_options, tunnel_s=tunnel_s,
+                                                   log_requests=self.log_requests))
         check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True)
         if check.returncode != 0:
             raise ClusterError(f"haproxy refused {self.config_path}:\n{check.stdout}{check.stderr}")

@@ -13,7 +13,7 @@ from collections import Counter
 
 import gevent
 
-from clients import client_class
+from clients import client_class, http
 from clients.completeness import ReceiverTracker
 
 
@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for every message")
     p.add_argument("--poll-interval", type=float, default=0.1)
     p.add_argument("--wait", type=float, default=5.0)
+    p.add_argument("--http", default="1.1", help="the HTTP the members speak (clients/http.py)")
+    p.add_argument("--tls-ca", default=None, help="the certificate that verifies an https:// server")
+    p.add_argument("--hold", action="store_true",
+                   help="once done, print the members' counted bytes and wait for a line on stdin before closing")
     a = p.parse_args(argv)
+    http.configure(a.http, a.tls_ca)
 
     cls = client_class(a.transport)
     options = {"short-polling": {"poll_interval_s": a.poll_interval}, "long-polling": {"wait_s": a.wait}}.get(a.transport, {})
@@ -67,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             break
         gevent.sleep(0.05)
     gevent.sleep(0.2)  # let anything duplicated arrive too
+    if a.hold:
+        # Stop asking (polls), let what is on its way land, count it, say so, and keep every connection open until
+        # told to go on: a packet capture then sees exactly the bytes the members' connections counted.
+        for client, _ in members.values():
+            client._receiver.kill()
+        gevent.sleep(0.3)
+        counted = http.settle()
+        print(json.dumps({"in": counted.bytes_in, "out": counted.bytes_out, "connections": counted.connections}),
+              flush=True)
+        sys.stdin.readline()
     for client, _ in members.values():
         client.close()
 
@@ -78,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             **s["tracker"].counts().as_dict(),
         }
         for user, (_, s) in members.items()
-    } | {"reports": dict(reports), "failures": failures}))
+    } | {"reports": dict(reports), "failures": failures,
+         # What the members' own connections counted (TLS and HTTP/2 only: clients/http.py's Link).
+         "link_bytes": {"in": http.TOTALS.bytes_in, "out": http.TOTALS.bytes_out,
+                        "connections": http.TOTALS.connections}}))
     return 0
 
 

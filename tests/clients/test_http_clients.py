@@ -1,0 +1,108 @@
+"""Every TCP transport's client through a real TLS proxy (HAProxy), over each HTTP arm: HTTP/1.1 over TLS, HTTP/2
+over TLS, h2c. Contract and completeness as direct; one connection per member over HTTP/2; and the bytes the
+members' own connections counted (clients/http.py's Link: TLS records, h2 frames, HPACK) are what a packet capture
+of the proxy's port saw, byte for byte, both ways."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REQUIRE_ALL, TRANSPORTS, UNIT, require_binary, spawn_server
+from helpers.processes import HELPERS
+
+from experiments.haproxy import HTTP_ARMS, HAProxy, haproxy_config, http_unavailable, proxy_idle_s
+from experiments.tcpcount import PortCapture
+from servers import registry
+
+TCP_TRANSPORTS = [t for t in TRANSPORTS if registry.get(t).carrier == "tcp"]
+MESSAGES = 5
+
+
+@pytest.fixture(scope="module")
+def fronts(tmp_path_factory):
+    """One server with every transport, and one HAProxy front per HTTP arm before it."""
+    binary = require_binary("haproxy")
+    problem = http_unavailable(list(HTTP_ARMS), binary)
+    if problem:
+        if REQUIRE_ALL:
+            pytest.fail(f"RTLAB_REQUIRE_ALL=1 but {problem}")
+        pytest.skip(problem)
+    directory = tmp_path_factory.mktemp("fronts")
+    server = spawn_server(["--transport", "all", "--no-access-log"], str(directory / "server.log"))
+    started = {}
+    try:
+        for name, arm in HTTP_ARMS.items():
+            started[name] = HAProxy(directory / name, [("server-1", server.port)], "roundrobin", binary=binary,
+                                    arm=arm, idle_s=proxy_idle_s("all")).start(10 * UNIT)
+        yield started
+    finally:
+        for proxy in started.values():
+            proxy.stop()
+        server.stop()
+
+
+def capture(port: int) -> PortCapture | None:
+    try:
+        return PortCapture(port).start()
+    except (PermissionError, AttributeError, OSError) as error:
+        if REQUIRE_ALL:
+            pytest.fail(f"RTLAB_REQUIRE_ALL=1 but a packet capture needs CAP_NET_RAW on Linux ({error})")
+        return None
+
+
+@pytest.mark.parametrize("arm", list(HTTP_ARMS))
+@pytest.mark.parametrize("transport", TCP_TRANSPORTS)
+def test_through_the_proxy_every_message_once_and_every_byte_counted(fronts, transport, arm):
+    proxy = fronts[arm]
+    room = f"{transport}-{arm}".replace(".", "_")
+    command = [sys.executable, str(HELPERS / "client_probe.py"), transport, proxy.url, "--room", room,
+               "--messages", str(MESSAGES), "--timeout", str(5 * UNIT), "--http", HTTP_ARMS[arm].client_http,
+               "--hold", *(["--tls-ca", str(proxy.ca_path)] if proxy.ca_path else [])]
+    packets = capture(proxy.port)
+    probe = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        counted = json.loads(probe.stdout.readline() or "null")
+        assert counted is not None, probe.stderr.read()
+        time.sleep(0.2)  # what the members counted has crossed the loopback by now
+        seen = packets.stop() if packets else None
+        out, err = probe.communicate("go on\n", timeout=30 * UNIT)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+    assert probe.returncode == 0, err
+    result = json.loads(out)
+    assert result["failures"] == []
+    for member in ("alice", "bob"):
+        got = result[member]
+        assert got["ids"] == list(range(1, 2 * MESSAGES + 1))
+        assert (got["lost"], got["duplicates"], got["out_of_order"]) == (0, 0, 0)
+    if HTTP_ARMS[arm].client_http == "2":
+        assert counted["connections"] == 2  # one per member: its history, posts, polls, stream or socket on it
+    if seen is not None:
+        assert seen.dropped == 0
+        assert (seen.to_server.payload_bytes, seen.from_server.payload_bytes) == (counted["out"], counted["in"])
+        assert counted["in"] > 0 and counted["out"] > 0
+
+
+def test_each_arm_binds_what_it_offers():
+    cfg = {name: haproxy_config(8443, 9999, [("server-1", 8080)], "roundrobin",
+                                bind_options=arm.bind_options("/run/proxy.pem"), tunnel_s=70)
+           for name, arm in HTTP_ARMS.items()}
+    assert "bind 127.0.0.1:8443 ssl crt /run/proxy.pem alpn http/1.1\n" in cfg["1.1"]
+    assert "bind 127.0.0.1:8443 ssl crt /run/proxy.pem alpn h2\n" in cfg["2"]
+    assert "bind 127.0.0.1:8443 proto h2\n" in cfg["h2c"]
+    assert all("timeout tunnel 70s" in text for text in cfg.values())
+
+
+def test_a_missing_or_lacking_haproxy_is_named(tmp_path):
+    assert "needs HAProxy" in http_unavailable(["2"], str(tmp_path / "no-haproxy"))
+    fake = tmp_path / "haproxy"
+    fake.write_text("#!/bin/sh\necho 'HAProxy version 2.6'\necho '  OPTIONS = USE_PCRE2=1'\n")
+    fake.chmod(0o755)
+    problem = http_unavailable(["1.1", "2"], str(fake))
+    assert "TLS" in problem and "HTTP/2" in problem
+    assert "TLS" not in http_unavailable(["h2c"], str(fake))
