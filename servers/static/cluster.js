@@ -381,7 +381,8 @@ function onCrowd(stats) {
   }
   const back = stats.reconnects ? `, ${stats.reconnects} reconnects (median ${stats.reconnect_p50_ms} ms, slowest ${stats.reconnect_max_ms} ms)` : "";
   node.textContent = `${stats.connected} of ${stats.size} members connected; ${stats.sent} messages sent, ` +
-    `${stats.received.toLocaleString("en")} received, ${stats.missed} missed, ${stats.duplicates} twice${back}`;
+    `${stats.received.toLocaleString("en")} received, ${stats.missed} missed (of the ${stats.checked} sent over ` +
+    `10 s ago, counted per member that had joined), ${stats.duplicates} twice${back}`;
   node.dataset.connected = String(stats.connected);
 }
 
