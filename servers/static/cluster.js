@@ -208,6 +208,31 @@ function renderPath(entry) {
   }
 }
 
+// A dot travelling between two boxes of the diagram: a message on its way (Web Animations; positions through CSSOM,
+// which the page's Content-Security-Policy allows).
+function travel(from, to, colour, delayMs = 0) {
+  const diagram = document.querySelector(".diagram");
+  if (!from || !to || document.hidden) return;
+  const box = diagram.getBoundingClientRect();
+  const a = from.getBoundingClientRect();
+  const b = to.getBoundingClientRect();
+  const dot = el("span", "dot");
+  dot.style.setProperty("--accent", colour);
+  dot.style.left = `${a.left + a.width / 2 - box.left}px`;
+  dot.style.top = `${a.top + a.height / 2 - box.top}px`;
+  diagram.append(dot);
+  const dx = b.left + b.width / 2 - (a.left + a.width / 2);
+  const dy = b.top + b.height / 2 - (a.top + a.height / 2);
+  const flight = dot.animate([{ transform: "translate(0, 0)", opacity: 1 }, { transform: `translate(${dx}px, ${dy}px)`, opacity: 1 }],
+    { duration: 700, delay: delayMs, easing: "ease-in-out", fill: "both" });
+  flight.finished.then(() => dot.remove(), () => dot.remove());
+}
+
+function colourOf(user) {
+  const pane = view.panes.find((p) => p.user === user);
+  return pane ? pane.info.colour : "#8a94a0";
+}
+
 function onPosted(event) {
   view.posts.set(keyOf(event), { t: event.t, instance: event.instance, user: event.user, id: event.id });
   if (view.posts.size > POSTS_KEPT) view.posts.delete(view.posts.keys().next().value);
@@ -217,7 +242,10 @@ function onPosted(event) {
   setTimeout(() => renderPath(entry), 1100);
   const column = view.columns.get(event.instance);
   if (column) flash(column.root.querySelector(".last"), `#${event.id} posted here`);
-  if (event.broker === "redis") flash(document.getElementById("redis-flash"), `#${event.id} published`);
+  if (event.broker === "redis") {
+    flash(document.getElementById("redis-flash"), `#${event.id} published`);
+    travel(column && column.root, document.getElementById("redis"), colourOf(event.user));
+  }
 }
 
 function onFanout(event) {
@@ -225,6 +253,9 @@ function onFanout(event) {
   entry.fanout.set(event.instance, event.members);
   renderPath(entry);
   const column = view.columns.get(event.instance);
+  // Up to Redis first, then down to every instance with members in the room (the poster's own included: its members
+  // hear of the message through Redis too); on loopback both happen within a millisecond, so the eye gets a delay.
+  if (column && view.broker === "redis") travel(document.getElementById("redis"), column.root, colourOf(event.user), 700);
   if (column) {
     flash(column.root.querySelector(".last"), `#${event.id} → ${event.members} member${event.members === 1 ? "" : "s"}`);
     column.root.classList.remove("pulse");
