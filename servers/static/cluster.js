@@ -3,7 +3,7 @@
 // instance, as it reports itself (GET /admin/events, relayed on /cluster/events); each pane is a real member of
 // the room, built from the same pane modules as the single demo. Text is always rendered with textContent.
 
-import { Pane, el, formatMs } from "/static/pane.js";
+import { Pane, el, formatMs, paneElement } from "/static/pane.js";
 
 const MISSED_AFTER_S = 4; // a message posted this long ago should have reached every member that had joined
 const POSTS_KEPT = 5000;
@@ -302,8 +302,20 @@ function onAction(event) {
 
 // --- the members: panes and their ledger --------------------------------------------------------------------------
 
+/** What the cluster page adds to a pane: where its member is held, and its ledger. */
+function memberLedger() {
+  const box = el("div", "member");
+  const ledger = el("dl", "ledger");
+  for (const [term, name] of [["received", "received"], ["missed", "missed"], ["twice", "twice"], ["back after", "back"]]) {
+    const cell = el("div");
+    cell.append(el("dt", "", term), el("dd", `stat-${name}`, name === "back" ? "—" : "0"));
+    ledger.append(cell);
+  }
+  box.append(el("p", "where", "—"), ledger);
+  return box;
+}
+
 async function loadPanes(transports) {
-  const template = document.getElementById("pane");
   const container = document.getElementById("view-panes");
   const infos = await (await fetch("/cluster/transports", { cache: "no-store" })).json();
   const members = [];
@@ -317,7 +329,8 @@ async function loadPanes(transports) {
   }
   const panes = [];
   for (const info of members) {
-    const root = template.content.firstElementChild.cloneNode(true);
+    const root = paneElement();
+    root.querySelector("h2").after(memberLedger());
     root.id = `pane-${info.member}`;
     root.dataset.transport = info.name;
     root.dataset.member = info.member;

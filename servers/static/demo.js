@@ -3,7 +3,7 @@
 // extends pane.js's Pane. Every message is rendered with textContent (never as HTML); the page's
 // Content-Security-Policy also makes HTML sinks throw.
 
-import { CHART_SECONDS, Pane, el, formatBytes, room } from "/static/pane.js";
+import { CHART_SECONDS, Pane, el, formatBytes, paneElement, room } from "/static/pane.js";
 
 // --- charts: drawn by hand on small canvases, one scale per row so transports compare ---------------
 
@@ -100,11 +100,10 @@ class NoClientPane extends Pane {
 async function loadPanes() {
   const response = await fetch("/demo/transports", { cache: "no-store" });
   const { transports } = await response.json();
-  const template = document.getElementById("pane");
   const container = document.getElementById("view-panes");
   const panes = [];
   for (const info of transports) {
-    const root = template.content.firstElementChild.cloneNode(true);
+    const root = paneElement();
     root.id = `pane-${info.name}`;
     root.dataset.transport = info.name;
     root.style.setProperty("--accent", info.colour); // CSSOM, not an inline style: allowed by the CSP

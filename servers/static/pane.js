@@ -116,6 +116,52 @@ export function requestBytes(method, url, body) {
 
 
 /**
+ * A new pane's parts, empty, as every page shows them (the single demo and the cluster page): its heading, its
+ * explanation, controls, status line, counters, byte table, messages, send form and wire log. Built element by
+ * element: the pages' Content-Security-Policy makes every string-to-HTML sink throw.
+ */
+export function paneElement() {
+  const root = el("article", "pane");
+  const heading = el("h2");
+  heading.append(el("span", "swatch"), el("span", "label"));
+  const status = el("div", "status", "starting…");
+  status.setAttribute("aria-live", "off");
+  const stats = el("dl", "stats");
+  for (const [term, name, value] of [["HTTP requests", "requests", "0"], ["empty polls", "empty", "0"],
+    ["frames ↑ / ↓", "frames", "—"], ["latency last / median", "latency", "—"]]) {
+    const row = el("div");
+    row.append(el("dt", "", term), el("dd", `stat-${name}`, value));
+    stats.append(row);
+  }
+  const bytes = el("table", "bytes");
+  const head = el("tr");
+  head.append(el("th"), el("th", "", "sent"), el("th", "", "received"));
+  bytes.append(el("thead"), el("tbody"));
+  bytes.tHead.append(head);
+  for (const [kind, label, value] of [["exact", "exact", "—"], ["est", "est.", "0 B"]]) {
+    const row = el("tr", kind === "exact" ? "bytes-exact" : "bytes-estimate");
+    row.append(el("th", "", label), el("td", `stat-${kind}-out`, value), el("td", `stat-${kind}-in`, value));
+    bytes.tBodies[0].append(row);
+  }
+  const messages = el("ol", "messages");
+  messages.setAttribute("aria-label", "messages");
+  const form = el("form", "send");
+  form.setAttribute("autocomplete", "off");
+  const input = el("input");
+  Object.assign(input, { name: "text", type: "text", maxLength: 4096, placeholder: "say something", required: true });
+  input.setAttribute("aria-label", "message text");
+  const button = el("button", "", "Send");
+  button.type = "submit";
+  form.append(input, button);
+  const wireHeading = el("h3", "", "wire log ");
+  wireHeading.append(el("span", "hint", "(newest first)"));
+  const wire = el("ol", "wire");
+  wire.setAttribute("aria-label", "wire log");
+  root.append(heading, el("p", "explain"), el("div", "controls"), status, stats, bytes, messages, form, wireHeading, wire);
+  return root;
+}
+
+/**
  * Fill `node` with a pane's explanation: an array of strings and [tag, text] pairs (e.g. ["strong",
  * "persistence"]), each rendered as text, so a module can emphasise words without writing markup.
  */

@@ -9,17 +9,12 @@ import shutil
 import threading
 
 import pytest
-from conftest import REQUIRE_ALL, ROOT, TRANSPORTS, UNIT, require_binary, spawn_server
-from helpers.browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import ROOT, TRANSPORTS, UNIT, require_binary, spawn_server
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS, playwright_sync_api
 
 from servers import registry
 
-try:
-    from playwright import sync_api
-except ImportError:
-    if REQUIRE_ALL:
-        raise
-    pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
+sync_api = playwright_sync_api()
 expect = sync_api.expect
 
 SCREENSHOT = ROOT / "docs" / "demo.png"

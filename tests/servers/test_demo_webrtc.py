@@ -12,15 +12,10 @@ import time
 import urllib.request
 
 import pytest
-from conftest import REQUIRE_ALL, UNIT, require_binary, spawn_server
-from helpers.browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import UNIT, require_binary, spawn_server
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS, playwright_sync_api
 
-try:
-    from playwright import sync_api
-except ImportError:
-    if REQUIRE_ALL:
-        raise
-    pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
+sync_api = playwright_sync_api()
 expect = sync_api.expect
 
 WAIT_MS = 10_000 * UNIT
