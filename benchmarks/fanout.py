@@ -4,6 +4,7 @@ without Locust, with a load generator of its own (benchmarks/harness.py) pinned 
     .venv/bin/python -m benchmarks.fanout                       # every rtlab transport that has a floor, 6 rounds
     .venv/bin/python -m benchmarks.fanout --pairs websocket --rounds 8 --members 50 --rooms 20 --rate 10
     .venv/bin/python -m benchmarks.fanout --max websocket floor-websocket   # highest sustained delivery rate
+    .venv/bin/python -m benchmarks.fanout --against fastapi-websocket sse-starlette   # rtlab beside other peers
 
 Pairs (the default): rtlab's transport and its floor run side by side on one CPU under the same load at the same
 moments (one load process drives both), so the drift of a shared VM cancels; each pair's figure is the ratio of
@@ -41,9 +42,13 @@ DELIVERED_FLOOR = 0.99  # delivered / due
 
 
 def floors() -> dict[str, str]:
-    """{rtlab transport: its floor}: every peer the load can drive, by the rtlab transport it is compared with."""
-    return {peer.compare_with: peer.name for peer in registry.transports(registry.PEER)
-            if peer.client.split(":")[0] in KINDS and peer.compare_with}
+    """{rtlab transport: its floor}: the first peer the load can drive (the floors are registered first), by the
+    rtlab transport it is compared with."""
+    out: dict[str, str] = {}
+    for peer in registry.transports(registry.PEER):
+        if peer.client.split(":")[0] in KINDS and peer.compare_with:
+            out.setdefault(peer.compare_with, peer.name)
+    return out
 
 
 def per_unit(transport: str) -> str:
@@ -111,11 +116,19 @@ def drive(transports: list[str], a: argparse.Namespace, rate: float, hash_seed: 
 
 def pairs(a: argparse.Namespace) -> dict:
     known = floors()
+    if a.against:  # rtlab's transport beside each of these peers (keyed by the peer)
+        chosen = [(registry.get(peer).compare_with, peer) for peer in a.against]
+        for transport, peer in chosen:
+            kind(peer)  # refuses a peer the load cannot drive
+            if not transport:
+                raise SystemExit(f"{peer!r} is compared with none of rtlab's transports")
+    else:
+        for transport in a.pairs or list(known):
+            if transport not in known:
+                raise SystemExit(f"{transport!r} has no floor to compare with; floors exist for {sorted(known)}")
+        chosen = [(transport, known[transport]) for transport in a.pairs or list(known)]
     report = {}
-    for transport in a.pairs or list(known):
-        if transport not in known:
-            raise SystemExit(f"{transport!r} has no floor to compare with; floors exist for {sorted(known)}")
-        floor = known[transport]
+    for transport, floor in chosen:
         unit = per_unit(transport)
         ratios, rounds = [], []
         for r in range(a.rounds):
@@ -129,16 +142,17 @@ def pairs(a: argparse.Namespace) -> dict:
                   f"{theirs[f'cpu_us_per_{unit}']:6.1f} ({theirs['delivered']}, {theirs['requests']}, {theirs['lost']} lost)"
                   f"  ratio {ratios[-1]:.3f}  load CPU {ours['load_cpu_share']:.0%}", flush=True)
         low, high, confidence = median_interval(ratios)
-        report[transport] = {
-            "floor": floor, "ratio_median": statistics.median(ratios), "ratio_low": low, "ratio_high": high,
+        report[floor if a.against else transport] = {
+            "transport": transport, "floor": floor, "ratio_median": statistics.median(ratios), "ratio_low": low, "ratio_high": high,
             "confidence": confidence, "rounds": rounds, "unit": unit,
             "rtlab_us_per_delivered": statistics.median(r[transport]["cpu_us_per_delivered"] for r in rounds),
             "floor_us_per_delivered": statistics.median(r[floor]["cpu_us_per_delivered"] for r in rounds),
             "rtlab_us_per_unit": statistics.median(r[transport][f"cpu_us_per_{unit}"] for r in rounds),
             "floor_us_per_unit": statistics.median(r[floor][f"cpu_us_per_{unit}"] for r in rounds),
         }
-        print(f"{transport}: {report[transport]['rtlab_us_per_unit']:.1f} us/{unit} against {floor} "
-              f"{report[transport]['floor_us_per_unit']:.1f}; median ratio {report[transport]['ratio_median']:.3f}"
+        entry = report[floor if a.against else transport]
+        print(f"{transport}: {entry['rtlab_us_per_unit']:.1f} us/{unit} against {floor} "
+              f"{entry['floor_us_per_unit']:.1f}; median ratio {entry['ratio_median']:.3f}"
               f" ({confidence:.0%} interval {low:.3f}..{high:.3f})\n", flush=True)
     return report
 
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", nargs="*", metavar="TRANSPORT", help="rtlab transports to compare with their floors "
                    "(default: every one that has a floor)")
+    p.add_argument("--against", nargs="+", metavar="PEER", help="pair rtlab's transport with each of these peers "
+                   "(its registry compare_with) instead of with its floor")
     p.add_argument("--max", nargs="+", metavar="TRANSPORT", help="find each server's highest sustained delivery rate")
     p.add_argument("--rounds", type=int, default=6, help="side-by-side rounds per pair")
     p.add_argument("--rooms", type=int, default=20)
@@ -210,12 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": machine(), "load": {k: getattr(a, k) for k in ("rooms", "members", "rate", "warmup", "duration")}}
     if a.max:
         out["highest"] = highest(a)
-    if a.pairs is not None or not a.max:
+    if a.pairs is not None or a.against or not a.max:
         out["pairs"] = pairs(a)
         print("summary (server CPU per delivered message, per poll for short polling, rtlab / floor; median and its "
               "interval):")
-        for transport, r in out["pairs"].items():
-            print(f"  {transport:13} {r['ratio_median']:.3f}  ({r['ratio_low']:.3f}..{r['ratio_high']:.3f}) "
+        for key, r in out["pairs"].items():
+            print(f"  {r['transport']:13} / {r['floor']:20} {r['ratio_median']:.3f}  ({r['ratio_low']:.3f}..{r['ratio_high']:.3f}) "
                   f"{r['rtlab_us_per_unit']:.1f} against {r['floor_us_per_unit']:.1f} us/{r['unit']}")
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")

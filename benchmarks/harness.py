@@ -86,7 +86,8 @@ async def load(transport: str, urls: list[str], rooms: int, members: int, rate: 
         start = 0.0
 
         async def websocket(url: str, room: str) -> None:
-            ws = await session.ws_connect(f"{url}/rooms/{room}/ws", max_msg_size=0, autoping=True)
+            # With the Origin a page sends (Channels' tutorial refuses a socket without one).
+            ws = await session.ws_connect(f"{url}/rooms/{room}/ws", max_msg_size=0, autoping=True, origin=url)
             sockets.setdefault((url, room), []).append(ws)
             last = 0
             async for msg in ws:

@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from experiments import supervisor
+from servers import registry
 
 from .harness import kind, machine
 
@@ -46,10 +47,11 @@ def pinned(cpu: int) -> list[int] | None:
 
 def request_for(how: str, room: str, port: int) -> bytes:
     host = f"Host: 127.0.0.1:{port}\r\n"
-    if how == "websocket":
+    if how == "websocket":  # with the Origin a page sends (Channels' tutorial refuses a socket without one)
         key = base64.b64encode(os.urandom(16)).decode()
         return (f"GET /rooms/{room}/ws?since=0 HTTP/1.1\r\n{host}Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+                f"Origin: http://127.0.0.1:{port}\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
     if how == "sse":
         return f"GET /rooms/{room}/events HTTP/1.1\r\n{host}Accept: text/event-stream\r\n\r\n".encode()
     if how == "long-polling":
@@ -156,8 +158,10 @@ def measure(transport: str, a: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.held", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    # rtlab's push transports, their floors, and the peers of other stacks whose packages are installed.
+    others = [t.name for t in registry.transports(registry.PEER) if t.process and not registry.missing_packages(t.name)]
     p.add_argument("--transports", nargs="+", default=["websocket", "floor-websocket", "sse", "floor-sse",
-                                                       "long-polling", "floor-long-polling"])
+                                                       "long-polling", "floor-long-polling", *others])
     p.add_argument("--steps", nargs="+", type=int, default=[2000, 4000, 6000, 8000])
     p.add_argument("--rooms", type=int, default=100)
     p.add_argument("--out", help="write the figures as JSON here")

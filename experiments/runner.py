@@ -225,6 +225,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         code = locust.wait(LOCUST_GRACE_S)
         if capture:
             finish_capture(capture, scrape_urls, point_dir)
+        health_end = health_after(next(iter(scrape_urls.values())))  # after the capture's end: the meter counts it
         if "after" not in window:
             raise RuntimeError(f"Locust ended before the measured window did; see {point_dir / 'locust.log'}")
         if code not in (0, 1):  # 1: Locust saw failures (losses are failures); still a result
@@ -236,6 +237,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
     return {
         "pids": {**{p.label: p.pid for p in procs.processes}, **targets},
         "health": health,
+        "health_end": health_end,
         "window_mono_s": [window["before"], window["after"]],
         "cluster": cluster.describe() if cluster is not None else None,
         "capture": capture.describe() if capture else None,
@@ -271,6 +273,13 @@ def finish_capture(capture: packet_capture.Capture, scrape_urls: dict[str, str],
         time.sleep(0.25)
     scrape_all(scrape_urls, point_dir, "metrics_end")
     capture.stop()
+
+
+def health_after(url: str) -> dict | None:
+    """/healthz once the members are gone: what a peer negotiated with them (uvicorn's WebSocket extensions)."""
+    with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError, ValueError):
+        return json.loads(http_get(f"{url}/healthz"))
+    return None
 
 
 def scrape_texts(urls: dict[str, str]) -> dict[str, str]:
@@ -412,7 +421,8 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
             row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes, len(pinning.server))
             rows.append(row)
             manifest["points"].append({"dir": point.slug, "transport": point.transport, "repeat": point.repeat,
-                                       "swept": point.swept, "healthz": info["health"], "pids": info["pids"],
+                                       "swept": point.swept, "healthz": info["health"],
+                                       "healthz_end": info["health_end"], "pids": info["pids"],
                                        "cluster": info["cluster"], "network": netns.facts if netns else None,
                                        "capture": info["capture"],
                                        "observer": {"sampler_cpu_percent": row["sampler_cpu_percent"],
