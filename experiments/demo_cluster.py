@@ -16,15 +16,12 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from servers import registry
@@ -33,19 +30,15 @@ from servers.guard import OriginPolicy
 from servers.http import error_response, json_text
 
 from .cluster import MODES, Cluster
+from .crowd import MAX_CROWD, MAX_CROWD_RATE, Crowd
+from .watch import Pages, Watch
 from .redis_server import ClusterError
 from .supervisor import free_port
 
 ROOM = "demo"  # the room pane.js joins by default
 INSTANCES = 3
-MAX_CROWD = 300  # crowd members at most
-MAX_CROWD_RATE = 5.0  # crowd messages per second at most, all members together
 MAX_PAGES = 8  # browsers following the events at once
-PAGE_QUEUE = 2000  # events waiting for one browser; past it the browser is cut off (its EventSource comes back)
 HEARTBEAT_S = 15.0
-# A crowd message older than this is settled: every member that joined before it should have it by then (a message
-# missed never comes, so waiting longer only delays the count, and a loaded machine is not taken for a loss).
-SETTLE_S = 10.0
 EXPLAIN = {
     "sticky": "HAProxy hashes the room: every member of a room reaches the same instance (sticky connections); "
               "each instance keeps its rooms in its own memory.",
@@ -70,132 +63,6 @@ def member_transports() -> list[str]:
     return [t.name for t in registry.transports() if t.browser is not None and t.carrier == "tcp"]
 
 
-class Pages:
-    """The browsers following /cluster/events, each with a bounded queue of encoded events."""
-
-    def __init__(self) -> None:
-        self.queues: list[asyncio.Queue[bytes | None]] = []
-
-    def send(self, event: dict) -> None:
-        if not self.queues:
-            return
-        data = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
-        for queue in list(self.queues):
-            if queue.qsize() >= PAGE_QUEUE:
-                self.queues.remove(queue)  # too slow: cut off, its EventSource reconnects and starts afresh
-                queue.put_nowait(None)
-            else:
-                queue.put_nowait(data)
-
-
-class Crowd:
-    """`size` WebSocket members of the room, through HAProxy, sending `rate` messages a second between them.
-
-    Each member resumes after the last id it saw when its connection ends (jittered backoff, clients.base.Backoff),
-    and the crowd keeps a senders' ledger of its own messages: a message older than SETTLE_S should have reached
-    every member that had joined before it was sent; the shortfall is `missed`. Also counted: duplicates (an id
-    twice on one member), reconnects and how long they took."""
-
-    def __init__(self, url: str, room: str, size: int, rate: float) -> None:
-        self.url, self.room, self.size, self.rate = url, room, size, rate
-        self.sockets: dict[int, aiohttp.ClientWebSocketResponse] = {}
-        self.joined_at: dict[int, float] = {}
-        self.tasks: list[asyncio.Task] = []
-        self.session: aiohttp.ClientSession | None = None
-        self.ledger: dict[str, list] = {}  # key -> [sent_at, members expected, members that got it]
-        self.settled = deque(maxlen=500)
-        self.sent = self.received = self.missed = self.duplicates = self.checked = 0
-        self.reconnect_ms: deque[float] = deque(maxlen=1000)
-
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        self.tasks = [asyncio.create_task(self._member(k)) for k in range(self.size)]
-        if self.rate > 0:
-            self.tasks.append(asyncio.create_task(self._talk()))
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
-
-    async def _member(self, k: int) -> None:
-        from clients.base import Backoff  # (gevent's import, only once a crowd is asked for)
-
-        last_id, recent, down_at = 0, deque(maxlen=200), None
-        backoff = Backoff(attempts=1_000_000, budget_s=float("inf"))
-        name = f"crowd-{k + 1}"
-        await asyncio.sleep(k * 0.01)  # not all in the same millisecond
-        while True:
-            try:
-                async with self.session.ws_connect(
-                        f"{self.url}/rooms/{self.room}/ws?since={last_id}&client={name}", heartbeat=20) as ws:
-                    self.joined_at.setdefault(k, time.time())
-                    if down_at is not None:
-                        self.reconnect_ms.append((time.perf_counter() - down_at) * 1000)
-                        down_at = None
-                    backoff.reset()
-                    self.sockets[k] = ws
-                    async for frame in ws:
-                        if frame.type != aiohttp.WSMsgType.TEXT:
-                            continue
-                        message = json.loads(frame.data)
-                        if message.get("type") != "message":
-                            continue
-                        key = f"{message['user']}|{message['sent_at']}"
-                        if key in recent:
-                            self.duplicates += 1
-                            continue
-                        recent.append(key)
-                        last_id = max(last_id, message["id"])
-                        self.received += 1
-                        entry = self.ledger.get(key)
-                        if entry is not None:
-                            entry[2] += 1
-            except (aiohttp.ClientError, OSError, ValueError, KeyError):
-                pass
-            finally:
-                self.sockets.pop(k, None)
-            if down_at is None:
-                down_at = time.perf_counter()
-            await asyncio.sleep(backoff.next_delay() or 2.0)
-
-    async def _talk(self) -> None:
-        while True:
-            await asyncio.sleep(random.expovariate(self.rate))
-            self._settle()
-            if not self.sockets:
-                continue
-            k = random.choice(list(self.sockets))
-            sent_at = time.time()
-            key = f"crowd-{k + 1}|{sent_at}"
-            expected = sum(1 for at in self.joined_at.values() if at <= sent_at)
-            self.ledger[key] = [sent_at, expected, 0]
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.sockets[k].send_str(json.dumps(
-                    {"type": "send", "user": f"crowd-{k + 1}", "text": f"crowd message {self.sent + 1}",
-                     "sent_at": sent_at}))
-                self.sent += 1
-
-    def _settle(self) -> None:
-        cutoff = time.time() - SETTLE_S
-        for key in [key for key, (sent_at, _, _) in self.ledger.items() if sent_at < cutoff]:
-            _, expected, got = self.ledger.pop(key)
-            if got:  # nobody at all, not even its sender: it was never accepted (refused, or the socket was closing)
-                self.checked += 1
-                self.missed += max(0, expected - got)
-
-    def stats(self) -> dict:
-        self._settle()
-        times = sorted(self.reconnect_ms)
-        return {"size": self.size, "rate": self.rate, "connected": len(self.sockets), "sent": self.sent,
-                "received": self.received, "checked": self.checked, "missed": self.missed,
-                "duplicates": self.duplicates,
-                "reconnects": len(times), "reconnect_p50_ms": round(times[len(times) // 2]) if times else None,
-                "reconnect_max_ms": round(times[-1]) if times else None}
-
-
 class ClusterDemo:
     """The page server's state: the cluster of the current architecture, its watchers, the crowd, the pages."""
 
@@ -213,15 +80,13 @@ class ClusterDemo:
         self.cluster: Cluster | None = None
         self.busy = asyncio.Lock()
         self.pages = Pages()
-        self.watchers: list[asyncio.Task] = []
-        self.open: dict[str, dict[int, dict]] = {}  # instance -> request number -> its open event
-        self.alive: dict[str, bool] = {}
-        self.hello: dict[str, dict] = {}  # instance -> its hello: what it says it is
+        self.watch = Watch(self.pages)  # each instance's /admin/events
         self.crowd: Crowd | None = None
         self.crowd_wanted = (0, 0.0)
         self.last_action: dict | None = None
         self.policy = OriginPolicy()
         self._ticker: asyncio.Task | None = None
+        self.closing = False
         self._holding_sent: dict | None = None
 
     @property
@@ -239,7 +104,7 @@ class ClusterDemo:
                           port=self.front_port, page_port=self.page_port, **self.options)
         self.cluster = await asyncio.to_thread(cluster.start)
         for instance in cluster.instances:
-            self.watch(instance.name, instance.url)
+            self.watch.start(instance.name, instance.url)
         size, rate = self.crowd_wanted
         if size:
             await self.set_crowd(size, rate)
@@ -249,80 +114,19 @@ class ClusterDemo:
         if self.crowd is not None:
             await self.crowd.stop()
             self.crowd = None
-        for task in self.watchers:
-            task.cancel()
-        await asyncio.gather(*self.watchers, return_exceptions=True)
-        self.watchers = []
-        self.open.clear()
-        self.alive.clear()
-        self.hello.clear()
+        await self.watch.stop()
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             await asyncio.to_thread(cluster.stop)
 
     async def stop(self) -> None:
+        """Stop the crowd, the watchers and the cluster; a change under way (a switch) finishes first, or the cluster it
+        is starting would be left running."""
+        self.closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        await self._teardown()
-
-    def watch(self, name: str, url: str) -> None:
-        self.open[name] = {}
-        self.alive[name] = True
-        self.watchers.append(asyncio.create_task(self._watch(name, url)))
-
-    async def _watch(self, name: str, url: str) -> None:
-        """Follow one instance's /admin/events until it ends (a kill, a stop): relay, and track what it holds."""
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as session:
-                async with session.get(f"{url}/admin/events") as resp:
-                    async for line in resp.content:
-                        self._instance_event(name, json.loads(line))
-        except (aiohttp.ClientError, OSError, ValueError):
-            pass
-        finally:
-            # An instance that ended (killed: no close events) holds nothing any more.
-            opened = self.open.get(name, {})
-            for number, event in list(opened.items()):
-                self.pages.send({"event": "close", "instance": name, "n": number, "status": None,
-                                 "client": event.get("client"), "t": time.time(), "gone": True})
-            opened.clear()
-            self.alive[name] = False
-
-    def _instance_event(self, name: str, event: dict) -> None:
-        kind = event.get("event")
-        opened = self.open.setdefault(name, {})
-        if kind == "open":
-            opened[event["n"]] = event
-            if not str(event.get("client") or "").startswith("crowd-"):
-                self.pages.send(event)
-        elif kind == "close":
-            began = opened.pop(event["n"], None)
-            if began is not None and not str(began.get("client") or "").startswith("crowd-"):
-                self.pages.send({**event, "client": began.get("client"), "transport": began.get("transport")})
-        elif kind in ("posted", "fanout", "hello", "dropped"):
-            if kind == "hello":
-                self.hello[name] = event
-            self.pages.send(event)
-
-    def holding(self) -> dict:
-        """Per instance: members held per transport (open requests other than posts), the page's members by client
-        id, and the crowd's count."""
-        out = {}
-        for name, opened in self.open.items():
-            per_transport: dict[str, int] = {}
-            clients = []
-            crowd = 0
-            for event in opened.values():
-                if event.get("route", "").startswith("POST"):
-                    continue
-                per_transport[event["transport"]] = per_transport.get(event["transport"], 0) + 1
-                client = event.get("client") or ""
-                if client.startswith("crowd-"):
-                    crowd += 1
-                elif client:
-                    clients.append([client, event["transport"]])
-            out[name] = {"held": per_transport, "clients": clients, "crowd": crowd}
-        return out
+        async with self.busy:
+            await self._teardown()
 
     async def _tick(self) -> None:
         """Every 250 ms: what each instance holds, when it changed; every second: the crowd's figures, HAProxy's view."""
@@ -330,7 +134,7 @@ class ClusterDemo:
         while True:
             await asyncio.sleep(0.25)
             beat += 1
-            holding = self.holding()
+            holding = self.watch.holding()
             if holding != self._holding_sent:
                 self._holding_sent = holding
                 self.pages.send({"event": "holding", "instances": holding})
@@ -361,7 +165,7 @@ class ClusterDemo:
             "haproxy": {"pid": cluster.haproxy.pid} if cluster and cluster.haproxy else None,
             "crowd": self.crowd.stats() if self.crowd else {"size": 0, "rate": 0},
             "limits": {"crowd": MAX_CROWD, "rate": MAX_CROWD_RATE},
-            "action": self.last_action, "transports": member_transports(), "hello": self.hello,
+            "action": self.last_action, "transports": member_transports(), "hello": self.watch.hello,
         }
 
     # ---- actions ----
@@ -380,7 +184,7 @@ class ClusterDemo:
         elif what == "restart":
             result = await asyncio.to_thread(cluster.restart_instance, index)
             instance = cluster.instances[index]
-            self.watch(instance.name, instance.url)
+            self.watch.start(instance.name, instance.url)
         elif what == "restart-redis":
             result = await asyncio.to_thread(cluster.restart_redis, 0.5)
         else:
@@ -437,7 +241,7 @@ class ClusterDemo:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.pages.queues.append(queue)
         self.pages.send(self.state())  # (every page: cheap, and the new one starts from it)
-        holding = self.holding()
+        holding = self.watch.holding()
         queue.put_nowait(b"data: " + json.dumps({"event": "holding", "instances": holding}).encode() + b"\n\n")
         try:
             await response.write(b"retry: 1000\n\n")
@@ -489,6 +293,8 @@ class ClusterDemo:
 
     async def _switch(self, mode: str) -> None:
         async with self.busy:
+            if self.closing:
+                return
             await asyncio.sleep(0.1)  # let the answer leave
             try:
                 await self.build(mode)

@@ -161,6 +161,10 @@ def test_pubsub_three_instances_fan_out_a_crowd_and_a_drain_that_loses_nothing(b
 
         # A crowd, bounded, counted per instance by the instances themselves.
         assert request(f"{server.url}/cluster/crowd", {"members": 10_000})[0] == 400
+        assert request(f"{server.url}/cluster/crowd", {"members": 12, "rate": 50})[0] == 400
+        assert request(f"{server.url}/cluster/mode", {"mode": "anything"})[0] == 400
+        assert request(f"{server.url}/cluster/action", {"action": "explode", "instance": 0})[0] == 400
+        assert request(f"{server.url}/cluster/action", {"action": "drain", "instance": 7})[0] == 400
         assert request(f"{server.url}/cluster/crowd", {"members": 12, "rate": 2},
                        origin="http://evil.example")[0] == 403
         page.page.select_option("#crowd-size", "30")
