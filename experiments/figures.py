@@ -124,7 +124,10 @@ def sum_samples(series: Iterable[Samples]) -> Samples:
 GENERATOR_LABEL = "generator"
 SAMPLER_LABEL = "sampler"
 CAPTURE_LABEL = "capture"  # the packet capture (experiments/capture.py), an observer like the sampler
-NOT_SERVER = (GENERATOR_LABEL, SAMPLER_LABEL, CAPTURE_LABEL)
+# The TLS proxy before one server in an HTTP arm ([network] http): sampled apart, its cost the price of TLS and h2.
+# (A cluster's HAProxy, label "haproxy", is part of the cluster's serving cost.)
+PROXY_LABEL = "proxy"
+NOT_SERVER = (GENERATOR_LABEL, SAMPLER_LABEL, CAPTURE_LABEL, PROXY_LABEL)
 
 
 def read_samples(path: str | os.PathLike) -> dict[str, Samples]:
@@ -165,6 +168,7 @@ class RunData:
     message_json_bytes: float | None = None
     send_json_bytes: float | None = None
     sampler: Samples | None = None  # the resource sampler's own rows (the observer's cost); None: not sampled
+    proxy: Samples | None = None  # the HTTP arm's proxy (PROXY_LABEL); None: the members talked to the server
     offered_per_s: float | None = None  # deliveries per second the profile asks for (Profile.offered_deliveries_per_s)
     offered_sends_per_s: float | None = None  # sends per second it asks for: users x messages_per_second
     server_cpus: int = 1  # the CPUs the server was pinned to: its CPU share is of these
@@ -392,6 +396,22 @@ def generator_cpu_us_per_delivered_message(run: RunData) -> float:
     if run.generator is None:
         return math.nan
     return _ratio(run.generator.cpu_s * 1e6, run.messages_delivered)
+
+
+@_figure("us/msg", "The TLS proxy's CPU time (user + system) before the server, in microseconds, per message delivered "
+                   "(an HTTP arm: [network] http): the price of TLS, and of HTTP/2 to HTTP/1.1, apart from the server's.")
+def proxy_cpu_us_per_delivered_message(run: RunData) -> float:
+    if run.proxy is None:
+        return math.nan
+    return _ratio(run.proxy.cpu_s * 1e6, run.messages_delivered)
+
+
+@_figure("B/msg", "TCP payload bytes both ways the server's own meter counted, per message delivered: in a captured run "
+                  "through a proxy, the HTTP/1.1 between proxy and server, beside the member's bytes (the capture's).")
+def meter_bytes_per_delivered_message(run: RunData) -> float:
+    if run.meter_wire_bytes is None:
+        return math.nan
+    return _ratio(run.meter_wire_bytes, run.messages_delivered)
 
 
 @_figure("us/msg", "Of the server's CPU per message delivered, the kernel's (system time): its sockets' system calls, "

@@ -14,6 +14,7 @@ import resource
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from collections.abc import Mapping
@@ -172,6 +173,7 @@ class HAProxy:
         self.log_requests = log_requests
         self.cert_path: Path | None = None
         self.ca_path: Path | None = None
+        self._secrets: Path | None = None
         self.directory = Path(directory)
         self.port = port or free_port()
         self.admin_port = free_port()
@@ -198,9 +200,11 @@ class HAProxy:
                 # Made now, for this run only (ECDSA P-256, days): never in the repository.
                 from servers import certs
 
+                # Outside the run's folder (a reference run is committed): removed again by stop().
+                self._secrets = Path(tempfile.mkdtemp(prefix="rtlab-proxy-"))
                 certificate = certs.generate()
-                self.cert_path = certificate.write_combined(self.directory / "proxy.pem")
-                self.ca_path = self.directory / "proxy.crt"  # what a client verifies the proxy with
+                self.cert_path = certificate.write_combined(self._secrets / "proxy.pem")
+                self.ca_path = self._secrets / "proxy.crt"  # what a client verifies the proxy with
                 self.ca_path.write_bytes(certificate.cert_pem)
             bind_options = self.arm.bind_options(str(self.cert_path) if self.cert_path else None)
             tunnel_s = self.idle_s  # the WebSockets' heartbeat is in proxy_idle_s's longest silence
@@ -208,15 +212,15 @@ class HAProxy:
                                                    idle_s=self.idle_s, page_port=self.page_port,
                                                    bind_options=bind_options, tunnel_s=tunnel_s,
                                                    log_requests=self.log_requests))
-        check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise ClusterError(f"haproxy refused {self.config_path}:\n{check.stdout}{check.stderr}")
-        self.process = Process("haproxy", [self.binary, "-db", "-f", str(self.config_path)],
-                               self.directory / "haproxy.log", self.cpus).start()
         try:
+            check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise ClusterError(f"haproxy refused {self.config_path}:\n{check.stdout}{check.stderr}")
+            self.process = Process("haproxy", [self.binary, "-db", "-f", str(self.config_path)],
+                                   self.directory / "haproxy.log", self.cpus).start()
             self.wait_up([name for name, _ in self.servers], timeout_s)
-        except ClusterError:
-            self.process.stop()
+        except BaseException:
+            self.stop()
             raise
         return self
 
@@ -267,3 +271,5 @@ class HAProxy:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self._secrets is not None:
+            shutil.rmtree(self._secrets, ignore_errors=True)

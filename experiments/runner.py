@@ -30,7 +30,7 @@ from servers.config import server_settings
 
 from . import capture as packet_capture
 from . import figures, network
-from .spec import Experiment, Point
+from .spec import Experiment, Point, SpecError
 from .summary import SUMMARY_COLUMNS, add_ratios, summarize_point
 from .supervisor import Group, start_server
 
@@ -146,7 +146,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
     procs = Group()
     flags = [flag for key, value in experiment.server.items() for flag in server_flags(key, value)]
     window: dict[str, float] = {}
-    cluster = None
+    cluster = proxy = None
     try:
         if "mode" in point.swept:
             from .cluster import Cluster
@@ -167,6 +167,10 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             url = server.url
             scrape_urls = {"server": url}
             targets = {"server": server.process.pid}
+            if point.http:  # the members' HTTP through a TLS proxy: they talk to it, it talks HTTP/1.1 to the server
+                proxy = start_proxy(experiment, point, server.port, point_dir, pinning)
+                url = proxy.url
+                targets[figures.PROXY_LABEL] = proxy.pid
         health = wait_healthy(next(iter(scrape_urls.values())), SERVER_START_TIMEOUT_S)
         capture = start_capture(experiment, point_dir, pinning, procs, url, scrape_urls)
 
@@ -176,7 +180,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             "locust",
             [sys.executable, "-m", "clients", "--transport", point.transport, "--host", url,
              "--profile", repo_relative(point_dir / "profile.toml"), "--headless", "--out", repo_relative(point_dir),
-             *extra],
+             *proxy_client_args(proxy), *extra],
             point_dir / "locust.log", cpus=pinning.generator,
         )
         observers = {packet_capture.LABEL: capture.pid} if capture and capture.pid else {}
@@ -234,6 +238,8 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         procs.stop_all()
         if cluster is not None:
             cluster.stop()
+        if proxy is not None:
+            proxy.stop()
     return {
         "pids": {**{p.label: p.pid for p in procs.processes}, **targets},
         "health": health,
@@ -241,7 +247,44 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         "window_mono_s": [window["before"], window["after"]],
         "cluster": cluster.describe() if cluster is not None else None,
         "capture": capture.describe() if capture else None,
+        "proxy": describe_proxy(proxy, pinning),
     }
+
+
+def start_proxy(experiment: Experiment, point: Point, server_port: int, point_dir: Path, pinning: Pinning):
+    """HAProxy before the server for the point's HTTP arm (experiments/haproxy.py), on the server's CPUs: what the
+    proxy costs is the serving side's; its timeouts above every transport's longest silence."""
+    from .haproxy import HTTP_ARMS, HAProxy, proxy_idle_s
+
+    knobs = {k: v for k, v in experiment.server.items() if k in registry.server_knobs()}
+    return HAProxy(point_dir / "proxy", [("server-1", server_port)], "roundrobin", cpus=pinning.server,
+                   arm=HTTP_ARMS[point.http], idle_s=proxy_idle_s(point.transport, knobs)).start(SERVER_START_TIMEOUT_S)
+
+
+def proxy_client_args(proxy) -> list[str]:
+    """`python -m clients` arguments for members that talk to `proxy` (none without one)."""
+    if proxy is None:
+        return []
+    return ["--http", proxy.arm.client_http, *(["--tls-ca", repo_relative(proxy.ca_path)] if proxy.ca_path else [])]
+
+
+def describe_proxy(proxy, pinning: Pinning) -> dict | None:
+    if proxy is None:
+        return None
+    return {"http": proxy.arm.name, "label": proxy.arm.label, "url": proxy.url, "cpus": pinning.server,
+            "config": repo_relative(proxy.config_path), "pid": proxy.pid}
+
+
+def http_preflight(experiment: Experiment) -> None:
+    """Refuse, before anything starts, an experiment whose HTTP arms this machine's HAProxy cannot give (SpecError:
+    exit 2, naming what is missing)."""
+    from .haproxy import http_unavailable
+
+    arms = sorted({point.http for point in experiment.points() if point.http})
+    if arms:
+        problem = http_unavailable(arms)
+        if problem:
+            raise SpecError(f"{experiment.source}: [network] http = {', '.join(arms)}: {problem}; nothing was started")
 
 
 def start_capture(experiment: Experiment, point_dir: Path, pinning: Pinning, procs: Group, url: str,
@@ -369,6 +412,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     if quick:
         experiment = experiment.quick()
     network.preflight(experiment)  # a [network] this machine cannot give: SpecError (exit 2) before anything starts
+    http_preflight(experiment)  # an HTTP arm its HAProxy cannot give: the same
     experiment = dataclasses.replace(experiment, source=repo_relative(experiment.source))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / f"{stamp}-{experiment.name}"
@@ -424,7 +468,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                                        "swept": point.swept, "healthz": info["health"],
                                        "healthz_end": info["health_end"], "pids": info["pids"],
                                        "cluster": info["cluster"], "network": netns.facts if netns else None,
-                                       "capture": info["capture"],
+                                       "capture": info["capture"], "proxy": info["proxy"],
                                        "observer": {"sampler_cpu_percent": row["sampler_cpu_percent"],
                                                     "cpus": pinning.generator},
                                        "window_mono_s": info["window_mono_s"]})

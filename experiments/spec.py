@@ -22,6 +22,11 @@ CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
 # [network]: the impairment of the point's own network namespace (experiments/network.py, docs/network.md).
 NETWORK_KEYS = ("loss_percent", "rate_mbit", "delay_ms", "jitter_ms")
+# [network] http: the HTTP the members speak, through a TLS proxy in front of the server (experiments/haproxy.py's
+# HTTP_ARMS: "1.1" over TLS, "2" over TLS, "h2c"); absent, they talk to the server directly. Sweepable. Not an
+# impairment: a [network] with only this key runs on the machine's loopback, without a namespace.
+HTTP_KEY = "http"
+HTTP_VALUES = ("1.1", "2", "h2c")
 LOSS_STEP_PERCENT = 0.01  # the drop rule compares a random number mod 10 000: hundredths of a per cent
 
 def server_keys() -> dict[str, Knob]:
@@ -59,6 +64,7 @@ class Experiment:
     # Count every point's TCP bytes with a packet capture on the members' port (experiments/capture.py); its
     # payload is then every row's wire bytes, one method for servers with a meter and those without.
     capture: bool = False
+    http: str | None = None  # [network] http (or swept): the members' HTTP through a proxy; None: direct
 
     @property
     def point_keys(self) -> list[str]:
@@ -74,13 +80,14 @@ class Experiment:
         out = []
         for values in combos:
             swept = dict(zip(keys, values, strict=True))
-            profile = self.profile.replace(**{k: v for k, v in swept.items() if k not in NETWORK_KEYS})
+            profile = self.profile.replace(**{k: v for k, v in swept.items() if k not in (*NETWORK_KEYS, HTTP_KEY)})
             network = None if self.network is None else \
                 {**self.network, **{k: float(v) for k, v in swept.items() if k in NETWORK_KEYS}}
             for cluster in clusters:
                 for repeat in range(1, self.repeats + 1):
                     for transport in self.transports:
-                        out.append(Point(transport, repeat, {**swept, **cluster}, profile, network))
+                        out.append(Point(transport, repeat, {**swept, **cluster}, profile, network,
+                                         swept.get(HTTP_KEY, self.http)))
         return out
 
     def quick(self) -> Experiment:
@@ -112,6 +119,7 @@ class Experiment:
             "fault": dict(self.fault),
             "network": None if self.network is None else dict(self.network),
             "capture": self.capture,
+            "http": self.http,
             "source": self.source,
         }
 
@@ -123,6 +131,7 @@ class Point:
     swept: dict[str, object]
     profile: Profile
     network: dict[str, float] | None = None  # the impairment at this point ([network] with its swept keys)
+    http: str | None = None  # the members' HTTP through the proxy (HTTP_VALUES), or None: direct to the server
 
     @property
     def slug(self) -> str:
@@ -188,14 +197,17 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
         raise fail("sweep", "must be a table of lists")
     sweep: dict[str, tuple] = {}
     for key, values in sweep_data.items():
-        if key not in profile_keys() and key not in NETWORK_KEYS:
+        if key not in profile_keys() and key not in NETWORK_KEYS and key != HTTP_KEY:
             raise fail(f"sweep.{key}", f"not a profile or network key; the keys are "
-                                       f"{', '.join([*profile_keys(), *NETWORK_KEYS])}")
+                                       f"{', '.join([*profile_keys(), *NETWORK_KEYS, HTTP_KEY])}")
         if not isinstance(values, list) or not values:
             raise fail(f"sweep.{key}", "must be a non-empty list")
         if len(set(map(repr, values))) != len(values):
             raise fail(f"sweep.{key}", "lists a value twice")
         for value in values:
+            if key == HTTP_KEY:
+                http_value(value, lambda p: fail(f"sweep.{key}", p))
+                continue
             if key in NETWORK_KEYS:
                 network_value(key, value, lambda p, key=key: fail(f"sweep.{key}", p))
                 continue
@@ -223,9 +235,24 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
 
     cluster = _cluster(data.get("cluster", {}), fail)
     fault = _fault(data.get("fault", {}), cluster, profile, fail)
-    network = _network(data.get("network"), sweep, fail)
+    network_data = data.get("network")
+    http = None
+    if isinstance(network_data, dict) and HTTP_KEY in network_data:
+        network_data = dict(network_data)
+        http = http_value(network_data.pop(HTTP_KEY), lambda p: fail(f"network.{HTTP_KEY}", p))
+        network_data = network_data or None  # http alone is no impairment: no namespace
+    if (http is not None or HTTP_KEY in sweep) and cluster:
+        raise fail(f"network.{HTTP_KEY}", "puts one proxy before one server; a [cluster] has its own HAProxy")
+    network = _network(network_data, sweep, fail)
     return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source,
-                      cluster, fault, stop_at_limit, network, capture)
+                      cluster, fault, stop_at_limit, network, capture, http)
+
+
+def http_value(value: object, fail) -> str:
+    """Check one [network] http value (or a swept one); raise `fail(problem)` if bad."""
+    if value not in HTTP_VALUES:
+        raise fail(f'must be one of {", ".join(repr(v) for v in HTTP_VALUES)} (a string), got {value!r}')
+    return str(value)
 
 
 def network_value(key: str, value: object, fail) -> float:

@@ -48,6 +48,8 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "server_cpu_percent": ("server_cpu_share", 100),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
     "generator_cpu_us_per_delivered": ("generator_cpu_us_per_delivered_message", 1),
+    "proxy_cpu_us_per_delivered": ("proxy_cpu_us_per_delivered_message", 1),
+    "meter_bytes_per_delivered": ("meter_bytes_per_delivered_message", 1),
     "server_system_us_per_delivered": ("server_system_cpu_us_per_delivered_message", 1),
     "generator_system_us_per_delivered": ("generator_system_cpu_us_per_delivered_message", 1),
     "server_cpu_us_per_member_s": ("server_cpu_us_per_member_s", 1),
@@ -86,12 +88,14 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
     hdr = point_dir / f"deliver_latency_{point.transport}.hdr"
     generator = samples.get(figures.GENERATOR_LABEL)
     sampler = samples.get(figures.SAMPLER_LABEL)
+    proxy = samples.get(figures.PROXY_LABEL)
     return figures.RunData.from_scrapes(
         scrapes(point_dir, "metrics_before"),
         scrapes(point_dir, "metrics_after"),
         server=server,
         generator=generator.window(start, end) if generator else None,
         sampler=sampler.window(start, end) if sampler else None,
+        proxy=proxy.window(start, end) if proxy else None,
         transport=point.transport,
         latency_us=read_histogram(hdr) if hdr.exists() else None,
         completeness=counts,
