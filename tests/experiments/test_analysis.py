@@ -123,7 +123,9 @@ def test_event_loop_lag_buckets_over_the_window(run):
 ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered", "server_cpu_us_per_member_s", "bytes_per_member_s",
                            "sampler_cpu_percent", "server_cpu_percent", "offered_per_s", "delivered_offered_ratio",
                            "delivered_offered_tolerance", "server_gc_full_pauses", "server_gc_full_pause_ms",
-                           "server_system_us_per_delivered", "generator_system_us_per_delivered"}
+                           "server_system_us_per_delivered", "generator_system_us_per_delivered",
+                           "proxy_cpu_us_per_delivered", "meter_bytes_per_delivered", "tcp_payload_in", "tcp_payload_out",
+                           "tcp_packets_per_delivered", "tcp_dropped", "meter_over_capture"}
 
 
 def test_recomputed_figures_match_the_summary_the_runner_wrote(run):
