@@ -30,10 +30,17 @@ test: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m servers --transport $(TRANSPORT) --host $(HOST) --port $(PORT)
 
-# The teaching page (docs/demo.md): every transport on one port, the page at /.
+# The teaching page (docs/demo.md): every transport on one port, the page at /. TLS=1: over HTTPS through HAProxy,
+# HTTP/2 to the browser (HTTP=1.1 for ALPN http/1.1 only), the page at https://127.0.0.1:PORT/.
+TLS ?=
+HTTP ?= 2
 demo: $(STAMP)
+ifeq ($(TLS),1)
+	$(PY) -m experiments demo-tls --port $(PORT) --http $(HTTP)
+else
 	@echo "rtlab demo: open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the server)"
 	$(PY) -m servers --transport all --host $(HOST) --port $(PORT)
+endif
 
 # The scaling half (docs/demo.md): three instances behind HAProxy (Redis where needed), the page on PORT; Ctrl-C stops all.
 demo-cluster: $(STAMP)

@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     add_demo_cluster_arguments(sub.add_parser(
         "demo-cluster", help="the scaling half of the seed notes in a browser: three instances, HAProxy, Redis"))
+    from .demo_tls import add_arguments as add_demo_tls_arguments
+
+    add_demo_tls_arguments(sub.add_parser(
+        "demo-tls", help="the teaching page over HTTPS through HAProxy: HTTP/2 (or 1.1) to the browser (make demo TLS=1)"))
     report = sub.add_parser("report", help="run the notebooks headless on a run; write <run>/report/index.html")
     report.add_argument("run_dir", nargs="?", default=None, help="default: results/latest, else results/reference")
     return p.parse_args(argv)
@@ -56,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo_cluster import run
 
         return run(a)
+    if a.command == "demo-tls":
+        from .demo_tls import run as run_demo_tls
+
+        return run_demo_tls(a)
     if a.command == "report":
         from .notebooks import main as report_main
 

@@ -170,6 +170,11 @@ async function main() {
 
   let exactAvailable = true;
   const byteSource = document.getElementById("byte-source");
+  // Over HTTPS (make demo TLS=1) a proxy is between: the page's protocol, and the server counts its side only.
+  const navigation = performance.getEntriesByType("navigation")[0];
+  const proxied = location.protocol === "https:";
+  document.getElementById("page-protocol").textContent =
+    `page over ${navigation && navigation.nextHopProtocol ? navigation.nextHopProtocol : "?"}${proxied ? " and TLS" : ""}`;
   const byteRowLabel = document.getElementById("bytes-row-label");
   // Ask for exact counts soon after traffic too, not only every second, so they keep up with the log.
   let exactTimer = null;
@@ -197,7 +202,9 @@ async function main() {
   setInterval(async () => {
     if (exactAvailable) exactAvailable = await refreshExact(panes);
     const exact = panes.every((p) => p.exact);
-    byteSource.textContent = exact ? "bytes: exact, counted by the server" : "bytes: page estimates";
+    byteSource.textContent = !exact ? "bytes: page estimates"
+      : proxied ? "bytes: exact, counted by the server behind the proxy (its HTTP/1.1, not this page's)"
+      : "bytes: exact, counted by the server";
     byteRowLabel.textContent = `bytes per second, both directions (${exact ? "exact" : "estimated"})`;
     for (const pane of panes) {
       pane.root.classList.toggle("has-exact", Boolean(pane.exact));

@@ -94,6 +94,14 @@ function browserHeaders() {
 export const BROWSER = browserHeaders();
 export const NO_CACHE = [["Pragma", "no-cache"], ["Cache-Control", "no-cache"]]; // what cache: "no-store" adds
 
+/** The protocol a finished request went over ("h2", "http/1.1"), from the browser's resource timing; "" unknown. */
+export function protocolOf(url) {
+  const entries = performance.getEntriesByName(new URL(url, location.href).href, "resource");
+  const last = entries[entries.length - 1];
+  if (performance.getEntriesByType("resource").length > 200) performance.clearResourceTimings(); // bounded
+  return last && last.nextHopProtocol ? last.nextHopProtocol : "";
+}
+
 export function requestBytes(method, url, body) {
   const bodyBytes = body === undefined ? 0 : byteLength(body);
   const headers = [
@@ -316,10 +324,11 @@ export class Pane {
     else if (parsed && Array.isArray(parsed.messages)) {
       note = parsed.messages.length ? ` · ${parsed.messages.length} msg${parsed.messages.length > 1 ? "s" : ""}` : " · empty";
     }
+    const protocol = protocolOf(url);
     this.log(
       "⇅",
       shown,
-      `${response.status} · ↑~${formatBytes(out)} ↓${formatBytes(inBytes)} · ${formatMs(ms)}${note}`,
+      `${response.status} · ↑~${formatBytes(out)} ↓${formatBytes(inBytes)} · ${formatMs(ms)}${note}${protocol ? ` · ${protocol}` : ""}`,
       response.ok ? (note === " · empty" ? "empty" : "") : "err",
     );
     return { response, body: parsed };
