@@ -44,7 +44,7 @@ from clients import http
 from clients.base import ChatClient, Message
 from clients.completeness import Arrival, LedgerReceiver, ReceiverTracker
 from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
-from clients.results import BATCH_S, Batch, RunResults, next_batch, output_place
+from clients.results import BATCH_S, MEASURING_MARKER, Batch, RunResults, next_batch, output_place
 from clients.schedule import SendSchedule, message_text
 from servers import registry
 
@@ -53,6 +53,12 @@ log = logging.getLogger("rtlab.locust")
 WARMUP_SUFFIX = " [warm-up]"
 RESULTS_MESSAGE = "rtlab_results"  # a Locust worker's RunResults, sent to the master at test_stop
 STOP_MESSAGE = "rtlab_stop"  # the master asks its workers to stop (and so send their results)
+JOINED_MESSAGE = "rtlab_joined"  # a worker tells its master how many of its members have joined
+WINDOW_MESSAGE = "rtlab_window"  # the master tells its workers when the measured window opens
+# The join barrier: how often the window's opener looks at the joined count, and (with workers) how long after its
+# decision the window opens, so that every worker has heard of it before then.
+JOIN_CHECK_S = 0.05
+WINDOW_NOTICE_S = 0.25
 WORKER_RESULTS_TIMEOUT_S = 30.0
 CPU_SAMPLE_INTERVAL_S = 1.0
 MAX_CPU_SAMPLES = 7 * 24 * 3600 / CPU_SAMPLE_INTERVAL_S  # the longest run a profile allows
@@ -104,6 +110,13 @@ class Run:
     worker_stops: list[float] = field(default_factory=list)  # when each Locust worker stopped (master only)
     # The successful SENDs, by name, on their way into Locust's stats a batch at a time, as the deliveries go.
     sends: dict[str, RequestBatch] = field(default_factory=dict)
+    joined: int = 0  # this process's members that have joined their room
+    worker_joined: dict[str, int] = field(default_factory=dict)  # a master's workers' joined members, by worker
+    window_opener: gevent.Greenlet | None = None  # the join barrier (a master or a lone process)
+    joined_reporter: gevent.Greenlet | None = None  # a worker's: sends its joined count to the master
+
+    def joined_total(self) -> int:
+        return self.joined + sum(self.worker_joined.values())
 
     def record_send(self, stats: RequestStats, name: str, response_time_ms: float, length: int, now: float) -> None:
         batch = self.sends.get(name)
@@ -209,15 +222,61 @@ def load_profile_once(environment: Environment, **_kwargs) -> None:
 def start_run(environment: Environment, **_kwargs) -> None:
     profile = current.profile or load_profile(DEFAULT_PROFILE_PATH)
     run = Run(profile, RunResults(profile, time.time()))
+    run.results.hold_window()  # until every member has joined (open_window_when_joined)
     run.cpu_sampler = gevent.spawn(sample_cpu, run.results)
     run.flusher = gevent.spawn(flush_batches, run)
     current.run = run
+    if isinstance(environment.runner, WorkerRunner):
+        run.joined_reporter = gevent.spawn(report_joined, environment.runner, run)
+        return
+    run.window_opener = gevent.spawn(open_window_when_joined, environment, run)
     place = output_place(getattr(environment.parsed_options, "rtlab_out", None), None)
-    if place is not None and not isinstance(environment.runner, WorkerRunner):
-        # The experiment runner times its warm-up and measured window from this moment.
+    if place is not None:
+        # The experiment runner times the run from this moment.
         place[0].mkdir(parents=True, exist_ok=True)
         marker = {"t_unix_s": run.results.started_at, "t_mono_s": time.monotonic()}
         (place[0] / "started.json").write_text(json.dumps(marker) + "\n")
+
+
+def open_window_when_joined(environment: Environment, run: Run) -> None:
+    """The join barrier: open the measured window once every member has joined and warmup_s has passed, or at the
+    profile's join deadline with the members still connecting counted; tell the workers and the experiment runner
+    (MEASURING_MARKER)."""
+    runner = environment.runner
+    earliest = run.results.started_at + run.profile.warmup_s
+    deadline = run.results.started_at + run.profile.join_deadline()
+    while True:
+        now = time.time()
+        members, joined = runner.target_user_count, run.joined_total()
+        if now >= earliest and members and joined >= members:
+            opened_by = "every member joined"
+            break
+        if now >= deadline:
+            opened_by = "join deadline"
+            break
+        gevent.sleep(JOIN_CHECK_S)
+    notice = WINDOW_NOTICE_S if isinstance(runner, MasterRunner) else 0.0
+    at = now + notice
+    run.results.open_window(at, opened_by, members, joined)
+    if isinstance(runner, MasterRunner):
+        runner.send_message(WINDOW_MESSAGE, run.results.window)
+    if joined < members:
+        log.warning("rtlab: the measured window opened at the join deadline with %d of %d members joined",
+                    joined, members)
+    place = output_place(getattr(environment.parsed_options, "rtlab_out", None), None)
+    if place is not None:
+        marker = {**run.results.window, "t_unix_s": at, "t_mono_s": time.monotonic() + (at - time.time())}
+        (place[0] / MEASURING_MARKER).write_text(json.dumps(marker) + "\n")
+
+
+def report_joined(runner: WorkerRunner, run: Run) -> None:
+    """A worker: send the master its joined count whenever it changed (checked every JOIN_CHECK_S)."""
+    told = 0
+    for _ in range(int(MAX_CPU_SAMPLES / JOIN_CHECK_S)):
+        if run.joined != told:
+            told = run.joined
+            runner.send_message(JOINED_MESSAGE, {"joined": told})
+        gevent.sleep(JOIN_CHECK_S)
 
 
 @events.test_stop.add_listener
@@ -225,7 +284,7 @@ def finish_run(environment: Environment, **_kwargs) -> None:
     run = current.run
     if run is None:
         return
-    for greenlet in (run.cpu_sampler, run.flusher):
+    for greenlet in (run.cpu_sampler, run.flusher, run.window_opener, run.joined_reporter):
         if greenlet is not None:
             greenlet.kill(block=False)
     now = time.time()
@@ -293,9 +352,23 @@ def report_never_arrived(environment: Environment, run: Run) -> None:
 def exchange_results(environment: Environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(RESULTS_MESSAGE, merge_worker_results)
+        environment.runner.register_message(JOINED_MESSAGE, count_worker_joined)
     elif isinstance(environment.runner, WorkerRunner):
         # Stopping fires test_stop here, which sends our results (finish_run); a later "quit" finds us stopped.
         environment.runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: environment.runner.stop())
+        environment.runner.register_message(WINDOW_MESSAGE, open_worker_window)
+
+
+def count_worker_joined(environment: Environment, msg, **_kwargs) -> None:
+    if current.run is not None:
+        current.run.worker_joined[msg.node_id] = msg.data["joined"]
+
+
+def open_worker_window(environment: Environment, msg, **_kwargs) -> None:
+    if current.run is not None:
+        window = msg.data
+        current.run.results.open_window(window["measure_from_unix_s"], window["opened_by"], window["members"],
+                                        window["joined"])
 
 
 def merge_worker_results(environment: Environment, msg, **_kwargs) -> None:
@@ -448,6 +521,7 @@ class ChatMember(ClientUser):
         if run is None:
             raise RuntimeError("no run in progress: rtlab users start from Locust's test_start")
         self.run = run
+        self.started_at = time.time()  # connection set-up is timed from here: to joined, and to the first message
         index = next(run.members)
         runner = self.environment.runner
         # Locust workers number their members from 0 each: the worker's index keeps names unique in a room.
@@ -471,10 +545,15 @@ class ChatMember(ClientUser):
             if self.deliveries.on_batch is None:
                 stats, name = self.environment.stats, self.transport
                 self.deliveries.on_batch = lambda batch: log_batch(stats, name, batch)
-            self.schedule = SendSchedule(run.profile.messages_per_second, run.profile.arrival, time.time(), rng)
+            self.client.on_message = self._first_message  # once, then the hot path's own on_message
             self.client.join(self.room, since)
+            joined_at = time.time()
             # Listening from here: every message the others send from now on must reach this member.
-            self.ledger = run.results.add_ledger_receiver(self.room, self.user_name, self.transport, time.time())
+            self.ledger = run.results.add_ledger_receiver(self.room, self.user_name, self.transport, joined_at)
+            run.results.record_join(self.transport, (joined_at - self.started_at) * 1000)
+            run.joined += 1
+            # The member's sends are due from the moment it is in its room, not from before it could send.
+            self.schedule = SendSchedule(run.profile.messages_per_second, run.profile.arrival, joined_at, rng)
         except Exception:
             self.client.close()  # Locust skips on_stop when on_start fails
             raise
@@ -491,10 +570,16 @@ class ChatMember(ClientUser):
             delay = due - time.time()
             if delay > 0:
                 gevent.sleep(delay)
-            self.run.results.record_send(max(0.0, time.time() - due))
+            self.run.results.record_send(max(0.0, time.time() - due), due)
             text = message_text(self.seed_text, self.sequence, self.run.profile.message_bytes)
             self.sequence += 1
             self.client.send(self.user_name, text, sent_at=due)
+
+    def _first_message(self, message: Message, received_at: float) -> None:
+        """The client's callback until the first message: time it, then hand the client the hot path's."""
+        self.client.on_message = self.on_message
+        self.run.results.record_first_message(self.transport, (received_at - self.started_at) * 1000)
+        self.on_message(message, received_at)
 
     def on_message(self, message: Message, received_at: float) -> None:
         # The load generator's hot path: it runs for every message every member receives, and the generator

@@ -44,6 +44,10 @@ class Profile:
                                              low=1, high=7 * 24 * 3600))
     warmup_s: float = field(metadata=setting('the first part of the run, left out of the HDR histogram and named '
                                              '"[warm-up]" in Locust', value_type=float, low=0))
+    join_deadline_s: float = field(default=30.0, metadata=setting(
+        "the warm-up ends once every member has joined (and warmup_s has passed), at the latest this long after the "
+        "start, and never later than halfway between warmup_s and duration_s; members still connecting then are "
+        "counted (members_joined_late) and the row flagged", value_type=float, low=0))
     room_size: int = field(default=0, metadata=setting(
         "members per room: when > 0, rooms follows the users (rooms = users / room_size, rounded up), so a sweep "
         "of users adds rooms of this size instead of growing the rooms; 0: `rooms` as given", value_type=int,
@@ -73,6 +77,12 @@ class Profile:
             except ValueError as error:
                 raise ProfileError(str(error)) from None
         object.__setattr__(self, "knobs", knobs)
+
+    def join_deadline(self) -> float:
+        """Seconds from the start after which the measured window opens whether or not every member has joined:
+        join_deadline_s, but at least warmup_s and at most halfway from warmup_s to duration_s (so a window of at
+        least half its planned length remains)."""
+        return max(self.warmup_s, min(self.join_deadline_s, (self.warmup_s + self.duration_s) / 2))
 
     def knob(self, name: str) -> object:
         """The value of a transport's profile key (its registered default when the file did not give it)."""

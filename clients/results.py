@@ -28,6 +28,14 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # The ledger leaves out messages sent in the last seconds of a run: still in flight when receivers stopped.
 LEDGER_MARGIN_S = 2.0
 MAX_RECONNECT_SAMPLES = 100_000
+MAX_JOIN_SAMPLES = 100_000  # members' times to join and to their first message, each
+# A run whose sends went out later than their schedule by more than this at p99 (in the measured window) is flagged:
+# its latencies then include the generator's own lateness (experiments.figures.SEND_LAG_LIMIT_MS says the same).
+SEND_LAG_LIMIT_MS = 100.0
+SEND_LAG_BATCH = 4096  # send lags wait in an array until this many, then go into their histogram at once
+# Written beside the run's files when the measured window opens (every member joined, or the join deadline): its
+# time (t_unix_s, t_mono_s), why, the members and how many had joined. The experiment runner waits for it.
+MEASURING_MARKER = "measuring.json"
 # Deliveries wait at most this long (and never past a whole second) before they reach the histogram and Locust.
 BATCH_S = 0.25
 
@@ -79,6 +87,17 @@ def next_batch(now: float) -> tuple[int, float]:
     return second, min(second + 1.0, now + BATCH_S)
 
 
+def percentiles_ms(samples: array | list[float]) -> dict:
+    """p50, p99, max and count of millisecond samples (nearest rank; None where there are none)."""
+    ordered = sorted(samples)
+
+    def pct(p: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3) if ordered else None
+
+    return {"count": len(ordered), "p50": pct(50), "p99": pct(99),
+            "max": round(ordered[-1], 3) if ordered else None}
+
+
 @dataclass
 class TransportResults:
     """Deliveries and receivers of one transport in one run."""
@@ -93,6 +112,10 @@ class TransportResults:
     merged: Counts = field(default_factory=Counts)  # completeness of other processes' receivers (Locust workers)
     merged_receivers: int = 0
     measure_from: float = 0.0  # unix time the measured window starts (the run's warm-up ends)
+    # Connection set-up, one sample per member (ms from the member's start): until it had joined its room (listening),
+    # and until its first message arrived.
+    join_ms: array = field(default_factory=lambda: array("d"))
+    first_message_ms: array = field(default_factory=lambda: array("d"))
     # Deliveries wait here, in batches, on their way into the histogram and (`on_batch`) Locust's stats: on the
     # load generator's hot path a delivery costs two list appends, and a batch is recorded with numpy. The hot
     # path (clients/locustfile.py) calls `flush(now)` first when `now >= flush_at`, then appends to `pending`
@@ -153,6 +176,21 @@ class TransportResults:
     def completeness(self) -> Counts:
         return sum((tracker.counts() for tracker in self.trackers), self.merged)
 
+    def record_join(self, milliseconds: float) -> None:
+        if len(self.join_ms) < MAX_JOIN_SAMPLES:
+            self.join_ms.append(milliseconds)
+
+    def record_first_message(self, milliseconds: float) -> None:
+        if len(self.first_message_ms) < MAX_JOIN_SAMPLES:
+            self.first_message_ms.append(milliseconds)
+
+    def connection_setup(self) -> dict:
+        """Time to join and to the first message (ms): p50, p99, max and how many members each counts, and every
+        member's (to 0.1 ms)."""
+        return {"join_ms": percentiles_ms(self.join_ms), "first_message_ms": percentiles_ms(self.first_message_ms),
+                "join_ms_samples": [round(ms, 1) for ms in self.join_ms],
+                "first_message_ms_samples": [round(ms, 1) for ms in self.first_message_ms]}
+
     def record_reconnect(self, milliseconds: float, ok: bool) -> None:
         if not ok:
             self.reconnect_failures += 1
@@ -184,6 +222,7 @@ class TransportResults:
             "deliveries_warmup": self.deliveries_warmup,
             "latencies_clamped": self.latencies_clamped,
             **self.reconnects(),
+            **self.connection_setup(),
         }
 
     def to_wire(self) -> dict:
@@ -196,6 +235,8 @@ class TransportResults:
             "receivers": self.receivers,
             "reconnect_ms": self.reconnect_ms,
             "reconnect_failures": self.reconnect_failures,
+            "join_ms": self.join_ms.tolist(),
+            "first_message_ms": self.first_message_ms.tolist(),
         }
 
     def merge_wire(self, data: dict) -> None:
@@ -206,12 +247,15 @@ class TransportResults:
         self.merged_receivers += data["receivers"]
         self.reconnect_ms.extend(data["reconnect_ms"][: MAX_RECONNECT_SAMPLES - len(self.reconnect_ms)])
         self.reconnect_failures += data["reconnect_failures"]
+        self.join_ms.extend(data.get("join_ms", [])[: MAX_JOIN_SAMPLES - len(self.join_ms)])
+        self.first_message_ms.extend(data.get("first_message_ms", [])[: MAX_JOIN_SAMPLES - len(self.first_message_ms)])
 
 
 class RunResults:
     """Everything one Locust run records for rtlab; `write()` saves it beside Locust's CSVs.
 
-    The run starts when Locust starts the test; the first `profile.warmup_s` seconds are warm-up.
+    The run starts when Locust starts the test; the first `profile.warmup_s` seconds are warm-up. A Locust run
+    holds the window (`hold_window`) until every member has joined, and opens it then (`open_window`).
     """
 
     def __init__(self, profile: Profile, started_at: float) -> None:
@@ -222,6 +266,11 @@ class RunResults:
         self.cpu_samples: list[tuple[float, float]] = []  # (seconds since start, % of one core)
         self.sends = 0
         self.send_lag_max_s = 0.0  # how far behind its schedule the generator sent, at worst
+        # Each measured send's lag (µs) goes into this histogram, SEND_LAG_BATCH at a time.
+        self.send_lag_us = new_latency_histogram()
+        self.pending_send_lags = array("d")
+        # How the measured window opened (open_window): when, why, and the members joined by then.
+        self.window: dict = {"measure_from_unix_s": self.measure_from, "opened_by": "warmup_s"}
         self.ledger = DeliveryLedger()
         self.stopped_at: float | None = None  # when the run ended (set by finish); the ledger's cutoff follows
         self.processes = 1  # load generator processes whose results are in here (Locust master: its workers)
@@ -229,6 +278,24 @@ class RunResults:
 
     def in_warmup(self, now: float) -> bool:
         return now < self.measure_from
+
+    def hold_window(self) -> None:
+        """Keep everything in the warm-up until `open_window` says when the measured window starts."""
+        self._set_measure_from(math.inf)
+        self.window = {"measure_from_unix_s": None, "opened_by": None}
+
+    def open_window(self, at: float, opened_by: str, members: int | None = None, joined: int | None = None) -> None:
+        """Measure from unix time `at` on; `opened_by` says why then ("every member joined", "join deadline"), and
+        `members`/`joined` how many members the run had and how many had joined by then."""
+        self._set_measure_from(at)
+        late = None if members is None or joined is None else max(0, members - joined)
+        self.window = {"measure_from_unix_s": at, "opened_by": opened_by, "members": members, "joined": joined,
+                       "members_joined_late": late}
+
+    def _set_measure_from(self, at: float) -> None:
+        self.measure_from = at
+        for results in self.transports.values():
+            results.measure_from = at
 
     def for_transport(self, transport: str) -> TransportResults:
         results = self.transports.get(transport)
@@ -291,10 +358,44 @@ class RunResults:
         cutoff = self.ledger_cutoff_s()
         return {} if cutoff is None else self.ledger.totals(cutoff)
 
-    def record_send(self, lag_s: float) -> None:
-        """Record one send that went out `lag_s` after it was due."""
+    def record_join(self, transport: str, milliseconds: float) -> None:
+        """Record how long a member took from its start to being joined (listening in its room)."""
+        self.for_transport(transport).record_join(milliseconds)
+
+    def record_first_message(self, transport: str, milliseconds: float) -> None:
+        """Record how long a member took from its start to its first message."""
+        self.for_transport(transport).record_first_message(milliseconds)
+
+    def record_send(self, lag_s: float, due: float = math.inf) -> None:
+        """Record one send that went out `lag_s` after it was due (at unix time `due`); those due in the measured
+        window go into the send-lag histogram."""
         self.sends += 1
-        self.send_lag_max_s = max(self.send_lag_max_s, lag_s)
+        if lag_s > self.send_lag_max_s:
+            self.send_lag_max_s = lag_s
+        if due >= self.measure_from:
+            self.pending_send_lags.append(lag_s)
+            if len(self.pending_send_lags) >= SEND_LAG_BATCH:
+                self.flush_send_lags()
+
+    def flush_send_lags(self) -> None:
+        if self.pending_send_lags:
+            lag_us = np.rint(np.frombuffer(self.pending_send_lags, dtype=np.float64) * 1e6)
+            record_values(self.send_lag_us, np.clip(lag_us, LATENCY_LOWEST_US, LATENCY_HIGHEST_US).astype(np.int64))
+            self.pending_send_lags = array("d")
+
+    def send_lag(self) -> dict:
+        """The measured sends' lag behind their schedule (ms): p50, p99, max, and whether p99 is over the limit."""
+        self.flush_send_lags()
+        h = self.send_lag_us
+        counted = h.get_total_count()
+        p99 = round(h.get_value_at_percentile(99) / 1000, 3) if counted else None
+        return {
+            "send_lag_measured": counted,
+            "send_lag_p50_ms": round(h.get_value_at_percentile(50) / 1000, 3) if counted else None,
+            "send_lag_p99_ms": p99,
+            "send_lag_limit_ms": SEND_LAG_LIMIT_MS,
+            "sends_behind_schedule": p99 is not None and p99 > SEND_LAG_LIMIT_MS,
+        }
 
     def record_cpu(self, percent_of_one_core: float, now: float) -> None:
         self.cpu_samples.append((round(now - self.started_at, 3), round(percent_of_one_core, 1)))
@@ -303,7 +404,8 @@ class RunResults:
         """Summarise the generator's own CPU use; `saturated` when any measured second exceeded 90 %
         (in any of its processes: each Locust process runs on one core)."""
         samples = self.cpu_samples + [s for process in self.cpu_samples_by_process.values() for s in process]
-        after_warmup = [p for t, p in samples if t >= self.profile.warmup_s]
+        opened = self.measure_from - self.started_at if math.isfinite(self.measure_from) else self.profile.warmup_s
+        after_warmup = [p for t, p in samples if t >= opened]
         judged = after_warmup or [p for _, p in samples]
         over = [p for p in judged if p > GENERATOR_SATURATION_PERCENT]
         return {
@@ -315,6 +417,7 @@ class RunResults:
             "saturated": bool(over),
             "sends": self.sends,
             "send_lag_max_ms": round(self.send_lag_max_s * 1000, 3),
+            **self.send_lag(),
             "cpu_samples": [list(sample) for sample in self.cpu_samples],
             "processes": self.processes,
             **({"cpu_samples_by_process": {k: [list(s) for s in v] for k, v in self.cpu_samples_by_process.items()}}
@@ -358,14 +461,23 @@ class RunResults:
             else "CPU not sampled"
         )
         lag = f"{g['sends']} sends, at worst {g['send_lag_max_ms']:.1f} ms behind schedule"
+        if g["send_lag_p99_ms"] is not None:
+            lag += f" (p99 {g['send_lag_p99_ms']:.1f} ms in the measured window)"
         if g["saturated"]:
             lines.append(
                 f"rtlab generator: SATURATED: above {GENERATOR_SATURATION_PERCENT:g} % of one core for "
                 f"{g['seconds_over_threshold']} of {g['seconds_judged']} s; {cpu}; {lag}. "
                 "Latencies from this run measure the load generator, not the server."
             )
+        elif g["sends_behind_schedule"]:
+            lines.append(f"rtlab generator: SENDS BEHIND SCHEDULE: p99 over {SEND_LAG_LIMIT_MS:g} ms; {cpu}; {lag}. "
+                         "Latencies from this run include the generator's lateness.")
         else:
             lines.append(f"rtlab generator: ok; {cpu}; {lag}")
+        w = self.window
+        if w.get("members") is not None:
+            lines.append(f"rtlab window: opened {w['opened_by']}, {w['joined']} of {w['members']} members joined"
+                         + (f" ({w['members_joined_late']} still connecting: flagged)" if w["members_joined_late"] else ""))
         return lines
 
     def write(self, directory: Path, prefix: str = "") -> list[Path]:
@@ -392,6 +504,8 @@ class RunResults:
         return {
             "started_at": self.started_at,
             "warmup_s": self.profile.warmup_s,
+            # The measured window as the clients saw it: it opened once every member had joined (or at the deadline).
+            "window": {**self.window, "measured_s": self.measured_s()},
             "profile": self.profile.as_dict(),
             "processes": self.processes,
             "ledger": {
@@ -406,14 +520,22 @@ class RunResults:
             },
         }
 
+    def measured_s(self) -> float | None:
+        """Seconds from the window's opening to the run's end (None until both are known)."""
+        if self.stopped_at is None or not math.isfinite(self.measure_from):
+            return None
+        return round(max(0.0, self.stopped_at - self.measure_from), 3)
+
     def to_wire(self) -> dict:
         """A JSON-able copy of everything a Locust worker recorded, for its master (merge_wire)."""
+        self.flush_send_lags()
         return {
             "transports": {name: results.to_wire() for name, results in self.transports.items()},
             "ledger": self.ledger.to_wire(),
             "cpu_samples": self.cpu_samples,
             "sends": self.sends,
             "send_lag_max_s": self.send_lag_max_s,
+            "send_lag_us": self.send_lag_us.encode().decode("ascii"),
             "processes": self.processes,
         }
 
@@ -425,6 +547,8 @@ class RunResults:
         self.cpu_samples_by_process[label] = [tuple(s) for s in data["cpu_samples"]]
         self.sends += data["sends"]
         self.send_lag_max_s = max(self.send_lag_max_s, data["send_lag_max_s"])
+        if data.get("send_lag_us"):
+            self.send_lag_us.add(HdrHistogram.decode(data["send_lag_us"]))
 
 
 def output_place(out_dir: str | None, csv_prefix: str | None) -> tuple[Path, str] | None:

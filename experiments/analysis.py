@@ -13,7 +13,7 @@ import pandas as pd
 from clients.profile import load_profile
 from servers import registry
 
-from . import figures
+from . import figures, formats
 from .plots import (  # noqa: F401  (the notebooks' helpers, reached through this one import)
     FIGURE_DPI,
     PARAMETER_LABELS,
@@ -86,7 +86,8 @@ class Run:
     manifest: dict
     # summary.csv as the runner wrote it, with `point` (its folder) and the profile keys it did not sweep.
     summary: pd.DataFrame
-    # One row per point: the point's whole profile and every figure of experiments.figures.FIGURES.
+    # One row per point: the point's whole profile, every figure of experiments.figures.FIGURES, window_s, and
+    # `flagged` (formats.flags: the generator saturated, sends behind schedule, members joined late).
     points: pd.DataFrame
     # Delivery latency distribution from the HDR histogram: one row per recorded value (value_ms, count,
     # cumulative_count, cumulative_fraction).
@@ -98,6 +99,9 @@ class Run:
     metrics: pd.DataFrame
     # The event-loop lag histogram over the window: le_ms (bucket upper bound), count, cumulative_fraction.
     loop_lag: pd.DataFrame
+    # Connection set-up, one row per member and measure: `what` ("join", "first message"), `ms` from the member's
+    # start (empty for runs from before it was recorded).
+    setup: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -210,7 +214,7 @@ def load_run(path: str | Path | None = None) -> Run:
     processes = manifest["experiment"].get("processes", 1)
     server_cpus = len(manifest.get("pinning", {}).get("server_cpus") or [0])
 
-    points, latency, resources, metrics, loop_lag = [], [], [], [], []
+    points, latency, resources, metrics, loop_lag, setup = [], [], [], [], [], []
     for entry in manifest["points"]:
         point_dir = run_dir / entry["dir"]
         ids = {"point": entry["dir"], "transport": entry["transport"], "repeat": entry["repeat"],
@@ -222,8 +226,11 @@ def load_run(path: str | Path | None = None) -> Run:
         # server does not count it, is absent, never guessed.
         sizes = message_sizes(profile) if counts_payload(entry["transport"]) else {}
         data = dataclasses.replace(load_run_data(point, point_dir, window, processes, server_cpus), cpus=cpus, **sizes)
-        points.append({**ids, **profile.as_dict(), **figures.compute(data), "window_s": window[1] - window[0]})
+        computed = figures.compute(data)
+        points.append({**ids, **profile.as_dict(), **computed, "window_s": window[1] - window[0],
+                       "flagged": bool(formats.flags(computed))})
         latency.append(_latency_frame(data, ids))
+        setup.append(_setup_frame(data, ids))
         resources.append(_resources_frame(point_dir / "resources.csv", window, ids))
         scraped = _metrics_frame(point_dir, ids)
         metrics.append(scraped)
@@ -247,6 +254,7 @@ def load_run(path: str | Path | None = None) -> Run:
                                       "cpu_system_s", "cpu_rate", "rss_mb", "fds", "threads", "tcp_connections"]),
         metrics=_concat(metrics, [*ID_COLUMNS, *swept, "name", "labels", "before", "after", "delta"]),
         loop_lag=_concat(loop_lag, [*ID_COLUMNS, *swept, "le_ms", "count", "cumulative_fraction"]),
+        setup=_concat(setup, [*ID_COLUMNS, *swept, "what", "ms"]),
     )
 
 
@@ -382,6 +390,16 @@ def _latency_frame(data: figures.RunData, ids: dict) -> pd.DataFrame:
     return frame.assign(**ids)
 
 
+SETUP_MEASURES = {"join": "join_ms_samples", "first message": "first_message_ms_samples"}
+
+
+def _setup_frame(data: figures.RunData, ids: dict) -> pd.DataFrame:
+    counts = data.completeness or {}
+    frames = [pd.DataFrame({"what": what, "ms": counts[key]}) for what, key in SETUP_MEASURES.items()
+              if counts.get(key)]
+    return pd.concat(frames, ignore_index=True).assign(**ids) if frames else pd.DataFrame()
+
+
 def _resources_frame(path: Path, window: list[float], ids: dict) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
@@ -443,9 +461,15 @@ def _loop_lag_frame(scraped: pd.DataFrame, ids: dict) -> pd.DataFrame:
     return frame.assign(**ids)
 
 
-def figure_table(run: Run, names: dict[str, str]) -> pd.DataFrame:
+def figure_table(run: Run, names: dict[str, str], check: bool = False) -> pd.DataFrame:
     """Return run.points with the swept keys, transport (and repeat when repeated) and the figures in
-    `names` ({figure: header}), each header carrying the figure's unit: a table to display."""
+    `names` ({figure: header}), written as the terminal table writes them (experiments.formats: MB, integers,
+    %, yes/no, the unit in each header): a table to display (show_table). `check`: a last column with the row's
+    flags (formats.check: generator saturated, sends behind schedule, members joined late), "ok" without."""
     ids = [*run.swept, "transport"] + (["repeat"] if run.experiment.get("repeats", 1) > 1 else [])
-    table = run.points[ids + list(names)].copy()
-    return table.rename(columns={name: f"{header} ({figures.FIGURES[name].unit})" for name, header in names.items()})
+    table = run.points[ids].copy()
+    for name, header in names.items():
+        table[formats.header(name, header)] = [formats.text(name, value) for value in run.points[name]]
+    if check:
+        table["check"] = [formats.check(row) for row in run.points.to_dict("records")]
+    return table

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Mapping
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.results import SEND_LAG_LIMIT_MS
 from servers import registry
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,6 +182,10 @@ class RunData:
     # above are its TCP payload, and meter_wire_bytes the server's own meter's (both ways; NaN: it has none).
     capture: Mapping[str, object] | None = None
     meter_wire_bytes: float | None = None
+    # How the clients' measured window opened (completeness.json's "window": opened_by, members, joined,
+    # members_joined_late, measured_s); None for runs from before the join barrier.
+    window: Mapping[str, object] | None = None
+    send_lag_p99_ms: float | None = None  # the measured sends' p99 lag behind their schedule (generator.json)
 
     @classmethod
     def from_scrapes(
@@ -558,6 +563,58 @@ def messages_lost(run: RunData) -> float:
          "(sees what ids cannot: with instances that number a room each on their own, as in naive mode).")
 def messages_never_arrived(run: RunData) -> float:
     return _completeness(run, "ledger_missing") if run.completeness and "ledger_missing" in run.completeness else math.nan
+
+
+# Connection set-up: the measured window opens once every member has joined, so a delivery latency is a delivery;
+# what joining cost is its own figure.
+
+
+def _setup_ms(run: RunData, what: str, key: str) -> float:
+    stats = (run.completeness or {}).get(what) or {}
+    value = stats.get(key) if isinstance(stats, Mapping) else None
+    return float(value) if value is not None else math.nan
+
+
+@_figure("ms", "Median time a member took from its start to being joined: listening in its room (the history read, "
+               "the transport's handshake: a WebSocket upgrade, an event stream's head, WebRTC's ICE, DTLS and SCTP).")
+def join_p50_ms(run: RunData) -> float:
+    return _setup_ms(run, "join_ms", "p50")
+
+
+@_figure("ms", "99th percentile time a member took from its start to being joined.")
+def join_p99_ms(run: RunData) -> float:
+    return _setup_ms(run, "join_ms", "p99")
+
+
+@_figure("ms", "Median time a member took from its start to its first message: joining, then waiting for the "
+               "room's next message.")
+def first_message_p50_ms(run: RunData) -> float:
+    return _setup_ms(run, "first_message_ms", "p50")
+
+
+@_figure("ms", "99th percentile time a member took from its start to its first message.")
+def first_message_p99_ms(run: RunData) -> float:
+    return _setup_ms(run, "first_message_ms", "p99")
+
+
+@_figure("count", "Members still connecting when the measured window opened at the join deadline (the row is "
+                  "flagged: some of its latencies may be a connection's set-up); 0 when every member had joined.")
+def members_joined_late(run: RunData) -> float:
+    late = (run.window or {}).get("members_joined_late")
+    return float(late) if late is not None else math.nan
+
+
+@_figure("ms", "99th percentile of how late the measured sends went out behind their schedule (the generator's "
+               "lateness; a latency is measured from the schedule, so it includes this).")
+def send_lag_p99_ms(run: RunData) -> float:
+    return math.nan if run.send_lag_p99_ms is None else run.send_lag_p99_ms
+
+
+@_figure("bool", f"1 when the measured sends' p99 lag behind schedule exceeded {SEND_LAG_LIMIT_MS:g} ms: latencies "
+         "then include the generator's lateness (flagged like a saturated generator).")
+def sends_behind_schedule(run: RunData) -> float:
+    lag = send_lag_p99_ms(run)
+    return math.nan if math.isnan(lag) else float(lag > SEND_LAG_LIMIT_MS)
 
 
 @_figure("count", "Times members reconnected (after a drain, a killed instance, a server close).")

@@ -155,9 +155,13 @@ def log_axis(ax, which: str = "x") -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def show_table(styled) -> None:
-    """Display a pandas Styler as HTML, with a plain-text copy instead of its repr (which names a memory
-    address), so an executed notebook reads the same every time it runs."""
+def show_table(table, uuid: str | None = None) -> None:
+    """Display a table as HTML without its index, with a plain-text copy instead of its repr (which names a memory
+    address), so an executed notebook reads the same every time it runs: a DataFrame as it is (figure_table's are
+    written out already), or a pandas Styler; `uuid` gives the HTML a fixed id."""
     from IPython.display import display
 
+    styled = table if hasattr(table, "to_html") and hasattr(table, "data") else table.style.hide(axis="index")
+    if uuid is not None:
+        styled = styled.set_uuid(uuid)
     display({"text/html": styled.to_html(), "text/plain": styled.data.to_string(index=False)}, raw=True)

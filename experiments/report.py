@@ -10,23 +10,27 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from servers import registry
 
-from . import figures
+from . import figures, formats
+from .summary import COLUMN_FIGURES
 
+# summary.csv column -> header; units and number formats are experiments.formats' (the notebooks' too).
 COLUMNS = (
-    ("delivered", "delivered", "{:,.0f}"),
-    ("lost", "lost", "{:,.0f}"),
-    ("duplicates", "dup", "{:,.0f}"),
-    ("never_arrived", "never arrived", "{:,.0f}"),
-    ("latency_p50_ms", "p50 ms", "{:,.1f}"),
-    ("latency_p99_ms", "p99 ms", "{:,.1f}"),
-    ("latency_max_ms", "max ms", "{:,.1f}"),
-    ("bytes_per_delivered", "B/delivered", "{:,.0f}"),
-    ("server_cpu_us_per_delivered", "CPU µs/delivered", "{:,.1f}"),
-    ("server_rss_peak_mb", "RSS MB", "{:,.1f}"),
-    ("generator_cpu_peak", "gen CPU", "{:.0%}"),
+    ("delivered", "delivered"),
+    ("lost", "lost"),
+    ("duplicates", "dup"),
+    ("never_arrived", "never arrived"),
+    ("latency_p50_ms", "p50"),
+    ("latency_p99_ms", "p99"),
+    ("latency_max_ms", "max"),
+    ("join_p99_ms", "join p99"),
+    ("bytes_per_delivered", "per delivered"),
+    ("server_cpu_us_per_delivered", "CPU/delivered"),
+    ("server_rss_peak_mb", "RSS"),
+    ("generator_cpu_peak", "gen CPU"),
 )
 
 
@@ -42,6 +46,20 @@ def cell(value: str, fmt: str) -> str:
         return value or "—"
 
 
+def column_text(column: str, value: str) -> str:
+    """A summary.csv value as the reader reads it: its figure's unit and format (experiments.formats)."""
+    name, scale = COLUMN_FIGURES[column]
+    try:
+        value = float(value) / scale
+    except (TypeError, ValueError):
+        pass
+    return formats.text(name, value)
+
+
+def column_header(column: str, label: str) -> str:
+    return formats.header(COLUMN_FIGURES[column][0], label)
+
+
 def print_table(run_dir: Path, console: Console | None = None) -> None:
     rows = read_summary(run_dir)
     console = console or Console(width=None if sys.stdout.isatty() else 200)
@@ -51,17 +69,17 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
     experiment = json.loads((run_dir / "manifest.json").read_text())["experiment"]
     swept = [*experiment["sweep"], *(["instances", "mode"] if experiment.get("cluster") else [])]
     table = Table(title=f"rtlab {run_dir.resolve().name}", title_justify="left")
-    for name in ["transport", *swept, "repeat"]:
+    repeated = experiment.get("repeats", 1) > 1
+    for name in ["transport", *swept, *(["repeat"] if repeated else [])]:
         table.add_column(name)
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right")
+    for column, label in COLUMNS:
+        table.add_column(column_header(column, label), justify="right")
+    table.add_column("check")
     for row in rows:
-        saturated = row.get("generator_saturated") == "True"
-        values = [row["transport"], *(row[c] for c in swept), row["repeat"]]
-        values += [cell(row.get(key, ""), fmt) for key, _, fmt in COLUMNS]
-        if saturated:
-            values[-1] += " SATURATED"
-        table.add_row(*values)
+        values = [row["transport"], *(row[c] for c in swept), *([row["repeat"]] if repeated else [])]
+        values += [column_text(column, row.get(column, "")) for column, _ in COLUMNS]
+        flagged = formats.flags(row)
+        table.add_row(*values, Text(", ".join(flagged), style="bold red") if flagged else "ok")
     console.print(table)
     users = experiment["profile"].get("users")
     for line in findings([{"users": users, **row} for row in rows], swept):

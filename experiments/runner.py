@@ -1,8 +1,8 @@
 """Run an experiment: for every point, the same lifecycle on fresh processes, raw files kept, then a summary.
 
 server (pinned to one CPU) → /healthz → Locust headless (pinned to the others) + resource sampler →
-/metrics scraped at the end of the warm-up and at the end of the measured window → everything stopped
-in `finally`, so Ctrl-C or a crash leaves no process behind.
+/metrics scraped when the measured window opens (every member joined: Locust's measuring.json) and at its
+end → everything stopped in `finally`, so Ctrl-C or a crash leaves no process behind.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from clients.results import MEASURING_MARKER
 from servers import registry
 from servers.config import server_settings
 
@@ -195,7 +196,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         )
 
         test_start = started + startup_delay(point_dir, started)
-        measure_from = test_start + point.profile.warmup_s
+        measure_from = None  # when Locust says every member has joined (window_opened)
         measure_to = test_start + point.profile.duration_s - 0.5  # before Locust stops its users
         fault_at = test_start + float(experiment.fault["at_s"]) if experiment.fault else None
         last_total, last_t, next_rate_at, rate = None, None, 0.0, None
@@ -203,7 +204,9 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             now = time.monotonic()
             if not locust.alive:
                 break
-            if "before" not in window and now >= measure_from:
+            if measure_from is None:
+                measure_from = window_opened(point_dir)
+            if "before" not in window and measure_from is not None and now >= measure_from:
                 if capture:
                     capture.mark("before")
                 scrape_all(scrape_urls, point_dir, "metrics_before")
@@ -211,7 +214,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             if fault_at is not None and now >= fault_at:
                 fault_at = None
                 inject_fault(cluster, experiment.fault)
-            if "after" not in window and now >= measure_to:
+            if "after" not in window and "before" in window and now >= measure_to:
                 if capture:
                     capture.mark("after")
                 scrape_all(scrape_urls, point_dir, "metrics_after")
@@ -223,12 +226,14 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
                 if last_total is not None and now > last_t:
                     rate = (total - last_total) / (now - last_t)
                 last_total, last_t = total, now
-            phase = "warm-up" if now < measure_from else ("measure" if now < measure_to else "finish")
+            phase = "warm-up" if measure_from is None or now < measure_from else ("measure" if now < measure_to else "finish")
             display.update(index, point, phase, now - test_start, rate)
             time.sleep(0.1)
         code = locust.wait(LOCUST_GRACE_S)
         if capture:
             finish_capture(capture, scrape_urls, point_dir)
+        if "before" not in window:
+            raise RuntimeError(f"Locust never opened the measured window; see {point_dir / 'locust.log'}")
         health_end = health_after(next(iter(scrape_urls.values())))  # after the capture's end: the meter counts it
         if "after" not in window:
             raise RuntimeError(f"Locust ended before the measured window did; see {point_dir / 'locust.log'}")
@@ -360,6 +365,18 @@ def startup_delay(point_dir: Path, started: float, timeout: float = 30.0) -> flo
                 return json.loads(marker.read_text())["t_mono_s"] - started
         time.sleep(0.05)
     raise RuntimeError(f"Locust did not start its test within {timeout:.0f} s; see {point_dir / 'locust.log'}")
+
+
+def window_opened(point_dir: Path) -> float | None:
+    """When the measured window opens (monotonic s), from the marker Locust writes once every member has joined
+    (or at its join deadline); None until then."""
+    marker = point_dir / MEASURING_MARKER
+    if not marker.exists():
+        return None
+    try:
+        return float(json.loads(marker.read_text())["t_mono_s"])
+    except (ValueError, KeyError):  # caught half written: read it again next time
+        return None
 
 
 def git(*args: str) -> str:

@@ -64,6 +64,13 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "sampler_cpu_percent": ("sampler_cpu_share", 100),
     "server_gc_full_pauses": ("server_gc_full_pauses", 1),
     "server_gc_full_pause_ms": ("server_gc_full_pause_s", 1000),
+    "join_p50_ms": ("join_p50_ms", 1),
+    "join_p99_ms": ("join_p99_ms", 1),
+    "first_message_p50_ms": ("first_message_p50_ms", 1),
+    "first_message_p99_ms": ("first_message_p99_ms", 1),
+    "members_joined_late": ("members_joined_late", 1),
+    "send_lag_p99_ms": ("send_lag_p99_ms", 1),
+    "sends_behind_schedule": ("sends_behind_schedule", 1),
 }
 # A peer's figures divided by its rtlab transport's at the same point (figures.ratios; rtlab's own rows: 1.0).
 RATIO_COLUMNS = {
@@ -85,6 +92,9 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
     server = figures.sum_samples(s.window(start, end) for label, s in samples.items() if label not in figures.NOT_SERVER)
     completeness = json.loads((point_dir / "completeness.json").read_text())
     counts = completeness["transports"].get(point.transport)
+    window = completeness.get("window")  # absent in runs from before the join barrier
+    generator_file = point_dir / "generator.json"
+    send_lag = json.loads(generator_file.read_text()).get("send_lag_p99_ms") if generator_file.exists() else None
     hdr = point_dir / f"deliver_latency_{point.transport}.hdr"
     generator = samples.get(figures.GENERATOR_LABEL)
     sampler = samples.get(figures.SAMPLER_LABEL)
@@ -99,7 +109,9 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         transport=point.transport,
         latency_us=read_histogram(hdr) if hdr.exists() else None,
         completeness=counts,
-        measured_s=point.profile.duration_s - point.profile.warmup_s,
+        measured_s=(window or {}).get("measured_s") or point.profile.duration_s - point.profile.warmup_s,
+        window=window,
+        send_lag_p99_ms=send_lag,
         generator_processes=processes,
         knobs=point.profile.knobs,
         members=point.profile.users,
@@ -128,8 +140,9 @@ def summarize_point(point: Point, point_dir: Path, window_mono_s: list[float], p
     for column, (name, scale) in COLUMN_FIGURES.items():
         value = values[name]
         row[column] = "" if math.isnan(value) else round(value * scale, 6)
-    if row["generator_saturated"] != "":
-        row["generator_saturated"] = bool(row["generator_saturated"])
+    for flag in ("generator_saturated", "sends_behind_schedule"):
+        if row[flag] != "":
+            row[flag] = bool(row[flag])
     row["window_s"] = round(window_mono_s[1] - window_mono_s[0], 3)
     return row
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from clients.profile import DEFAULT_PROFILE_PATH, load_profile
-from clients.results import LATENCY_HIGHEST_US, RunResults, output_place, read_histogram
+from clients.results import LATENCY_HIGHEST_US, SEND_LAG_LIMIT_MS, RunResults, output_place, read_histogram
 
 
 def new_results(warmup_s: float = 1.0) -> RunResults:
@@ -137,3 +139,60 @@ def test_pending_deliveries_reach_the_histogram_when_their_batch_closes():
     results.finish(101.1)  # the end of the run records what is pending
     assert (ws.deliveries_measured, ws.latencies_clamped) == (2, 1)
     assert batches[1].second == 101 and batches[1].measured_bytes == 200
+
+
+def test_a_held_window_keeps_everything_in_the_warm_up_until_it_opens():
+    results = new_results(warmup_s=1.0)
+    results.hold_window()
+    ws = results.for_transport("websocket")  # made before the window opens: its measure_from follows
+    assert results.record_delivery("websocket", 0.001, now=105.0) is False  # long after warmup_s: still held
+    results.open_window(106.0, "join deadline", members=10, joined=7)
+    assert ws.measure_from == results.for_transport("sse").measure_from == 106.0
+    assert results.record_delivery("websocket", 0.001, now=105.9) is False
+    assert results.record_delivery("websocket", 0.001, now=106.0) is True
+    assert results.window["members_joined_late"] == 3
+    results.finish(110.0)
+    doc = results._completeness_doc()
+    assert doc["window"]["opened_by"] == "join deadline" and doc["window"]["measured_s"] == 4.0
+    assert any("3 still connecting: flagged" in line for line in results.summary_lines())
+
+
+def test_the_generator_is_judged_from_the_window_it_opened():
+    results = new_results(warmup_s=1.0)
+    results.hold_window()
+    results.record_cpu(99.0, now=103.0)  # members still joining: not judged
+    results.open_window(104.0, "every member joined", 10, 10)
+    results.record_cpu(30.0, now=105.0)
+    assert results.generator()["saturated"] is False and results.generator()["seconds_judged"] == 1
+
+
+def test_sends_behind_schedule_in_the_window_are_flagged_at_p99():
+    results = new_results(warmup_s=0)
+    results.hold_window()
+    results.record_send(5.0, due=100.5)  # before the window: counted, not judged
+    results.open_window(101.0, "every member joined", 1, 1)
+    for i in range(5000):  # across a batch of SEND_LAG_BATCH
+        results.record_send(0.002, due=101.0 + i / 1000)
+    generator = results.generator()
+    assert generator["sends"] == 5001 and generator["send_lag_measured"] == 5000
+    assert generator["send_lag_p99_ms"] == pytest.approx(2.0, rel=0.01)
+    assert generator["sends_behind_schedule"] is False and generator["send_lag_max_ms"] == 5000.0
+    for i in range(60):  # over 1 % of the sends 0.5 s late
+        results.record_send(0.5, due=110.0 + i)
+    generator = results.generator()
+    assert generator["sends_behind_schedule"] is True and generator["send_lag_p99_ms"] > SEND_LAG_LIMIT_MS
+    assert any("SENDS BEHIND SCHEDULE" in line for line in results.summary_lines())
+
+
+def test_connection_set_up_is_summarised_per_transport():
+    results = new_results()
+    for ms in range(1, 101):
+        results.record_join("webrtc", float(ms))
+    results.record_first_message("webrtc", 250.0)
+    setup = results.for_transport("webrtc").as_dict()
+    assert setup["join_ms"] == {"count": 100, "p50": 51.0, "p99": 100.0, "max": 100.0}
+    assert setup["first_message_ms"]["count"] == 1
+    worker = new_results()
+    worker.record_join("webrtc", 5000.0)
+    results.merge_wire(worker.to_wire(), label="worker-1")
+    assert results.for_transport("webrtc").as_dict()["join_ms"]["max"] == 5000.0

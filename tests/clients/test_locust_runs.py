@@ -49,6 +49,20 @@ duration_s = 3
 warmup_s = 0
 """
 
+# Members that spawn slower than the join deadline: one every 2 s, and the window may wait 1 s at most.
+LATE_PROFILE = """\
+users = 3
+spawn_rate = 0.5
+rooms = 1
+messages_per_second = 1.0
+message_bytes = 20
+arrival = "fixed"
+long_poll_wait_s = 5.0
+duration_s = 6
+warmup_s = 0.5
+join_deadline_s = 1.0
+"""
+
 
 @dataclass
 class Run:
@@ -101,6 +115,13 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         base / "dropping",
     )
     plain_server = dropping_server("long-polling", base / "plain-server.log", 15 * UNIT, drop_id=0)  # drops nothing
+    late = base / "late.toml"
+    late.write_text(LATE_PROFILE)
+    started["late"] = start(
+        [sys.executable, "-m", "clients", "--transport", "long-polling", "--host", plain_server.url, "--profile",
+         str(late), "--headless", "--out", str(base / "late")],
+        base / "late",
+    )
     env = os.environ | {"RTLAB_PROFILE": str(one), "RTLAB_OUT": str(base / "plain")}
     started["plain"] = start(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "clients" / "locustfile.py"), "--headless",
@@ -149,6 +170,39 @@ def test_the_hdr_histogram_counts_what_locust_counts(runs, transport):
     # Microsecond resolution: sub-millisecond differences survive, which Locust's own stats round away.
     assert histogram.get_max_value() < 60_000_000  # a minute, in µs: nothing absurd
     assert (run.out / f"deliver_latency_{transport}.hgrm").read_text().startswith("       Value")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_window_opens_once_every_member_joined(runs, transport):
+    run = runs[transport]
+    started = json.loads((run.out / "started.json").read_text())
+    opened = json.loads((run.out / "measuring.json").read_text())
+    assert opened["opened_by"] == "every member joined"
+    assert (opened["members"], opened["joined"], opened["members_joined_late"]) == (10, 10, 0)
+    assert opened["t_unix_s"] >= started["t_unix_s"] + 1  # warmup_s
+    assert opened["t_mono_s"] - started["t_mono_s"] == pytest.approx(opened["t_unix_s"] - started["t_unix_s"], abs=0.1)
+    window = json.loads((run.out / "completeness.json").read_text())["window"]
+    assert window["measure_from_unix_s"] == opened["t_unix_s"] and 0 < window["measured_s"] < 8
+    # Connection set-up, every member's: to joined, and (10 members, 1 msg/s) to a first message.
+    setup = run.completeness(transport)
+    assert setup["join_ms"]["count"] == setup["first_message_ms"]["count"] == 10
+    assert 0 < setup["join_ms"]["p50"] <= setup["join_ms"]["p99"] <= setup["first_message_ms"]["max"]
+    generator = json.loads((run.out / "generator.json").read_text())
+    assert 0 < generator["send_lag_measured"] <= generator["sends"]
+    assert generator["sends_behind_schedule"] == (generator["send_lag_p99_ms"] > generator["send_lag_limit_ms"])
+
+
+def test_members_still_connecting_at_the_join_deadline_are_counted_and_flagged(runs):
+    run = runs["late"]
+    assert run.returncode == 0, run.output
+    started = json.loads((run.out / "started.json").read_text())
+    opened = json.loads((run.out / "measuring.json").read_text())
+    assert opened["opened_by"] == "join deadline"
+    assert opened["members"] == 3 and 1 <= opened["joined"] < 3
+    assert opened["members_joined_late"] == 3 - opened["joined"]
+    assert opened["t_unix_s"] - started["t_unix_s"] == pytest.approx(1.0, abs=0.5)  # the deadline, not warmup_s
+    assert "still connecting: flagged" in run.output
+    assert run.completeness("long-polling")["join_ms"]["count"] == 3  # the late ones joined afterwards
 
 
 def test_polls_are_counted_and_empty_polls_separately(runs):

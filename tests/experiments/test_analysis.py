@@ -125,7 +125,9 @@ ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered"
                            "delivered_offered_tolerance", "server_gc_full_pauses", "server_gc_full_pause_ms",
                            "server_system_us_per_delivered", "generator_system_us_per_delivered",
                            "proxy_cpu_us_per_delivered", "meter_bytes_per_delivered", "tcp_payload_in", "tcp_payload_out",
-                           "tcp_packets_per_delivered", "tcp_dropped", "meter_over_capture"}
+                           "tcp_packets_per_delivered", "tcp_dropped", "meter_over_capture", "join_p50_ms",
+                           "join_p99_ms", "first_message_p50_ms", "first_message_p99_ms", "members_joined_late",
+                           "send_lag_p99_ms", "sends_behind_schedule"}
 
 
 def test_recomputed_figures_match_the_summary_the_runner_wrote(run):

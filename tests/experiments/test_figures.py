@@ -203,3 +203,35 @@ def test_marginal_and_fixed_costs_are_a_line_through_the_message_rates():
     assert fit["marginal_bytes_per_delivered"] == pytest.approx(240)
     assert fit["fixed_bytes_per_member_s"] == pytest.approx(8)
     assert fit["rates"] == 4
+
+
+def test_connection_set_up_and_the_window_flags():
+    completeness = {"received": 10, "lost": 0, "join_ms": {"count": 20, "p50": 12.5, "p99": 4100.0, "max": 5100.0},
+                    "first_message_ms": {"count": 19, "p50": 240.0, "p99": 4300.0, "max": 5300.0}}
+    run = RunData(**{**RUN.__dict__, "completeness": completeness, "send_lag_p99_ms": 150.0,
+                     "window": {"opened_by": "join deadline", "members": 20, "joined": 18, "members_joined_late": 2}})
+    values = compute(run, ["join_p50_ms", "join_p99_ms", "first_message_p50_ms", "first_message_p99_ms",
+                           "members_joined_late", "send_lag_p99_ms", "sends_behind_schedule"])
+    assert values == {"join_p50_ms": 12.5, "join_p99_ms": 4100.0, "first_message_p50_ms": 240.0,
+                      "first_message_p99_ms": 4300.0, "members_joined_late": 2.0, "send_lag_p99_ms": 150.0,
+                      "sends_behind_schedule": 1.0}
+    on_time = RunData(**{**RUN.__dict__, "send_lag_p99_ms": figures.SEND_LAG_LIMIT_MS})
+    assert figures.sends_behind_schedule(on_time) == 0.0
+    # A run from before the barrier: absent, not zero.
+    assert math.isnan(figures.members_joined_late(RUN)) and math.isnan(figures.sends_behind_schedule(RUN))
+    assert math.isnan(figures.join_p99_ms(RUN))
+
+
+def test_flags_and_formats_read_as_a_reader_reads_them():
+    from experiments import formats
+
+    assert formats.text("server_peak_rss_bytes", 49_377_280.0) == "49.4"
+    assert formats.header("server_peak_rss_bytes", "peak RSS") == "peak RSS (MB)"
+    assert formats.text("messages_lost", 0.0) == "0" and formats.text("messages_delivered", 12345.0) == "12,345"
+    assert formats.text("generator_saturated", 0.0) == "no" and formats.text("generator_saturated", "True") == "yes"
+    assert formats.text("generator_cpu_peak", 0.221) == "22" and formats.text("latency_p99_ms", float("nan")) == "—"
+    assert formats.check({"generator_saturated": 0.0, "sends_behind_schedule": 0.0, "members_joined_late": 0}) == "ok"
+    assert formats.check({"generator_saturated": "True", "sends_behind_schedule": 1.0, "members_joined_late": "3.0"}) \
+        == "saturated, sends late, 3 joined late"
+    for name in FIGURES:  # every figure has a way to be shown
+        formats.shown(name)
