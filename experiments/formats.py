@@ -38,6 +38,8 @@ BY_UNIT: dict[str, Shown] = {
     "msg": Shown("", spec="{:,.0f}"),
     "count": Shown("", spec="{:,.0f}"),
     "msg/s": Shown("/s", spec="{:,.0f}"),
+    "pkt": Shown("", spec="{:,.0f}"),
+    "pkt/msg": Shown("packets", spec="{:,.2f}"),
     "ms": Shown("ms"),
     "s": Shown("s", spec="{:,.2f}"),
     "us/msg": Shown("µs"),
