@@ -177,9 +177,13 @@ def test_the_window_opens_once_every_member_joined(runs, transport):
     run = runs[transport]
     started = json.loads((run.out / "started.json").read_text())
     opened = json.loads((run.out / "measuring.json").read_text())
-    assert opened["opened_by"] == "every member joined"
-    assert (opened["members"], opened["joined"], opened["members_joined_late"]) == (10, 10, 0)
-    assert opened["t_unix_s"] >= started["t_unix_s"] + 1  # warmup_s
+    if opened["opened_by"] == "every member joined":
+        assert (opened["members"], opened["joined"], opened["members_joined_late"]) == (10, 10, 0)
+        assert opened["t_unix_s"] >= started["t_unix_s"] + 1  # warmup_s
+    else:  # a machine so loaded that WebRTC's handshakes took seconds: then at the deadline, and said so
+        assert opened["opened_by"] == "join deadline" and transport.startswith("webrtc"), opened
+        assert opened["joined"] + opened["members_joined_late"] == 10 and opened["members_joined_late"] > 0
+        assert opened["t_unix_s"] - started["t_unix_s"] == pytest.approx(4.5, abs=0.5)  # halfway from 1 s to 8 s
     assert opened["t_mono_s"] - started["t_mono_s"] == pytest.approx(opened["t_unix_s"] - started["t_unix_s"], abs=0.1)
     window = json.loads((run.out / "completeness.json").read_text())["window"]
     assert window["measure_from_unix_s"] == opened["t_unix_s"] and 0 < window["measured_s"] < 8
