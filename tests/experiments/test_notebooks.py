@@ -23,6 +23,7 @@ EXPECTED_FIGURES = {
     "05-scaling": ["05-never-arrived", "05-latency-p99", "05-cpu-per-message"],
     "06-network": [],  # the fixture sweeps no loss (tests/experiments/test_network_notebook.py draws a run that does)
     "07-peers": [],  # the fixture has no peers (tests/experiments/test_peers_run.py draws a run that has)
+    "08-http2": [],  # the fixture sweeps no HTTP version (tests/experiments/test_http2_notebook.py draws a run that does)
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
