@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .broker import Broker, RoomListeners
-from .core import Message, Unavailable
+from .core import ChatError, Message, Unavailable, parse_send
 from .metrics import NULL_TALLY, Tally
 
 # What a transport sends for one message, and the bytes of the message's own JSON within it (payload).
@@ -159,6 +159,69 @@ class PushMember:
                 tally.messages_delivered += 1
                 tally.payload_sent_bytes += payload
         self.writer = None  # idle from now on, not from when the task's done callback runs
+
+
+class SendingMember(PushMember):
+    """A push member whose sends arrive on its own connection (a data channel, a WebTransport session), as JSON
+    `{"type": "send", ...}` messages: each is checked and rate-limited as it arrives (`receive`) and posted in its
+    turn, one after another, so a member's messages keep their order. Subclasses say how to `refuse` a send (an
+    error message, or a close) and how a member that failed for a reason not the chat's is `dropped`."""
+
+    __slots__ = ("bucket", "refused_running", "inbox", "poster", "room", "broker")
+
+    def __init__(self, queue_size: int, tally: Tally, transport: Any, broker: Broker, room: str) -> None:
+        super().__init__(queue_size, tally, transport)
+        self.bucket: Any = None  # a guard.TokenBucket, made at its first send: most members listen far more than they talk
+        self.refused_running = 0  # sends refused since the last one accepted
+        self.inbox: deque[tuple[str, str, float | None]] = deque()  # accepted sends, posted in order
+        self.poster: asyncio.Task | None = None
+        self.broker = broker
+        self.room = room
+
+    def receive(self, data: str | bytes, limits: Any, limiter: Any, what: str = "message") -> bool:
+        """Check and rate-limit one message from the peer (a servers.core.Limits, a servers.guard.SendLimiter); post
+        it in its turn. A bad one is refused (ChatError: an error message; the connection stays open). Return False
+        when the member kept on sending past its limit: the caller cuts it off (1008)."""
+        try:
+            user, text, sent_at = parse_send(data, limits.text_chars, what)
+            if not limiter.admit(self):
+                return False
+        except ChatError as error:
+            self.refuse(str(error))
+            return True
+        self.inbox.append((user, text, sent_at))
+        if self.poster is None:
+            self.poster = asyncio.get_running_loop().create_task(self._post_all())
+        return True
+
+    def refuse(self, error: str) -> None:
+        raise NotImplementedError
+
+    def dropped(self) -> None:
+        """The member failed for a reason not the chat's (a bug): close it."""
+        raise NotImplementedError
+
+    async def _post_all(self) -> None:
+        broker, room, inbox = self.broker, self.room, self.inbox
+        try:
+            while inbox and not self.closing:
+                user, text, sent_at = inbox.popleft()
+                try:
+                    await broker.post(room, user, text, sent_at)  # the sender hears its own message through fan-out
+                except ChatError as error:  # e.g. the room cap, or the broker unavailable
+                    self.refuse(str(error))
+                    continue
+                self.tally.messages_accepted += 1
+        except Exception as error:  # noqa: BLE001 (not a chat error: a bug; the member must not hang)
+            logging.getLogger("rtlab.server").error("%s send failed: %r", type(self).__module__, error)
+            self.dropped()
+        finally:
+            self.poster = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self.poster is not None:
+            self.poster.cancel()
 
 
 class PushHub:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,14 +18,13 @@ from .core import (
     Limits,
     Message,
     Unavailable,
-    parse_send,
     validate_room,
 )
-from .guard import GUARD, SendLimiter, TokenBucket
-from .http import BROKER, int_param, json_text, query_value, read_json
+from .guard import GUARD, SendLimiter
 from .datagrams import DatagramMeter
+from .http import BROKER, int_param, json_text, query_value, read_json
 from .metrics import METER, NULL_TALLY, Tally, tally_of
-from .push import Encoded, Prepared, PushHub, PushMember
+from .push import Encoded, Prepared, PushHub, SendingMember
 from .transport import ServerTransport
 
 log = logging.getLogger("rtlab.server")
@@ -93,19 +91,15 @@ class ChannelBuffer:
         return BUFFER_LOW_BYTES, BUFFER_HIGH_BYTES
 
 
-class Member(PushMember):
+class Member(SendingMember):
     """One open chat channel. Its sends take from a token bucket of its own, and are posted one after another."""
 
-    __slots__ = ("peer", "channel", "bucket", "refused_running", "inbox", "poster", "wakeup")
+    __slots__ = ("peer", "channel", "wakeup")
 
     def __init__(self, peer: Peer, channel, queue_size: int, tally: Tally) -> None:
-        super().__init__(queue_size, tally, ChannelBuffer(channel))  # type: ignore[arg-type]
+        super().__init__(queue_size, tally, ChannelBuffer(channel), peer.owner.broker, peer.room)
         self.peer = peer
         self.channel = channel
-        self.bucket: TokenBucket | None = None  # made at its first send: most members listen far more than they talk
-        self.refused_running = 0  # sends refused since the last one accepted
-        self.inbox: deque[tuple[str, str, float | None]] = deque()  # accepted sends, posted in order
-        self.poster: asyncio.Task | None = None
         self.wakeup: asyncio.Future | None = None  # the writer waits on it while the channel's buffer is full
         channel.bufferedAmountLowThreshold = BUFFER_LOW_BYTES
         channel.on("bufferedamountlow", self._wake)
@@ -136,37 +130,17 @@ class Member(PushMember):
     def on_message(self, data: str | bytes) -> None:
         """A message from the peer: a send is checked and rate-limited now, and posted in its turn; anything else is
         answered with an error message, and the channel stays open."""
-        peer = self.peer
-        try:
-            if len(data) > MAX_MESSAGE_CHARS:
-                raise InvalidInput(f"message over {MAX_MESSAGE_CHARS} characters")
-            user, text, sent_at = parse_send(data, peer.owner.limits.text_chars)
-            if not peer.owner.limiter.admit(self):  # it keeps on after being told: cut it off
-                peer.owner.hub.close_soon(self, CLOSE_POLICY, "sending too fast")
-                return
-        except ChatError as error:
-            self.offer(error_item(str(error)))
-            return
-        self.inbox.append((user, text, sent_at))
-        if self.poster is None:
-            self.poster = asyncio.get_running_loop().create_task(self._post_all())
+        owner = self.peer.owner
+        if len(data) > MAX_MESSAGE_CHARS:
+            self.refuse(f"message over {MAX_MESSAGE_CHARS} characters")
+        elif not self.receive(data, owner.limits, owner.limiter):  # it keeps on after being told: cut it off
+            owner.hub.close_soon(self, CLOSE_POLICY, "sending too fast")
 
-    async def _post_all(self) -> None:
-        broker, room, inbox = self.peer.owner.broker, self.peer.room, self.inbox
-        try:
-            while inbox and not self.closing:
-                user, text, sent_at = inbox.popleft()
-                try:
-                    await broker.post(room, user, text, sent_at)  # the sender hears its own message through fan-out
-                except ChatError as error:  # e.g. the room cap, or the broker unavailable
-                    self.offer(error_item(str(error)))
-                    continue
-                self.tally.messages_accepted += 1
-        except Exception as error:  # noqa: BLE001 (not a chat error: a bug; the member must not hang)
-            log.error("webrtc send failed: %r", error)
-            self.peer.close_soon()
-        finally:
-            self.poster = None
+    def refuse(self, error: str) -> None:
+        self.offer(error_item(error))
+
+    def dropped(self) -> None:
+        self.peer.close_soon()
 
 
 class Peer:
@@ -257,8 +231,6 @@ class Peer:
         if member is not None:
             owner.hub.leave(self.room, member)
             member.stop()
-            if member.poster is not None:
-                member.poster.cancel()
         try:
             await self.pc.close()
         except Exception as error:  # noqa: BLE001 (a closing connection must not keep its place)
