@@ -515,6 +515,7 @@ class ChatMember(ClientUser):
 
     abstract = True
     wait_time = constant(0)  # the schedule does the waiting
+    report_gaps = True  # a gap in the ids is reported as LOST at once (member_class sets it from the registry)
 
     def on_start(self) -> None:
         run = current.run
@@ -594,7 +595,7 @@ class ChatMember(ClientUser):
             tracker.received += 1
         else:
             arrival, missing = tracker.observe(message_id)
-            if arrival is Arrival.GAP and not self.client_class.expects_loss:
+            if arrival is Arrival.GAP and self.report_gaps:
                 # Reported when seen, so the web UI shows it at once; if the ids turn up later,
                 # completeness.json counts them out of order instead.
                 for _ in range(missing):
@@ -629,6 +630,8 @@ def member_class(transport: registry.Transport) -> type[ChatMember]:
         "abstract": False,
         "client_class": registry.load(transport.client),
         "transport_name": transport.name,
+        # A gap is a loss at once only where ids arrive in order and losing one is not the transport's contract.
+        "report_gaps": transport.ordered and not registry.load(transport.client).expects_loss,
         "__module__": __name__,
         "__doc__": f"A chat member over {transport.label}.",
     })

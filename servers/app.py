@@ -211,4 +211,11 @@ async def start_server(config: ServerConfig, broker: Broker | None = None) -> Ru
     sock.bind((config.host, config.port))
     site = web.SockSite(runner, sock)
     await site.start()
-    return RunningServer(runner, app, config.host, sock.getsockname()[1])
+    port = sock.getsockname()[1]
+    try:
+        for transport in mounted(app).values():
+            await transport.listening(config.host, port)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return RunningServer(runner, app, config.host, port)

@@ -181,7 +181,15 @@ class OriginPolicy:
         verdicts[key] = verdict
         return verdict
 
-    def _judge(self, host: str | None, origin: str | None, scheme: str) -> str | None:
+    def session_problem(self, authority: str, origin: str | None, page_port: int) -> str | None:
+        """Why a session a page opens on another port (WebTransport's CONNECT, to https://host:UDP_PORT) must be
+        refused (403), or None: its :authority must be a name of this server, as a Host, and its Origin, when it has
+        one, the page's own (http://that name:`page_port`, where this server serves pages) or an allowed one."""
+        name, _ = split_host(authority)
+        host = f"[{name}]" if ":" in name else name
+        return self._judge(authority, origin, "http", own=normal_origin(f"http://{host}:{page_port}"))
+
+    def _judge(self, host: str | None, origin: str | None, scheme: str, own: str | None = None) -> str | None:
         if host is not None:
             name, _ = split_host(host)
             if not (is_ip(name) or name == "localhost" or name in self.allow_hosts):
@@ -190,7 +198,8 @@ class OriginPolicy:
         if origin is None:
             return None
         normal = normal_origin(origin)
-        own = normal_origin(f"{scheme}://{host}") if host else None
+        if own is None:
+            own = normal_origin(f"{scheme}://{host}") if host else None
         if normal is not None and (normal == own or normal in self.allow_origins):
             return None
         return (f"Origin {origin!r} may not use this server: only its own pages ({own or 'none'}) and "

@@ -64,6 +64,10 @@ class Transport:
     # socket it binds (servers/peers/process.py says what it must serve). Its bytes come from the run's packet
     # capture only (capture = true), its deliveries from its own integer on /metrics.
     process: str = ""
+    # Whether its messages reach a member in id order. False: each travels on its own (an unordered channel, a QUIC
+    # stream per message), so a later one may overtake one held up by a loss; a gap is then no loss until the run
+    # ends without it (the Locust user does not report it at once).
+    ordered: bool = True
     # The transport's own expected mean delivery latency from its profile knobs, where theory gives one
     # (short polling: half the poll interval); shown beside the measured mean.
     theory_latency_ms: Callable[[Mapping[str, Value]], float] | None = field(default=None, compare=False)
@@ -317,6 +321,59 @@ register(Transport(
     summary="as WebRTC, but the data channel is unordered and never retransmits: a lost datagram's message stays lost",
     server_knobs=_webrtc_knobs("webrtc_unreliable", "WebRTC, unreliable"),
     carrier="udp",
+    ordered=False,
+))
+
+
+def _webtransport_knobs(prefix: str, what: str) -> tuple[Knob, ...]:
+    return (
+        Knob(f"{prefix}_max_sessions", 1000, f"{what} sessions held at once; beyond, a CONNECT is answered 503",
+             low=1, high=1_000_000),
+        Knob(f"{prefix}_max_streams", 16, f"{what}: streams a session's client may have open at once (its sends); "
+             "beyond, a new one is stopped with an error message", low=1, high=1000),
+        Knob(f"{prefix}_send_queue", 1024, f"{what}: messages queued per session (beyond its streams' 64 KiB in "
+             "flight) before it is closed (1013)", low=1, high=1_000_000),
+    )
+
+
+register(Transport(
+    name="webtransport",
+    label="WebTransport (streams)",
+    colour="#882255",
+    server="servers.webtransport:WebTransport",
+    client="clients.webtransport:WebTransportClient",
+    browser=STATIC / "transports" / "webtransport.js",
+    summary="one QUIC connection (HTTP/3 CONNECT) per member; each message on a QUIC stream of its own, so a lost "
+            "packet holds up only its own message",
+    server_knobs=(
+        Knob("webtransport_port", 0, "the UDP port of the HTTP/3 endpoint both WebTransport transports share; 0: "
+             "the HTTP port's number", low=0, high=65535),
+        Knob("webtransport_heartbeat_s", 10.0, "a QUIC PING on every WebTransport connection this often, s, so a "
+             "listening member stays inside the idle timeout (three heartbeats)", low=0, low_open=True, high=600,
+             flag="--webtransport-heartbeat"),
+        Knob("webtransport_streams", "per-message", "how pushes map onto QUIC streams: a stream per message, or one "
+             "long stream per session (in order: a lost packet holds up everything behind it)",
+             choices=("per-message", "one")),
+        *_webtransport_knobs("webtransport", "WebTransport"),
+    ),
+    max_silence_s=lambda knobs: float(knobs["webtransport_heartbeat_s"]),
+    carrier="udp",
+    ordered=False,
+))
+
+register(Transport(
+    name="webtransport-datagram",
+    label="WebTransport (datagrams)",
+    colour="#44AA99",
+    server="servers.webtransport:DatagramWebTransport",
+    client="clients.webtransport:DatagramWebTransportClient",
+    browser=STATIC / "transports" / "webtransport.js",
+    summary="as WebTransport, but each message is one QUIC datagram: never retransmitted, in no order; a lost "
+            "packet's message stays lost",
+    server_knobs=_webtransport_knobs("webtransport_datagram", "WebTransport (datagrams)"),
+    max_silence_s=lambda knobs: float(knobs.get("webtransport_heartbeat_s", 10.0)),
+    carrier="udp",
+    ordered=False,
 ))
 
 

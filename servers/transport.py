@@ -42,6 +42,11 @@ class ServerTransport:
         """On a route this transport shares with another: is this request this transport's?"""
         return True
 
+    async def listening(self, host: str, port: int) -> None:
+        """The HTTP server is listening on `host`:`port` (the port is known only now when 0 was asked for): a
+        transport with a socket of its own (WebTransport's UDP port) opens it here, and closes it on the app's
+        cleanup."""
+
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
         """Close every member now and every one that arrives later, telling them `code` where the transport
         can (CLOSE_GOING_AWAY at shutdown, CLOSE_SERVICE_RESTART for a drain). Return what was closed, e.g.

@@ -61,8 +61,11 @@ class Receiver:
                 await asyncio.sleep(0.01)
         return self.received
 
+    ordered = True  # False: ids may arrive in any order (servers.registry's `ordered`); ids() sorts them
+
     def ids(self) -> list[int]:
-        return [m["id"] for m in self.received]
+        ids = [m["id"] for m in self.received]
+        return ids if self.ordered else sorted(ids)
 
 
 class PollReceiver(Receiver):
@@ -227,6 +230,95 @@ class UnreliableWebRTCReceiver(WebRTCReceiver):
     unreliable = True
 
 
+class WebTransportReceiver(Receiver):
+    """An aioquic session in the test's event loop (clients.webtransport's SessionConnection): reads where the
+    endpoint is from `GET /webtransport`, opens `/rooms/{room}/webtransport?since=`, and collects the
+    {"type": "message"} messages its streams (or datagrams) bring. `datagrams` counts the UDP datagrams its own
+    socket sent and received."""
+
+    path = "webtransport"
+    conn = None
+    ordered = False  # a stream per message: one may overtake another
+
+    def __init__(self, *args, query: str = "", origin: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.query = query
+        self.origin = origin
+        self.datagrams = DatagramCount()
+        self.others: list[dict] = []  # what arrived that is not a message: {"type": "error"}, ...
+        self.ended: tuple | None = None  # (code, reason) of the session's end
+        self.closed = asyncio.Event()
+
+    async def _run(self) -> None:
+        from clients.webtransport import open_session
+
+        async with self.session.get(f"{self.base}/webtransport?transport={self.path}") as resp:
+            assert resp.status == 200, await resp.text()
+            info = await resp.json()
+        sock = counting_udp_socket(self.datagrams)
+        self.conn = await open_session(
+            "127.0.0.1", info["port"], f"/rooms/{self.room}/{self.path}?since={self.since}{self.query}",
+            on_frame=self._on_frame, on_end=self._on_end, sha256=bytes.fromhex(info["certificate"]["sha256_hex"]),
+            origin=self.origin, sock=sock)
+        self.ready.set()
+        await self.closed.wait()
+
+    def _on_frame(self, data: bytes, received_at: float) -> None:
+        body = json.loads(data)
+        if body.get("type") == "message":
+            body.pop("type")
+            self.received.append(body)
+        else:
+            self.others.append(body)
+
+    def _on_end(self, code, reason) -> None:
+        self.ended = (code, reason)
+        self.closed.set()
+
+    def send(self, user: str, text: str, sent_at: float | None = None, datagram: bool = False) -> None:
+        data = json.dumps({"type": "send", "user": user, "text": text, "sent_at": sent_at}).encode()
+        (self.conn.send_datagram if datagram else self.conn.send_line)(data)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close_session()
+            await asyncio.sleep(0.05)
+            self.conn._transport.close()
+
+
+class DatagramWebTransportReceiver(WebTransportReceiver):
+    path = "webtransport-datagram"
+
+    def send(self, user: str, text: str, sent_at: float | None = None, datagram: bool = True) -> None:
+        super().send(user, text, sent_at, datagram)
+
+
+def counting_udp_socket(count: DatagramCount):
+    """A UDP socket on loopback that counts what it sends and receives at the socket, apart from the server's
+    meter: what the kernel carries for this peer."""
+    import socket
+
+    class CountingSocket(socket.socket):
+        def sendto(self, data, *args):
+            count.sent += 1
+            count.sent_bytes += len(data)
+            return super().sendto(data, *args)
+
+        def recvfrom(self, size, *args):
+            data, addr = super().recvfrom(size, *args)
+            count.received += 1
+            count.received_bytes += len(data)
+            return data, addr
+
+        def recvfrom_into(self, *args):  # not used by asyncio's datagram transport; counted all the same
+            raise NotImplementedError
+
+    sock = CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 RECEIVERS: dict[str, type[Receiver]] = {
     "short-polling": PollReceiver,
     "long-polling": LongPollReceiver,
@@ -234,6 +326,8 @@ RECEIVERS: dict[str, type[Receiver]] = {
     "sse": EventStreamReceiver,
     "webrtc": WebRTCReceiver,
     "webrtc-unreliable": UnreliableWebRTCReceiver,
+    "webtransport": WebTransportReceiver,
+    "webtransport-datagram": DatagramWebTransportReceiver,
 }
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+
+from servers import registry
 from conftest import TRANSPORTS, UNIT
 
 POLLING = ("short-polling", "long-polling")
@@ -236,7 +238,7 @@ async def test_websocket_frame_probes(app_server, probe):
         assert texts == ([] if probe.close_code else ["after"])
 
 
-@pytest.mark.parametrize("transport", [t for t in TRANSPORTS if t not in WEBRTC])
+@pytest.mark.parametrize("transport", [t for t in TRANSPORTS if registry.get(t).carrier == "tcp"])
 async def test_clients_that_reset_right_after_their_request_leave_no_traceback(app_server, transport, caplog):
     # A member that sends its request and resets the connection at once (a closed tab, a killed load generator):
     # its handler finds the transport closing when it writes the answer (a WebSocket's 101, a stream's headers).

@@ -56,7 +56,8 @@ def test_knobs_check_type_and_bounds_and_say_their_flags():
 
 
 def test_rtlabs_own_transports_and_their_parts():
-    assert registry.names() == ("short-polling", "long-polling", "websocket", "sse", "webrtc", "webrtc-unreliable")
+    assert registry.names() == ("short-polling", "long-polling", "websocket", "sse", "webrtc", "webrtc-unreliable",
+                                "webtransport", "webtransport-datagram")
     assert registry.expand("all") == registry.names() and registry.expand("sse") == ("sse",)
     with pytest.raises(registry.UnknownTransport, match="choose from short-polling"):
         registry.get("carrier-pigeon")
@@ -77,7 +78,8 @@ def test_a_plugin_named_in_the_environment_is_registered_in_a_child_process():
     env = os.environ | {"RTLAB_PLUGINS": "ndjson_transport", "PYTHONPATH": str(PLUGINS)}
     code = "from servers import registry; print(registry.names(), registry.get('ndjson').member_class)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    own = "'short-polling', 'long-polling', 'websocket', 'sse', 'webrtc', 'webrtc-unreliable'"
+    own = ("'short-polling', 'long-polling', 'websocket', 'sse', 'webrtc', 'webrtc-unreliable', 'webtransport', "
+           "'webtransport-datagram'")
     assert out.strip() == f"({own}, 'ndjson') NdjsonMember"
     missing = subprocess.run([sys.executable, "-c", code], env=os.environ | {"RTLAB_PLUGINS": "no_such_plugin"},
                              capture_output=True, text=True)
