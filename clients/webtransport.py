@@ -27,6 +27,11 @@ from .base import ClientError, JsonHttp
 CLOSE_SESSION_CAPSULE = 0x2843  # CLOSE_WEBTRANSPORT_SESSION: the server's code and reason
 MAX_DATAGRAM_BYTES = 1100  # a send larger than this goes on a stream of its own, as the server's pushes do
 MAX_LINE_BYTES = 1 << 20  # a push stream's line longer than this is not the server's: the session is given up
+# A QUIC peer learns the other end is gone by silence: no TCP reset tells it. The member pings every second and its
+# connection ends after 3.5 s without an answer (aioquic's idle timeout), as WebRTC's member checks ICE consent; its
+# socket is connected, so a port with no server behind it (a killed instance) ends the session at once (ICMP).
+KEEPALIVE_S = 1.0
+IDLE_TIMEOUT_S = 3.5
 
 
 class SessionConnection(QuicConnectionProtocol):
@@ -35,8 +40,11 @@ class SessionConnection(QuicConnectionProtocol):
     `on_end(code, reason)` (the server's close capsule, else None and what ended it)."""
 
     def __init__(self, quic: QuicConnection, stream_handler=None, *, on_frame: Callable[[bytes, float], None],
-                 on_end: Callable[[int | None, str], None], sha256: bytes | None = None) -> None:
+                 on_end: Callable[[int | None, str], None], sha256: bytes | None = None,
+                 keepalive_s: float | None = None) -> None:
         super().__init__(quic, stream_handler)
+        self.keepalive_s = keepalive_s
+        self.pinger: asyncio.TimerHandle | None = None
         self.http = H3Connection(quic, enable_webtransport=True)
         self.on_frame = on_frame
         self.on_end = on_end
@@ -93,7 +101,19 @@ class SessionConnection(QuicConnectionProtocol):
             if event.stream_ended:
                 self._end(*parse_close(bytes(self.body)))
 
+    def error_received(self, exc: Exception) -> None:  # ICMP: nothing listens on the server's port any more
+        self._end(None, f"the server is gone ({exc})")
+        self._transport.close()
+
+    def _keepalive(self) -> None:
+        if not self.ended:
+            self._quic.send_ping(0)
+            self.transmit()
+            self.pinger = self._loop.call_later(self.keepalive_s, self._keepalive)
+
     def _end(self, code: int | None, reason: str) -> None:
+        if self.pinger is not None:
+            self.pinger.cancel()
         if not self.answered.done():
             self.answered.set_exception(ClientError(f"no answer to the CONNECT: {reason}"))
         if not self.ended:
@@ -114,6 +134,8 @@ class SessionConnection(QuicConnectionProtocol):
         if status != 200:
             await asyncio.sleep(0.05)  # the error's body follows its head
             raise ClientError(f"CONNECT answered {status}: {bytes(self.body)[:200]!r}")
+        if self.keepalive_s:
+            self.pinger = self._loop.call_later(self.keepalive_s, self._keepalive)
 
     def send_line(self, data: bytes) -> None:
         """Send one message on a stream of its own (one line, then the stream's end)."""
@@ -151,13 +173,16 @@ def parse_close(body: bytes) -> tuple[int | None, str]:
 
 async def open_session(host: str, port: int, path: str, *, on_frame: Callable[[bytes, float], None],
                        on_end: Callable[[int | None, str], None], sha256: bytes | None = None,
-                       origin: str | None = None, sock: Any = None) -> SessionConnection:
+                       origin: str | None = None, sock: Any = None, keepalive_s: float | None = None
+                       ) -> SessionConnection:
     """Connect to the HTTP/3 endpoint at `host`:`port` (an address), open a session at `path`, return it open.
     aioquic's own `connect` resolves the name in an executor and binds every address; this binds loopback (or
     the socket given: the bridge's real one) and pins the certificate by its hash, as a page does."""
     loop = asyncio.get_running_loop()
     configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536,
                                       server_name=host, verify_mode=ssl.CERT_NONE)  # the hash is checked instead
+    if keepalive_s:
+        configuration.idle_timeout = IDLE_TIMEOUT_S
     quic = QuicConnection(configuration=configuration)
     if sock is None:
         import socket
@@ -165,8 +190,10 @@ async def open_session(host: str, port: int, path: str, *, on_frame: Callable[[b
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.bind((host, 0))
+    sock.connect((host, port))  # only the server's datagrams, and its port's ICMP errors, reach this socket
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: SessionConnection(quic, on_frame=on_frame, on_end=on_end, sha256=sha256), sock=sock)
+        lambda: SessionConnection(quic, on_frame=on_frame, on_end=on_end, sha256=sha256, keepalive_s=keepalive_s),
+        sock=sock)
     try:
         protocol.connect((host, port))
         await protocol.wait_connected()
@@ -179,8 +206,8 @@ async def open_session(host: str, port: int, path: str, *, on_frame: Callable[[b
 
 
 class WebTransportClient(asyncio_bridge.BridgedClient):
-    """Reads where the endpoint is (`GET /webtransport`: its UDP port and its certificate's SHA-256), then opens a
-    session at `/rooms/{room}/webtransport?since=ID` over QUIC on the process's asyncio thread; the WebSocket's
+    """Reads where the endpoint is (`GET /rooms/{room}/webtransport` on the HTTP port: its UDP port and its
+    certificate's SHA-256), then opens a session at the same path (`?since=ID`) with CONNECT over QUIC on the process's asyncio thread; the WebSocket's
     messages both ways (clients.bridge.BridgedClient): each send on a stream of its own, each push a line of a
     stream. The session's end carries the server's close code (1001 shutdown, 1012 drain: reconnect)."""
 
@@ -197,13 +224,13 @@ class WebTransportClient(asyncio_bridge.BridgedClient):
         if self._endpoint is None:
             http = JsonHttp(self.host, self.port, self.timeout_s)
             try:
-                status, body = http.request("GET", f"/webtransport?transport={self.transport}")
+                status, body = http.request("GET", f"/rooms/{self.room}/{self.transport}")
                 if status != 200:
-                    raise ClientError(f"/webtransport answered {status}: {body[:200]!r}")
+                    raise ClientError(f"GET /rooms/{self.room}/{self.transport} answered {status}: {body[:200]!r}")
                 info = http.decode(body)
                 self._endpoint = (int(info["port"]), bytes.fromhex(info["certificate"]["sha256_hex"]))
             except (KeyError, TypeError, ValueError) as error:
-                raise ClientError(f"/webtransport did not say where the endpoint is: {error!r}") from None
+                raise ClientError(f"the server did not say where its WebTransport endpoint is: {error!r}") from None
             finally:
                 http.close()
         self._bridge.call(self._open, generation, timeout_s=self.timeout_s)
@@ -216,7 +243,7 @@ class WebTransportClient(asyncio_bridge.BridgedClient):
             self.host, port, f"/rooms/{self.room}/{self.transport}?since={self.last_id}",
             on_frame=lambda data, received_at: to_gevent(arrived, generation, data, received_at),
             on_end=lambda code, reason: to_gevent(lost, generation, code, reason), sha256=sha256,
-            sock=asyncio_bridge.udp_socket((self.host, 0)))
+            sock=asyncio_bridge.udp_socket((self.host, 0)), keepalive_s=KEEPALIVE_S)
         if self.closed or generation != self._current:
             conn.close()
             raise ClientError("superseded")

@@ -1,8 +1,9 @@
 """WebTransport over HTTP/3 (aioquic, draft-02), in the aiohttp app's process and event loop, on a UDP port of its
 own: `CONNECT /rooms/{room}/webtransport?since=ID` (`:protocol = webtransport`) opens a session whose pushes travel
 on QUIC streams; `/rooms/{room}/webtransport-datagram` one whose pushes travel as QUIC datagrams (unreliable,
-unordered). Both carry the WebSocket's messages; `GET /webtransport` on the HTTP port tells a page where the
-endpoint is and the SHA-256 of its certificate, made at start (ECDSA P-256, at most 14 days: servers.certs)."""
+unordered). Both carry the WebSocket's messages; the same path with GET on the HTTP port tells a page where the
+endpoint is and the SHA-256 of its certificate, made at start (ECDSA P-256, at most 14 days: servers.certs). (The
+room in that path lets a balancer that routes by room send the page to the instance that serves its room.)"""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from .transport import ServerTransport
 
 log = logging.getLogger("rtlab.server")
 
-INFO_PATH = "/webtransport"  # on the HTTP port: where the endpoint is, and its certificate's hash
 CLOSE_SESSION_CAPSULE = 0x2843  # CLOSE_WEBTRANSPORT_SESSION: a 32-bit code and a reason, then the CONNECT stream ends
 CLOSE_POLICY, CLOSE_OVERFLOW = 1008, 1013  # the WebSocket's codes: flooding; too slow a reader (resume with since=)
 STOPPED = 0x10C  # H3_REQUEST_CANCELLED: the stream error code of a stream the server will not read
@@ -322,13 +322,12 @@ class MeteredQuicServer(QuicServer):
 
 class Endpoint:
     """The app's one HTTP/3 endpoint, shared by both WebTransport transports: the UDP socket, the certificate, the
-    CONNECTs routed by path to the transport that mounted it, `GET /webtransport` on the HTTP port."""
+    CONNECTs routed by path to the transport that mounted it."""
 
     def __init__(self, app: web.Application, config) -> None:
         self.app = app
         self.config = config
         self.owners: dict[str, WebTransport] = {}  # transport name (the path's last segment) -> its transport
-        self.route = app.router.add_get(INFO_PATH, self.handle_info, allow_head=False)
         self.certificate: certs.Certificate | None = None
         self.server: MeteredQuicServer | None = None
         self.host = config.host
@@ -396,16 +395,6 @@ class Endpoint:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def handle_info(self, request: web.Request) -> web.Response:
-        if self.certificate is None:
-            raise Unavailable("the WebTransport endpoint is not open yet")
-        name = next(iter(self.owners))
-        return json_text(200, json.dumps({
-            "url": f"https://{self.host}:{self.port}", "port": self.port,
-            "certificate": {"sha256": self.certificate.sha256_b64, "sha256_hex": self.certificate.sha256_hex,
-                            "not_after": self.certificate.not_after.isoformat()},
-            "paths": {t: f"/rooms/{{room}}/{t}?since=ID" for t in self.owners}, "default": name}))
 
     def request(self, conn: Connection, stream_id: int, headers) -> None:
         """A request on the QUIC connection: a WebTransport CONNECT becomes a session of the transport its path
@@ -476,7 +465,20 @@ class WebTransport(ServerTransport):
         self.endpoint = self.app[ENDPOINT]
         self.endpoint.owners[self.name] = self
         self.app.on_startup.append(self._find_tally)
-        return [self.endpoint.route]
+        return [self.app.router.add_get(f"/rooms/{{room}}/{self.name}", self.handle_info, allow_head=False)]
+
+    async def handle_info(self, request: web.Request) -> web.Response:
+        """Where to CONNECT for a session in this room, and the certificate's SHA-256 (a page's
+        serverCertificateHashes)."""
+        room = validate_room(request.match_info["room"])
+        endpoint = self.endpoint
+        if endpoint.certificate is None:
+            raise Unavailable("the WebTransport endpoint is not open yet")
+        certificate = endpoint.certificate
+        return json_text(200, json.dumps({
+            "url": f"https://{endpoint.host}:{endpoint.port}/rooms/{room}/{self.name}", "port": endpoint.port,
+            "certificate": {"sha256": certificate.sha256_b64, "sha256_hex": certificate.sha256_hex,
+                            "not_after": certificate.not_after.isoformat()}}))
 
     async def _find_tally(self, app: web.Application) -> None:
         meter = app.get(METER)
@@ -484,10 +486,6 @@ class WebTransport(ServerTransport):
 
     async def listening(self, host: str, port: int) -> None:
         await self.endpoint.open(host, port)
-
-    def claims(self, request: web.Request) -> bool:
-        hint = request.query.get("transport")
-        return hint == self.name or (hint is None and next(iter(self.endpoint.owners.values())) is self)
 
     def open(self, conn: Connection, stream_id: int, room: str, url: URL) -> None:
         query = _Query(url)

@@ -232,7 +232,7 @@ class UnreliableWebRTCReceiver(WebRTCReceiver):
 
 class WebTransportReceiver(Receiver):
     """An aioquic session in the test's event loop (clients.webtransport's SessionConnection): reads where the
-    endpoint is from `GET /webtransport`, opens `/rooms/{room}/webtransport?since=`, and collects the
+    endpoint is from `GET /rooms/{room}/webtransport`, opens `/rooms/{room}/webtransport?since=`, and collects the
     {"type": "message"} messages its streams (or datagrams) bring. `datagrams` counts the UDP datagrams its own
     socket sent and received."""
 
@@ -252,7 +252,7 @@ class WebTransportReceiver(Receiver):
     async def _run(self) -> None:
         from clients.webtransport import open_session
 
-        async with self.session.get(f"{self.base}/webtransport?transport={self.path}") as resp:
+        async with self.session.get(f"{self.url}/{self.path}") as resp:
             assert resp.status == 200, await resp.text()
             info = await resp.json()
         sock = counting_udp_socket(self.datagrams)
@@ -304,11 +304,22 @@ def counting_udp_socket(count: DatagramCount):
             count.sent_bytes += len(data)
             return super().sendto(data, *args)
 
+        def send(self, data, *args):  # a connected socket's
+            count.sent += 1
+            count.sent_bytes += len(data)
+            return super().send(data, *args)
+
         def recvfrom(self, size, *args):
             data, addr = super().recvfrom(size, *args)
             count.received += 1
             count.received_bytes += len(data)
             return data, addr
+
+        def recv(self, size, *args):
+            data = super().recv(size, *args)
+            count.received += 1
+            count.received_bytes += len(data)
+            return data
 
         def recvfrom_into(self, *args):  # not used by asyncio's datagram transport; counted all the same
             raise NotImplementedError

@@ -89,8 +89,8 @@ OWN_ROUTE = {
     "sse": "/rooms/r/events?since=0",
     "webrtc": "/rooms/r/webrtc",  # a POST route (the offer): a GET here is 404 wherever WebRTC is not mounted
     "webrtc-unreliable": "/rooms/r/webrtc",
-    "webtransport": "/webtransport",  # where the HTTP/3 endpoint is: 404 wherever WebTransport is not mounted
-    "webtransport-datagram": "/webtransport",
+    "webtransport": "/rooms/r/webtransport",  # where to CONNECT (on the UDP port): 404 where it is not mounted
+    "webtransport-datagram": "/rooms/r/webtransport-datagram",
 }
 
 

@@ -23,8 +23,8 @@ BOTH = ("webtransport", "webtransport-datagram")
 RECEIVER = {"webtransport": WebTransportReceiver, "webtransport-datagram": DatagramWebTransportReceiver}
 
 
-async def endpoint(session, url: str) -> dict:
-    async with session.get(f"{url}/webtransport") as resp:
+async def endpoint(session, url: str, transport: str = "webtransport") -> dict:
+    async with session.get(f"{url}/rooms/r/{transport}") as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
@@ -48,8 +48,8 @@ async def test_the_endpoint_is_on_the_http_ports_number_with_a_short_lived_pinne
     server = await app_server(BOTH)
     info = await endpoint(session, server.url)
     assert info["port"] == server.port  # UDP, the HTTP port's number (--webtransport-port otherwise)
-    assert info["url"] == f"https://127.0.0.1:{server.port}"
-    assert set(info["paths"]) == set(BOTH)
+    assert info["url"] == f"https://127.0.0.1:{server.port}/rooms/r/webtransport"
+    assert (await endpoint(session, server.url, "webtransport-datagram"))["port"] == server.port  # one endpoint
     not_after = dt.datetime.fromisoformat(info["certificate"]["not_after"])
     assert dt.timedelta(0) < not_after - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(days=certs.MAX_DAYS)
     async with session.get(f"{server.url}/healthz") as resp:
@@ -188,7 +188,7 @@ async def test_drain_and_shutdown_close_sessions_with_a_code(app_server, session
             assert resp.status == 200, await resp.text()
         await until(lambda: member.ended is not None)
         assert member.ended[0] == 1012
-        info = await endpoint(session, server.url)
+        info = await endpoint(session, server.url, transport)
         status, text = await connect_status(info, f"/rooms/r/{transport}")
         assert status == 503 and "draining" in text
     other = await app_server(transport)
@@ -202,7 +202,7 @@ async def test_udp_bytes_are_counted_exactly_at_the_servers_socket(app_server, s
     # The server's counts for the transport move by exactly what the client's own socket sent and received: the
     # QUIC handshake, acknowledgements, the session's CONNECT, pushes, sends, pings and the close.
     server = await app_server((transport, "websocket"), **FLOOD_OK)
-    info = await endpoint(session, server.url)
+    info = await endpoint(session, server.url, transport)
     before = await scrape(server.url)
     received, ended = [], []
     count = __import__("helpers.receivers", fromlist=["DatagramCount"]).DatagramCount()
