@@ -15,6 +15,7 @@ from .config import ServerConfig
 from .core import InvalidInput
 from .http import json_text, query_value
 from .metrics import METER
+from .transport import mounted
 
 CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_CLIENTS = 1000  # per-client byte ledgers kept; the least recently active is forgotten first
@@ -135,9 +136,20 @@ async def handle_client_bytes(request: web.Request) -> web.Response:
     return json_text(200, json.dumps({"exact": ledgers is not None, "clients": clients}), headers=SECURITY_HEADERS)
 
 
+def security_headers(app: web.Application) -> dict[str, str]:
+    """SECURITY_HEADERS, the policy's connect-src also naming the origins the mounted transports' panes connect to
+    (WebTransport's HTTP/3 endpoint, on another port and scheme)."""
+    sources = [source for transport in mounted(app).values() for source in transport.page_sources()]
+    if not sources:
+        return SECURITY_HEADERS
+    policy = CONTENT_SECURITY_POLICY.replace("connect-src 'self'", " ".join(("connect-src 'self'", *sources)))
+    return {**SECURITY_HEADERS, "Content-Security-Policy": policy}
+
+
 def _handler(body: bytes, content_type: str):
     async def handle(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type=content_type, charset="utf-8", headers=SECURITY_HEADERS)
+        return web.Response(body=body, content_type=content_type, charset="utf-8",
+                            headers=security_headers(request.app))
 
     return handle
 

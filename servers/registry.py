@@ -339,7 +339,7 @@ def _webtransport_knobs(prefix: str, what: str) -> tuple[Knob, ...]:
 register(Transport(
     name="webtransport",
     label="WebTransport (streams)",
-    colour="#882255",
+    colour="#000000",
     server="servers.webtransport:WebTransport",
     client="clients.webtransport:WebTransportClient",
     browser=STATIC / "transports" / "webtransport.js",
@@ -364,7 +364,7 @@ register(Transport(
 register(Transport(
     name="webtransport-datagram",
     label="WebTransport (datagrams)",
-    colour="#44AA99",
+    colour="#EE6677",
     server="servers.webtransport:DatagramWebTransport",
     client="clients.webtransport:DatagramWebTransportClient",
     browser=STATIC / "transports" / "webtransport.js",

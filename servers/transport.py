@@ -47,6 +47,11 @@ class ServerTransport:
         transport with a socket of its own (WebTransport's UDP port) opens it here, and closes it on the app's
         cleanup."""
 
+    def page_sources(self) -> tuple[str, ...]:
+        """Origins other than the page's own that its pane connects to (WebTransport's https://host:UDP_PORT), for
+        the demo page's Content-Security-Policy (connect-src)."""
+        return ()
+
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
         """Close every member now and every one that arrives later, telling them `code` where the transport
         can (CLOSE_GOING_AWAY at shutdown, CLOSE_SERVICE_RESTART for a drain). Return what was closed, e.g.

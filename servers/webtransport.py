@@ -520,10 +520,8 @@ class WebTransport(ServerTransport):
                     conn.close(error_code=0, reason_phrase=reason)
         return {f"{self.knob_prefix}_sessions_closed": closed}
 
-    def health(self) -> dict:
-        endpoint = self.endpoint
-        return {"webtransport": {"port": endpoint.port, "certificate_sha256": endpoint.certificate.sha256_hex
-                                 if endpoint.certificate else None}}
+    def page_sources(self) -> tuple[str, ...]:
+        return (f"https://{self.endpoint.host}:{self.endpoint.port}",) if self.endpoint.port else ()
 
     def gauges(self):
         owners = list(self.endpoint.owners.values())

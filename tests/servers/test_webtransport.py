@@ -52,9 +52,6 @@ async def test_the_endpoint_is_on_the_http_ports_number_with_a_short_lived_pinne
     assert (await endpoint(session, server.url, "webtransport-datagram"))["port"] == server.port  # one endpoint
     not_after = dt.datetime.fromisoformat(info["certificate"]["not_after"])
     assert dt.timedelta(0) < not_after - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(days=certs.MAX_DAYS)
-    async with session.get(f"{server.url}/healthz") as resp:
-        health = await resp.json()
-    assert health["webtransport"] == {"port": server.port, "certificate_sha256": info["certificate"]["sha256_hex"]}
     # The page pins this hash: a session to a server with another certificate does not open.
     wrong = dict(info, certificate={"sha256_hex": "00" * 32})
     with pytest.raises(ClientError, match="certificate is not the one its page named"):
