@@ -50,7 +50,7 @@ def test_quick_run_writes_every_file_and_leaves_no_process(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "experiments", "run", str(spec), "--quick", "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=180 * UNIT,
+        capture_output=True, text=True, cwd=ROOT, timeout=300 * UNIT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = (out / "latest").resolve()
