@@ -181,13 +181,33 @@ class Run:
             mask &= frame[key] == value
         return frame[mask]
 
+    @property
+    def load_key(self) -> str | None:
+        """The load a capacity sweep grew: users, else the message rate, whichever was swept (None: neither)."""
+        return next((k for k in CAPACITY_LOADS if k in self.swept), None)
+
     def capacity(self, load_key: str | None = None) -> dict[str, figures.Capacity]:
-        """Each transport's capacity over this run's sweep of `load_key` (default: users, else the message rate,
-        whichever was swept), by figures.capacity's criterion; {} when neither was swept."""
-        load_key = load_key or next((k for k in CAPACITY_LOADS if k in self.swept), None)
+        """Each transport's capacity over this run's sweep of `load_key` (default: self.load_key), by
+        figures.capacity's criterion; under CPU limits, at the highest limit (capacity_by_limit gives each); {} when
+        no load was swept."""
+        by_limit = self.capacity_by_limit(load_key)
+        return by_limit[list(by_limit)[-1]] if by_limit else {}
+
+    def capacity_by_limit(self, load_key: str | None = None) -> dict[float | None, dict[str, figures.Capacity]]:
+        """{CPU limit: {transport: capacity}} (figures.capacity_by_limit; {None: ...} for a run without limits)."""
+        load_key = load_key or self.load_key
         if load_key is None:
             return {}
-        return figures.capacity(capacity_rows(self.points, load_key), load_key)
+        return figures.capacity_by_limit(capacity_rows(self.points, load_key), load_key)
+
+    def capacity_table(self) -> pd.DataFrame:
+        """One row per transport and CPU limit: capacity, per CPU, both checks and the flags (figures.capacity_table,
+        what the run's capacity.csv holds); empty when no load was swept."""
+        if self.load_key is None:
+            return pd.DataFrame(columns=figures.CAPACITY_COLUMNS)
+        rows = figures.capacity_table(capacity_rows(self.points, self.load_key), self.load_key,
+                                      self.experiment.get("light_load"))
+        return pd.DataFrame(rows, columns=figures.CAPACITY_COLUMNS)
 
 
 CAPACITY_LOADS = ("users", "messages_per_second")  # what a capacity sweep grows
@@ -196,11 +216,15 @@ CAPACITY_LOADS = ("users", "messages_per_second")  # what a capacity sweep grows
 def capacity_rows(points: pd.DataFrame, load_key: str) -> list[dict]:
     """The summary-row view figures.capacity reads, from analysis points (figure names -> summary columns)."""
     return [
-        {"transport": r.transport, load_key: getattr(r, load_key), "latency_p99_ms": r.latency_p99_ms,
+        {"transport": r.transport, "repeat": r.repeat, load_key: getattr(r, load_key),
+         "cpu_limit": getattr(r, "cpu_limit", None), "latency_p99_ms": r.latency_p99_ms,
          "lost": r.messages_lost, "generator_saturated": r.generator_saturated,
-         "server_cpu_percent": r.server_cpu_share * 100, "delivered_offered_ratio": r.delivered_offered_ratio,
-         "delivered_offered_tolerance": r.delivered_offered_tolerance,
-         "delivered_per_s": r.deliveries_per_second}
+         "generator_cpu_peak": r.generator_cpu_peak, "server_cpu_percent": r.server_cpu_share * 100,
+         "delivered_offered_ratio": r.delivered_offered_ratio,
+         "delivered_offered_tolerance": r.delivered_offered_tolerance, "offered_per_s": r.offered_deliveries_per_second,
+         "delivered_per_s": r.deliveries_per_second, "cgroup_throttled_percent": r.cgroup_throttled_share * 100,
+         "cgroup_cpu_us_per_delivered": r.cgroup_cpu_us_per_delivered_message,
+         "server_cpu_us_per_delivered": r.server_cpu_us_per_delivered_message}
         for r in points.itertuples()
     ]
 

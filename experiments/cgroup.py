@@ -30,7 +30,8 @@ DEFAULT_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_PERIOD_US = 20_000  # CFS periods of 20 ms: a throttled server waits at most period - quota
 MIN_QUOTA_US = 1_000  # the kernel refuses a quota under 1 ms
 MIN_PERIOD_US, MAX_PERIOD_US = 1_000, 1_000_000  # the periods the kernel accepts
-EMPTY_WAIT_S = 5.0  # how long a group may take to empty once its processes were stopped or killed
+EMPTY_WAIT_S = 5.0
+STAT_FILE = "cgroup.json"  # in a point's folder: the group as applied and its counters at the window's two ends  # how long a group may take to empty once its processes were stopped or killed
 
 
 class CgroupUnavailable(SpecError):

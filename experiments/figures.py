@@ -186,6 +186,11 @@ class RunData:
     # members_joined_late, measured_s); None for runs from before the join barrier.
     window: Mapping[str, object] | None = None
     send_lag_p99_ms: float | None = None  # the measured sends' p99 lag behind their schedule (generator.json)
+    # The server's cgroup (experiments/cgroup.py), where it ran in one: its CPU limit in CPUs (None: no limit) and
+    # what the group's counters did over the window (cgroup.CpuStat.minus: usage_usec, nr_periods, nr_throttled,
+    # throttled_usec, wall_s); None: not in a cgroup.
+    cpu_limit: float | None = None
+    cgroup: Mapping[str, float | None] | None = None
 
     @classmethod
     def from_scrapes(
@@ -258,6 +263,11 @@ class RunData:
             wire_received_bytes=float(to_server["payload_bytes"]), wire_sent_bytes=float(from_server["payload_bytes"]),
             ip_bytes=float(to_server["ip_bytes"] + from_server["ip_bytes"]),
         )
+
+    @property
+    def cpu_allowance(self) -> float:
+        """The CPUs the server may use: those it is pinned to, or its cgroup's CPU limit when that is less."""
+        return min(self.cpu_limit, self.server_cpus) if self.cpu_limit else self.server_cpus
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -492,10 +502,56 @@ def empty_poll_ratio(run: RunData) -> float:
     return _ratio(run.empty_polls, run.polls)
 
 
-@_figure("ratio", "Server CPU time as a share of the CPUs it was pinned to, over the window: 1.0 is a server at its "
-                  "limit.")
+@_figure("ratio", "Server CPU time as a share of what it may use over the window: the CPUs it was pinned to, or its "
+                  "cgroup's CPU limit when less (0.25: a quarter of one CPU). 1.0 is a server at its limit.")
 def server_cpu_share(run: RunData) -> float:
-    return _ratio(run.server.cpu_s, run.server.wall_s * run.server_cpus)
+    return _ratio(run.server.cpu_s, run.server.wall_s * run.cpu_allowance)
+
+
+# The server's cgroup, counted by the kernel (cpu.stat; v1: cpuacct.usage): NaN where it ran in none.
+
+
+def _cgroup(run: RunData, key: str) -> float:
+    value = None if run.cgroup is None else run.cgroup.get(key)
+    return math.nan if value is None else float(value)
+
+
+@_figure("ratio", "The server's cgroup's CPU time (every process and thread in it, counted by the kernel) as a share "
+                  "of what it may use over the window, as server_cpu_share: 1.0 is a group at its limit.")
+def cgroup_cpu_share(run: RunData) -> float:
+    return _ratio(_cgroup(run, "usage_usec") / 1e6, _cgroup(run, "wall_s") * run.cpu_allowance)
+
+
+@_figure("s", "CPU time of the server's cgroup over the window (the group's usage in cpu.stat).")
+def cgroup_cpu_s(run: RunData) -> float:
+    return _cgroup(run, "usage_usec") / 1e6
+
+
+@_figure("us/msg", "CPU time of the server's cgroup, in microseconds, per message delivered: as "
+                   "server_cpu_us_per_delivered_message, from the kernel's count.")
+def cgroup_cpu_us_per_delivered_message(run: RunData) -> float:
+    return _ratio(_cgroup(run, "usage_usec"), run.messages_delivered)
+
+
+@_figure("count", "CFS periods over the window in which the server's cgroup had work (cpu.stat nr_periods).")
+def cgroup_periods(run: RunData) -> float:
+    return _cgroup(run, "nr_periods")
+
+
+@_figure("count", "Of those, the periods in which it used up its quota and was throttled (nr_throttled).")
+def cgroup_throttled_periods(run: RunData) -> float:
+    return _cgroup(run, "nr_throttled")
+
+
+@_figure("ratio", "Throttled periods / periods: a group at its limit is throttled in most.")
+def cgroup_throttled_share(run: RunData) -> float:
+    return _ratio(_cgroup(run, "nr_throttled"), _cgroup(run, "nr_periods"))
+
+
+@_figure("s", "How long the server's cgroup waited throttled over the window, in all (throttled_usec; v1: "
+              "throttled_time): each stall is at most period - quota, and adds to the latency of what waits.")
+def cgroup_throttled_s(run: RunData) -> float:
+    return _cgroup(run, "throttled_usec") / 1e6
 
 
 @_figure("ratio", "Load generator CPU time as a share of one core per Locust process, over the window (its busiest "
@@ -757,18 +813,45 @@ class Capacity:
     #             "sweep": the sweep ended before any limit
     reason: str  # what ended it, in words
     p99_limit_ms: float  # the p99 this transport was held to: its own lightest-load p99 plus the margin
+    cpu_limit: float | None = None  # the server's CPU limit over the sweep (CPUs); None: its pinned CPUs, no cgroup
+    # The generator's busiest second (share of its core) at the point that ended the walk: how near its own limit the
+    # load was when the server reached its; NaN when the sweep ended first.
+    generator_peak: float = math.nan
+    # Whether the offered deliveries grow in proportion to the load (rooms of a fixed size, or the message rate), so
+    # that the load, not only the deliveries, scales with the CPU; not in one growing room (deliveries ~ members²).
+    proportional: bool = True
 
     @property
     def lower_bound(self) -> bool:
         """Whether the capacity is only "at least": the generator or the sweep ran out before the server."""
         return self.bound != "server"
 
+    @property
+    def load_per_cpu(self) -> float:
+        """The capacity per 1.0 CPU: load / the CPU limit (NaN without a limit, or where the load does not grow in
+        proportion to the deliveries: one growing room)."""
+        return self.load / self.cpu_limit if self.cpu_limit and self.proportional else math.nan
+
+    @property
+    def delivered_per_s_per_cpu(self) -> float:
+        return self.delivered_per_s / self.cpu_limit if self.cpu_limit else math.nan
+
     def sentence(self, unit: str = "members") -> str:
+        at_least = "≥ " if self.lower_bound else ""
         if math.isnan(self.load):
             amount = "under the lightest load swept"
         else:
-            amount = f"{'≥ ' if self.lower_bound else ''}{self.load:,.6g} {unit} ({self.delivered_per_s:,.0f} deliveries/s)"
-        return f"capacity of {self.transport}: {amount}, {self.bound}-bound: {self.reason}"
+            amount = f"{at_least}{self.load:,.6g} {unit} ({self.delivered_per_s:,.0f} deliveries/s)"
+        if not self.cpu_limit:
+            return f"capacity of {self.transport}: {amount}, {self.bound}-bound: {self.reason}"
+        members = f"{at_least}{self.load_per_cpu:,.6g} {unit} (" if self.proportional else ""
+        per_cpu = "" if math.isnan(self.load) else (
+            f", per CPU {members}{'' if members else at_least}{self.delivered_per_s_per_cpu:,.0f} deliveries/s"
+            f"{')' if members else ''}")
+        generator = "" if math.isnan(self.generator_peak) else \
+            f"; the generator's busiest second there {self.generator_peak:.0%} of its core"
+        return (f"capacity of {self.transport} at a {self.cpu_limit:g}-CPU limit: {amount}{per_cpu}, "
+                f"{self.bound}-bound: {self.reason}{generator}")
 
 
 def _true(value: object) -> bool:
@@ -796,12 +879,23 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
         points = sorted(points, key=lambda r: float(r[load_key]))
         baseline = float(points[0]["latency_p99_ms"])
         p99_limit = baseline + margin_ms
+        limit = _number(points[0].get("cpu_limit")) or None  # the rows' CPU limit, if any (NaN and 0: none)
+        if limit is not None and math.isnan(limit):
+            limit = None
+        of = f"its {limit:g}-CPU limit" if limit else "its core"
         load, rate, bound, reason = math.nan, math.nan, "sweep", "no limit reached within the sweep"
+        generator = math.nan
+        offered_per_load = [_number(r.get("offered_per_s")) / float(r[load_key]) for r in points if float(r[load_key])]
+        offered_per_load = [v for v in offered_per_load if not math.isnan(v) and v > 0]
+        proportional = not offered_per_load or max(offered_per_load) <= 1.1 * min(offered_per_load)
         for row in points:
             at = f"at {float(row[load_key]):,.6g}"
             cpu = _number(row.get("server_cpu_percent"))
+            generator = _number(row.get("generator_cpu_peak"))
             if cpu >= SERVER_CPU_LIMIT * 100:  # at its limit, however little the generator managed to offer
-                bound, reason = "server", f"server CPU {cpu:.0f} % of its core {at}"
+                throttled = _number(row.get("cgroup_throttled_percent"))
+                bound, reason = "server", f"server CPU {cpu:.0f} % of {of} {at}" + (
+                    "" if math.isnan(throttled) or not limit else f" (throttled in {throttled:.0f} % of periods)")
                 break
             if _true(row.get("generator_saturated")):
                 bound, reason = "generator", f"the load generator saturated its core {at}"
@@ -820,7 +914,152 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
                 bound, reason = "server", f"{', '.join(problems)} {at}"
                 break
             load, rate = float(row[load_key]), _number(row.get("delivered_per_s"))
-        out[transport] = Capacity(transport, load_key, load, rate, bound, reason, p99_limit)
+        else:
+            generator = math.nan
+        out[transport] = Capacity(transport, load_key, load, rate, bound, reason, p99_limit, limit, generator,
+                                  proportional)
+    return out
+
+
+# The checks that make "capacity ÷ limit" honest (docs/metrics.md, "Capacity under a CPU limit"): the capacity must
+# scale with the limit, and the limit must make the server's work per delivery neither cheaper nor dearer.
+LIMIT_SCALING_TOLERANCE = 0.15
+LIMIT_COST_TOLERANCE = 0.10
+# The server's CPU per delivered message that the second check compares: the cgroup's own count where both points
+# have it, else the sampler's.
+COST_COLUMNS = ("cgroup_cpu_us_per_delivered", "server_cpu_us_per_delivered")
+
+
+def capacity_by_limit(rows: Iterable[Mapping[str, object]], load_key: str = "users",
+                      margin_ms: float = CAPACITY_P99_MARGIN_MS) -> dict[float | None, dict[str, Capacity]]:
+    """figures.capacity over each CPU limit's rows on their own, lowest limit first ({None: ...} for a run without
+    limits). The light load's runs without a limit (cpu_limit 0) are the second check's, no capacity's."""
+    by_limit: dict[float | None, list[Mapping[str, object]]] = {}
+    for row in rows:
+        limit = _number(row.get("cpu_limit"))
+        if limit == 0:
+            continue
+        by_limit.setdefault(None if math.isnan(limit) else limit, []).append(row)
+    return {limit: capacity(by_limit[limit], load_key, margin_ms)
+            for limit in sorted(by_limit, key=lambda v: -1 if v is None else v)}
+
+
+@dataclass(frozen=True)
+class LimitScaling:
+    """The first check: one transport's capacities at its lowest and highest CPU limits, whose ratio should be the
+    limits' ratio (capacity per CPU the same at both)."""
+
+    transport: str
+    low: Capacity
+    high: Capacity
+    tolerance: float = LIMIT_SCALING_TOLERANCE
+
+    @property
+    def ratio(self) -> float:
+        """(capacity at the higher limit / at the lower) / (higher limit / lower): 1.0 when it scales exactly. The
+        capacity in deliveries per second, which grow with the CPU whatever the sweep (members do only in rooms of a
+        fixed size)."""
+        return _ratio(_ratio(self.high.delivered_per_s, self.low.delivered_per_s),
+                      _ratio(self.high.cpu_limit, self.low.cpu_limit))
+
+    @property
+    def problem(self) -> str:
+        """Why the row is flagged ("" when it passes)."""
+        for found in (self.low, self.high):
+            if found.lower_bound or math.isnan(found.load):
+                what = "none" if math.isnan(found.load) else f"only ≥ ({found.bound}-bound)"
+                return f"not checked: its capacity at {found.cpu_limit:g} CPU is {what}"
+        if abs(self.ratio - 1) > self.tolerance:
+            return f"capacity ratio / limit ratio {self.ratio:.2f}, outside 1 ± {self.tolerance:.0%}"
+        return ""
+
+
+def limit_scaling(by_limit: Mapping[float | None, Mapping[str, Capacity]],
+                  tolerance: float = LIMIT_SCALING_TOLERANCE) -> list[LimitScaling]:
+    """The first check for every transport measured at two limits or more (the lowest against the highest)."""
+    limits = sorted(limit for limit in by_limit if limit)
+    if len(limits) < 2:
+        return []
+    low, high = by_limit[limits[0]], by_limit[limits[-1]]
+    return [LimitScaling(t, low[t], high[t], tolerance) for t in low if t in high]
+
+
+@dataclass(frozen=True)
+class LimitCost:
+    """The second check: one transport's server CPU per delivered message at the light load under a limit, against
+    the same load without one."""
+
+    transport: str
+    cpu_limit: float
+    load: float
+    limited_us: float
+    unlimited_us: float
+    limited_cpu_percent: float  # the limited server's CPU there, as a share of its limit: the load must be below it
+    tolerance: float = LIMIT_COST_TOLERANCE
+
+    @property
+    def ratio(self) -> float:
+        return _ratio(self.limited_us, self.unlimited_us)
+
+    @property
+    def problem(self) -> str:
+        if math.isnan(self.ratio):
+            return "not checked: no CPU per delivered message at both points"
+        if self.limited_cpu_percent >= SERVER_CPU_LIMIT * 100:
+            return f"not checked: the light load is not below the {self.cpu_limit:g}-CPU limit " \
+                   f"({self.limited_cpu_percent:.0f} % of it)"
+        if abs(self.ratio - 1) > self.tolerance:
+            return f"CPU per delivery with / without the limit {self.ratio:.2f}, outside 1 ± {self.tolerance:.0%}"
+        return ""
+
+
+def limit_cost(rows: Iterable[Mapping[str, object]], load_key: str, light_load: float,
+               tolerance: float = LIMIT_COST_TOLERANCE) -> list[LimitCost]:
+    """The second check for every transport and limit measured at `light_load` beside a run there without a limit
+    (cpu_limit 0): the same repeat, CPU per delivered message from COST_COLUMNS."""
+    at_light = [row for row in rows if _number(row.get(load_key)) == float(light_load)]
+    free = {(str(r["transport"]), str(r.get("repeat"))): r for r in at_light if _number(r.get("cpu_limit")) == 0}
+    out = []
+    for row in at_light:
+        limit = _number(row.get("cpu_limit"))
+        other = free.get((str(row["transport"]), str(row.get("repeat"))))
+        if not limit or math.isnan(limit) or other is None:
+            continue
+        column = next((c for c in COST_COLUMNS if not math.isnan(_number(row.get(c)))
+                       and not math.isnan(_number(other.get(c)))), COST_COLUMNS[-1])
+        out.append(LimitCost(str(row["transport"]), limit, float(light_load), _number(row.get(column)),
+                             _number(other.get(column)), _number(row.get("server_cpu_percent")), tolerance))
+    return out
+
+
+CAPACITY_COLUMNS = ("transport", "cpu_limit", "load_key", "capacity", "delivered_per_s", "bound", "reason",
+                    "capacity_per_cpu", "delivered_per_s_per_cpu", "generator_peak", "scaling_ratio", "light_cost_ratio",
+                    "flag")
+
+
+def capacity_table(rows: Iterable[Mapping[str, object]], load_key: str,
+                   light_load: float | None = None) -> list[dict[str, object]]:
+    """One row per transport and CPU limit: its capacity, per CPU, and both checks' ratios, with `flag` saying why a
+    check failed or could not be made ("" when both passed). What capacity.csv holds and the terminal prints."""
+    rows = list(rows)
+    by_limit = capacity_by_limit(rows, load_key)
+    scaling = {check.transport: check for check in limit_scaling(by_limit)}
+    costs = {(c.transport, c.cpu_limit): c for c in limit_cost(rows, load_key, light_load)} \
+        if light_load is not None else {}
+    out = []
+    for limit, found in by_limit.items():
+        for transport, c in found.items():
+            check, cost = scaling.get(transport), costs.get((transport, limit))
+            problems = [p for p in (check.problem if check else "", cost.problem if cost else "") if p]
+            if limit and len(by_limit) > 1 and check is None:
+                problems.append("not checked: not measured at another limit")
+            if limit and light_load is not None and cost is None:
+                problems.append(f"not checked: no run at {light_load:g} without the limit")
+            out.append({"transport": transport, "cpu_limit": limit, "load_key": load_key, "capacity": c.load,
+                        "delivered_per_s": c.delivered_per_s, "bound": c.bound, "reason": c.reason,
+                        "capacity_per_cpu": c.load_per_cpu, "delivered_per_s_per_cpu": c.delivered_per_s_per_cpu,
+                        "generator_peak": c.generator_peak, "scaling_ratio": check.ratio if check else math.nan,
+                        "light_cost_ratio": cost.ratio if cost else math.nan, "flag": "; ".join(problems)})
     return out
 
 

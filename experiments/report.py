@@ -82,11 +82,11 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
         table.add_row(*values, Text(", ".join(flagged), style="bold red") if flagged else "ok")
     console.print(table)
     users = experiment["profile"].get("users")
-    for line in findings([{"users": users, **row} for row in rows], swept):
-        console.print(line)
+    for line in findings([{"users": users, **row} for row in rows], swept, experiment.get("light_load")):
+        console.print(line, markup=False)
 
 
-def findings(rows: list[dict], swept: list[str]) -> list[str]:
+def findings(rows: list[dict], swept: list[str], light_load: float | None = None) -> list[str]:
     """Sentences the table implies: a transport against its theory (short polling's T/2), each peer against
     its rtlab transport, each transport's capacity."""
     lines = []
@@ -113,9 +113,35 @@ def findings(rows: list[dict], swept: list[str]) -> list[str]:
                 "the cost is a line (EXP=idle measures it directly)"
             )
     load_key = next((k for k in ("users", "messages_per_second") if k in swept), None)
-    if load_key is not None and len(swept) == 1:
-        unit = "members" if load_key == "users" else "messages/s per member"
-        for found in figures.capacity(rows, load_key).values():
-            lines.append(found.sentence(unit))
+    if load_key is not None and len([k for k in swept if k != "cpu_limit"]) == 1:
+        lines += capacity_findings(rows, load_key, light_load)
     return lines
+
+
+def capacity_findings(rows: list[dict], load_key: str, light_load: float | None = None) -> list[str]:
+    """Each transport's capacity (at each CPU limit, and per CPU), then the two checks that make the division by the
+    limit honest, a row FLAGGED where one failed or could not be made (figures.capacity_table)."""
+    unit = "members" if load_key == "users" else "messages/s per member"
+    by_limit = figures.capacity_by_limit(rows, load_key)
+    lines = [found.sentence(unit) for found_at in by_limit.values() for found in found_at.values()]
+    scaling = figures.limit_scaling(by_limit)
+    if scaling:
+        lines.append("check 1: the capacity in proportion to the CPU limit, (its ratio / the limits') within "
+                     f"1 ± {figures.LIMIT_SCALING_TOLERANCE:.0%}:")
+        for check in scaling:
+            low, high = check.low, check.high
+            lines.append(f"  {check.transport}: {high.delivered_per_s:,.0f} deliveries/s at {high.cpu_limit:g} CPU / "
+                         f"{low.delivered_per_s:,.0f} at {low.cpu_limit:g} CPU, over {high.cpu_limit / low.cpu_limit:.2f}: "
+                         f"{check.ratio:.2f} {verdict(check.problem)}")
+    if light_load is not None:
+        lines.append(f"check 2: server CPU per delivered message at {light_load:g} {unit}, with the limit / without, "
+                     f"within 1 ± {figures.LIMIT_COST_TOLERANCE:.0%}:")
+        for cost in figures.limit_cost(rows, load_key, light_load):
+            lines.append(f"  {cost.transport} at {cost.cpu_limit:g} CPU: {cost.limited_us:,.1f} / "
+                         f"{cost.unlimited_us:,.1f} µs: {cost.ratio:.2f} {verdict(cost.problem)}")
+    return lines
+
+
+def verdict(problem: str) -> str:
+    return f"FLAGGED: {problem}" if problem else "ok"
 

@@ -30,7 +30,7 @@ from servers import registry
 from servers.config import server_settings
 
 from . import capture as packet_capture
-from . import figures, network
+from . import cgroup, figures, network
 from .spec import Experiment, Point, SpecError
 from .summary import SUMMARY_COLUMNS, add_ratios, summarize_point
 from .supervisor import Group, start_server
@@ -140,12 +140,13 @@ class Display:
 
 
 def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path, pinning: Pinning,
-              display: Display) -> dict:
-    """Run one transport at one point on fresh processes; return what the summary needs to find its files."""
+              display: Display, limit: cgroup.Cgroup | None = None) -> dict:
+    """Run one transport at one point on fresh processes (the server in `limit`'s cgroup, when given); return what
+    the summary needs to find its files."""
     point_dir.mkdir(parents=True, exist_ok=True)
     write_profile(point, point_dir / "profile.toml")
     procs = Group()
-    flags = [flag for key, value in experiment.server.items() for flag in server_flags(key, value)]
+    flags = [flag for key, value in experiment.server_options.items() for flag in server_flags(key, value)]
     window: dict[str, float] = {}
     cluster = proxy = None
     try:
@@ -164,6 +165,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             server = start_server(
                 ["--transport", point.transport, "--host", "127.0.0.1", "--no-access-log", *flags],
                 point_dir / "server.log", cpus=pinning.server, timeout_s=SERVER_START_TIMEOUT_S, group=procs,
+                cgroup=limit,
             )
             url = server.url
             scrape_urls = {"server": url}
@@ -211,6 +213,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
                     capture.mark("before")
                 scrape_all(scrape_urls, point_dir, "metrics_before")
                 window["before"] = time.monotonic()
+                record_cgroup(limit, point_dir, "start")
             if fault_at is not None and now >= fault_at:
                 fault_at = None
                 inject_fault(cluster, experiment.fault)
@@ -219,6 +222,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
                     capture.mark("after")
                 scrape_all(scrape_urls, point_dir, "metrics_after")
                 window["after"] = time.monotonic()
+                record_cgroup(limit, point_dir, "end")
             # The live rate for the display: not in the last seconds, so a slow scrape cannot delay the window's end.
             if now >= next_rate_at and now < measure_to - 6:
                 next_rate_at = now + 1.0
@@ -330,6 +334,17 @@ def health_after(url: str) -> dict | None:
     return None
 
 
+def record_cgroup(group: cgroup.Cgroup | None, point_dir: Path, moment: str) -> None:
+    """Add the server's cgroup (its limit as applied) and its counters now to the point's cgroup.json, under
+    `moment` ("start" or "end" of the measured window): the summary's cgroup figures come from these two."""
+    if group is None:
+        return
+    path = point_dir / cgroup.STAT_FILE
+    data = json.loads(path.read_text()) if path.exists() else {"cgroup": group.describe()}
+    data[moment] = group.stat().as_dict()
+    write_json(path, data)
+
+
 def scrape_texts(urls: dict[str, str]) -> dict[str, str]:
     """Scrape /metrics of every instance that still answers (a killed one does not)."""
     texts = {}
@@ -430,6 +445,8 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         experiment = experiment.quick()
     network.preflight(experiment)  # a [network] this machine cannot give: SpecError (exit 2) before anything starts
     http_preflight(experiment)  # an HTTP arm its HAProxy cannot give: the same
+    if experiment.cpu_limits:  # likewise a cgroup with a CPU limit
+        cgroup.preflight(period_us=experiment.cpu_period_us)
     experiment = dataclasses.replace(experiment, source=repo_relative(experiment.source))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / f"{stamp}-{experiment.name}"
@@ -463,20 +480,22 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     display = Display(len(points), quiet)
     rows = []
     load_key = capacity_load(experiment)
-    limited: dict[str, str] = {}  # transport -> the limit it hit (stop_at_limit)
+    limited: dict[tuple, str] = {}  # (transport, CPU limit) -> the limit it hit (stop_at_limit)
     try:
         for index, point in enumerate(points, 1):
             point_dir = run_dir / point.slug
-            if point.transport in limited:
+            if (point.transport, point.cpu_limit) in limited:
                 manifest.setdefault("skipped", []).append(
                     {"dir": point.slug, "transport": point.transport, "swept": point.swept,
-                     "why": f"stop_at_limit: {limited[point.transport]}"})
+                     "why": f"stop_at_limit: {limited[point.transport, point.cpu_limit]}"})
                 continue
             # With a [network]: the point's processes and the runner's requests in a namespace of its own, impaired.
-            with network.impaired(point.network, f"rtlab-{os.getpid()}-{index}") as netns:
+            # With a CPU limit: the server in a cgroup of its own, limited.
+            with network.impaired(point.network, f"rtlab-{os.getpid()}-{index}") as netns, \
+                    server_cgroup(point, experiment, f"rtlab-{os.getpid()}-{index}") as limit:
                 observer_source = network.OBSERVER_ADDRESS if netns or experiment.capture else None
                 try:
-                    info = run_point(experiment, point, index, point_dir, pinning, display)
+                    info = run_point(experiment, point, index, point_dir, pinning, display, limit)
                 finally:
                     observer_source = None
             row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes, len(pinning.server))
@@ -486,14 +505,16 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                                        "healthz_end": info["health_end"], "pids": info["pids"],
                                        "cluster": info["cluster"], "network": netns.facts if netns else None,
                                        "capture": info["capture"], "proxy": info["proxy"],
+                                       "cgroup": limit.describe() if limit else None,
                                        "observer": {"sampler_cpu_percent": row["sampler_cpu_percent"],
                                                     "cpus": pinning.generator},
                                        "window_mono_s": info["window_mono_s"]})
             write_json(run_dir / "manifest.json", manifest)
-            if load_key is not None:
-                found = figures.capacity([r for r in rows if r["transport"] == point.transport], load_key)
+            if load_key is not None and point.cpu_limit != 0:  # the light load's unlimited run is no capacity's
+                found = figures.capacity([r for r in rows if r["transport"] == point.transport
+                                          and r.get("cpu_limit") == point.cpu_limit], load_key)
                 if found[point.transport].bound != "sweep":
-                    limited[point.transport] = found[point.transport].reason
+                    limited[point.transport, point.cpu_limit] = found[point.transport].reason
     finally:
         os.sched_setaffinity(0, own_cpus)
         display.close()
@@ -502,18 +523,27 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
         add_ratios(rows, experiment.point_keys)
         write_summary(run_dir / "summary.csv", rows, experiment.point_keys)
         write_marginal_costs(run_dir / "marginal.csv", rows, experiment)
+        write_capacity(run_dir / "capacity.csv", rows, experiment)
         point_latest(out_root, run_dir)
     return run_dir
 
 
 def capacity_load(experiment: Experiment) -> str | None:
-    """The load a stop_at_limit experiment grows (its one swept key, users or messages_per_second), else None."""
+    """The load a stop_at_limit experiment grows (its one swept key, users or messages_per_second; the CPU limit
+    may be swept beside it, and each limit is walked on its own), else None."""
     if not experiment.stop_at_limit:
         return None
-    swept = list(experiment.sweep)
+    swept = [k for k in experiment.sweep if k != "cpu_limit"]
     if len(swept) != 1 or swept[0] not in ("users", "messages_per_second") or experiment.cluster:
         return None
     return swept[0]
+
+
+def server_cgroup(point: Point, experiment: Experiment, name: str):
+    """The point's server cgroup (experiments/cgroup.py) as a context, or a null one when it has no CPU limit."""
+    if point.cpu_limit is None:
+        return contextlib.nullcontext()
+    return cgroup.limited(point.cpu_limit or None, name, experiment.cpu_period_us)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -539,6 +569,18 @@ def write_marginal_costs(path: Path, rows: list[dict], experiment: Experiment) -
         writer.writerow(["transport", *figures.MARGINAL_COLUMNS])
         for transport, fit in fits.items():
             writer.writerow([transport, *(round(fit[c], 4) for c in figures.MARGINAL_COLUMNS)])
+
+
+def write_capacity(path: Path, rows: list[dict], experiment: Experiment) -> None:
+    """A capacity sweep under CPU limits: each transport's capacity at each limit, per CPU, and the two checks
+    (figures.capacity_table), when it is one."""
+    if not experiment.cpu_limits or capacity_load(experiment) is None or not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, figures.CAPACITY_COLUMNS)
+        writer.writeheader()
+        for row in figures.capacity_table(rows, capacity_load(experiment), experiment.light_load):
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 
 
 def point_latest(out_root: Path, run_dir: Path) -> None:

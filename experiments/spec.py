@@ -16,8 +16,8 @@ from servers.config import server_settings
 from servers.settings import Knob, read_toml
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "stop_at_limit", "profile", "sweep", "server", "cluster", "fault",
-            "network", "capture")
+TOP_KEYS = ("name", "description", "transports", "repeats", "processes", "stop_at_limit", "light_load", "profile", "sweep",
+            "server", "cluster", "fault", "network", "capture")
 CLUSTER_MODES = ("sticky", "pubsub", "naive")  # experiments.cluster.MODES
 FAULTS = ("drain", "kill", "restart-redis")
 # [network]: the impairment of the point's own network namespace (experiments/network.py, docs/network.md).
@@ -28,6 +28,12 @@ NETWORK_KEYS = ("loss_percent", "rate_mbit", "delay_ms", "jitter_ms")
 HTTP_KEY = "http"
 HTTP_VALUES = ("1.1", "2", "h2c")
 LOSS_STEP_PERCENT = 0.01  # the drop rule compares a random number mod 10 000: hundredths of a per cent
+# [server] keys the runner applies itself, not flags of the server: the server's CPU limit, in a cgroup of its own
+# (experiments/cgroup.py). cpu_limit is in CPUs (0.5: half of one), 0 for none (the group counts its CPU all the same),
+# and may be swept; cpu_period_ms is the CFS period the limit is enforced over.
+CPU_KEYS = ("cpu_limit", "cpu_period_ms")
+CPU_PERIOD_MS = 20.0
+CAPACITY_LOADS = ("users", "messages_per_second")  # what a capacity sweep grows
 
 def server_keys() -> dict[str, Knob]:
     """The settings an experiment's [server] table may fix: the server's own that allow it and every
@@ -65,15 +71,43 @@ class Experiment:
     # payload is then every row's wire bytes, one method for servers with a meter and those without.
     capture: bool = False
     http: str | None = None  # [network] http (or swept): the members' HTTP through a proxy; None: direct
+    # With CPU limits and a load sweep: the load at which each transport also runs without a limit (cpu_limit 0),
+    # for the check that the limit makes its work neither cheaper nor dearer (figures.limit_cost).
+    light_load: float | None = None
+
+    @property
+    def cpu_limits(self) -> tuple[float, ...]:
+        """The server's CPU limits: [sweep] cpu_limit's, else [server] cpu_limit, else none (no cgroup)."""
+        if "cpu_limit" in self.sweep:
+            return tuple(float(v) for v in self.sweep["cpu_limit"])
+        return (float(self.server["cpu_limit"]),) if "cpu_limit" in self.server else ()
+
+    @property
+    def cpu_period_us(self) -> int:
+        return round(float(self.server.get("cpu_period_ms", CPU_PERIOD_MS)) * 1000)
+
+    @property
+    def server_options(self) -> dict[str, object]:
+        """[server] without the keys the runner applies itself: the settings passed to the server as flags."""
+        return {k: v for k, v in self.server.items() if k not in CPU_KEYS}
+
+    @property
+    def load_key(self) -> str | None:
+        """The load a capacity sweep grows: users or messages_per_second, whichever is swept."""
+        return next((k for k in CAPACITY_LOADS if k in self.sweep), None)
 
     @property
     def point_keys(self) -> list[str]:
-        """The parameters that tell points apart: the swept profile and network keys, then the cluster's."""
-        return [*self.sweep, *(["instances", "mode"] if self.cluster else [])]
+        """The parameters that tell points apart: the swept profile and network keys (and the CPU limit, swept or
+        not, when the server has one), then the cluster's."""
+        limit = ["cpu_limit"] if self.cpu_limits and "cpu_limit" not in self.sweep else []
+        return [*self.sweep, *limit, *(["instances", "mode"] if self.cluster else [])]
 
     def points(self) -> list[Point]:
-        """Every sweep combination × repeat × transport, in run order (transports innermost)."""
-        keys = list(self.sweep)
+        """Every sweep combination × repeat × transport, in run order (transports innermost; with CPU limits, a
+        transport's limits right after each other, so the points compared at one load run minutes apart at most).
+        At the light load, each transport runs without a limit (cpu_limit 0) before its limits."""
+        keys = [k for k in self.sweep if k != "cpu_limit"]
         combos = list(itertools.product(*(self.sweep[k] for k in keys))) or [()]
         clusters = [{"instances": n, "mode": m} for n in self.cluster.get("instances", ())
                     for m in self.cluster.get("modes", ())] or [{}]
@@ -83,11 +117,17 @@ class Experiment:
             profile = self.profile.replace(**{k: v for k, v in swept.items() if k not in (*NETWORK_KEYS, HTTP_KEY)})
             network = None if self.network is None else \
                 {**self.network, **{k: float(v) for k, v in swept.items() if k in NETWORK_KEYS}}
+            limits: tuple[float | None, ...] = self.cpu_limits or (None,)
+            if self.light_load is not None and swept.get(self.load_key) == self.light_load and 0 not in limits:
+                limits = (0.0, *limits)
             for cluster in clusters:
                 for repeat in range(1, self.repeats + 1):
                     for transport in self.transports:
-                        out.append(Point(transport, repeat, {**swept, **cluster}, profile, network,
-                                         swept.get(HTTP_KEY, self.http)))
+                        for limit in limits:
+                            at = {**swept, **({} if limit is None else {"cpu_limit": limit}), **cluster}
+                            ordered = {k: at[k] for k in self.point_keys}  # the file's order, for folders and columns
+                            out.append(Point(transport, repeat, ordered, profile, network,
+                                             swept.get(HTTP_KEY, self.http), limit))
         return out
 
     def quick(self) -> Experiment:
@@ -112,6 +152,7 @@ class Experiment:
             "repeats": self.repeats,
             "processes": self.processes,
             "stop_at_limit": self.stop_at_limit,
+            "light_load": self.light_load,
             "profile": self.profile.as_dict(),
             "sweep": {k: list(v) for k, v in self.sweep.items()},
             "server": dict(self.server),
@@ -132,6 +173,7 @@ class Point:
     profile: Profile
     network: dict[str, float] | None = None  # the impairment at this point ([network] with its swept keys)
     http: str | None = None  # the members' HTTP through the proxy (HTTP_VALUES), or None: direct to the server
+    cpu_limit: float | None = None  # the server's CPU limit (0: none, in a cgroup all the same); None: no cgroup
 
     @property
     def slug(self) -> str:
@@ -196,10 +238,11 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     if not isinstance(sweep_data, dict):
         raise fail("sweep", "must be a table of lists")
     sweep: dict[str, tuple] = {}
+    period_ms = _period_ms(data.get("server", {}), fail)
     for key, values in sweep_data.items():
-        if key not in profile_keys() and key not in NETWORK_KEYS and key != HTTP_KEY:
-            raise fail(f"sweep.{key}", f"not a profile or network key; the keys are "
-                                       f"{', '.join([*profile_keys(), *NETWORK_KEYS, HTTP_KEY])}")
+        if key not in profile_keys() and key not in NETWORK_KEYS and key not in (HTTP_KEY, "cpu_limit"):
+            raise fail(f"sweep.{key}", f"not a profile or network key, nor cpu_limit; the keys are "
+                                       f"{', '.join([*profile_keys(), *NETWORK_KEYS, HTTP_KEY, 'cpu_limit'])}")
         if not isinstance(values, list) or not values:
             raise fail(f"sweep.{key}", "must be a non-empty list")
         if len(set(map(repr, values))) != len(values):
@@ -211,14 +254,19 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
             if key in NETWORK_KEYS:
                 network_value(key, value, lambda p, key=key: fail(f"sweep.{key}", p))
                 continue
+            if key == "cpu_limit":
+                cpu_limit_value(value, period_ms, lambda p: fail("sweep.cpu_limit", p))
+                continue
             try:
                 profile.replace(**{key: value})
             except (ProfileError, TypeError) as error:
                 raise fail(f"sweep.{key}", str(error)) from None
         sweep[key] = tuple(values)
 
-    if stop_at_limit and (list(sweep) not in (["users"], ["messages_per_second"]) or data.get("cluster")):
-        raise fail("stop_at_limit", "needs a sweep of users or of messages_per_second alone, on one server")
+    loads = [k for k in sweep if k != "cpu_limit"]
+    if stop_at_limit and (loads not in (["users"], ["messages_per_second"]) or data.get("cluster")):
+        raise fail("stop_at_limit", "needs a sweep of users or of messages_per_second (and of cpu_limit, if any) "
+                                    "alone, on one server")
 
     server = data.get("server", {})
     if not isinstance(server, dict):
@@ -226,14 +274,24 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     server = dict(server)
     allowed = server_keys()
     for key, value in server.items():
+        if key == "cpu_limit":
+            server[key] = cpu_limit_value(value, period_ms, lambda p: fail("server.cpu_limit", p))
+            continue
+        if key == "cpu_period_ms":
+            server[key] = period_ms
+            continue
         if key not in allowed:
-            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join(allowed)}")
+            raise fail(f"server.{key}", f"unknown key; the keys are {', '.join([*allowed, *CPU_KEYS])}")
         try:
             server[key] = allowed[key].check(value)
         except ValueError as error:
             raise fail(f"server.{key}", str(error)) from None
 
     cluster = _cluster(data.get("cluster", {}), fail)
+    limited = "cpu_limit" in server or "cpu_limit" in sweep
+    if limited and cluster:
+        raise fail("server.cpu_limit" if "cpu_limit" in server else "sweep.cpu_limit",
+                   "limits one server's CPU; a [cluster]'s instances are not limited")
     fault = _fault(data.get("fault", {}), cluster, profile, fail)
     network_data = data.get("network")
     http = None
@@ -244,8 +302,9 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     if (http is not None or HTTP_KEY in sweep) and cluster:
         raise fail(f"network.{HTTP_KEY}", "puts one proxy before one server; a [cluster] has its own HAProxy")
     network = _network(network_data, sweep, fail)
+    light_load = _light_load(data.get("light_load"), limited, sweep, fail)
     return Experiment(name, description, tuple(transports), repeats, processes, profile, sweep, dict(server), source,
-                      cluster, fault, stop_at_limit, network, capture, http)
+                      cluster, fault, stop_at_limit, network, capture, http, light_load)
 
 
 def http_value(value: object, fail) -> str:
@@ -253,6 +312,42 @@ def http_value(value: object, fail) -> str:
     if value not in HTTP_VALUES:
         raise fail(f'must be one of {", ".join(repr(v) for v in HTTP_VALUES)} (a string), got {value!r}')
     return str(value)
+
+
+def cpu_limit_value(value: object, period_ms: float, fail) -> float:
+    """Check one CPU limit (in CPUs; 0: none) and return it as a float; raise `fail(problem)` if bad."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise fail(f"must be a number of CPUs (0.5: half of one; 0: no limit), got {value!r}")
+    value = float(value)
+    least = 1.0 / period_ms  # the kernel's smallest quota, 1 ms a period
+    if value != 0 and not least <= value <= 64:
+        raise fail(f"must be 0 (no limit) or from {least:g} (a 1 ms quota each {period_ms:g} ms period, the "
+                   f"kernel's least) to 64 CPUs, got {value:g}")
+    return value
+
+
+def _period_ms(server: object, fail) -> float:
+    value = server.get("cpu_period_ms", CPU_PERIOD_MS) if isinstance(server, dict) else CPU_PERIOD_MS
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 1000:
+        raise fail("server.cpu_period_ms", f"must be from 1 to 1000 ms (the CFS periods the kernel accepts), got "
+                                           f"{value!r}")
+    if abs(value * 1000 - round(value * 1000)) > 1e-6:
+        raise fail("server.cpu_period_ms", f"is applied in whole microseconds, got {value!r}")
+    return float(value)
+
+
+def _light_load(value: object, limited: bool, sweep: dict[str, tuple], fail) -> float | None:
+    """light_load: one of the swept loads, where each transport also runs without its CPU limit."""
+    if value is None:
+        return None
+    load_key = next((k for k in CAPACITY_LOADS if k in sweep), None)
+    if not limited or load_key is None:
+        raise fail("light_load", "needs a CPU limit ([server] or [sweep] cpu_limit) and a sweep of users or "
+                                 "messages_per_second")
+    if isinstance(value, bool) or value not in sweep[load_key]:
+        raise fail("light_load", f"must be one of sweep.{load_key} ({', '.join(map(str, sweep[load_key]))}), so the "
+                                 f"limited points there are compared with it, got {value!r}")
+    return value
 
 
 def network_value(key: str, value: object, fail) -> float:

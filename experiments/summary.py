@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clients.results import read_histogram
 
-from . import capture, figures
+from . import capture, cgroup, figures
 from .spec import Point
 
 # summary.csv column -> (figure, scale). Names and units of the figures live in experiments.figures.
@@ -46,6 +46,13 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "tcp_dropped": ("tcp_dropped_packets", 1),
     "meter_over_capture": ("meter_over_capture_bytes", 1),
     "server_cpu_percent": ("server_cpu_share", 100),
+    "cgroup_cpu_percent": ("cgroup_cpu_share", 100),
+    "cgroup_cpu_ms": ("cgroup_cpu_s", 1000),
+    "cgroup_cpu_us_per_delivered": ("cgroup_cpu_us_per_delivered_message", 1),
+    "cgroup_periods": ("cgroup_periods", 1),
+    "cgroup_throttled_periods": ("cgroup_throttled_periods", 1),
+    "cgroup_throttled_percent": ("cgroup_throttled_share", 100),
+    "cgroup_throttled_ms": ("cgroup_throttled_s", 1000),
     "server_cpu_us_per_delivered": ("server_cpu_us_per_delivered_message", 1),
     "generator_cpu_us_per_delivered": ("generator_cpu_us_per_delivered_message", 1),
     "proxy_cpu_us_per_delivered": ("proxy_cpu_us_per_delivered_message", 1),
@@ -99,6 +106,7 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
     generator = samples.get(figures.GENERATOR_LABEL)
     sampler = samples.get(figures.SAMPLER_LABEL)
     proxy = samples.get(figures.PROXY_LABEL)
+    cpu_limit, group = cgroup_window(point_dir)
     return figures.RunData.from_scrapes(
         scrapes(point_dir, "metrics_before"),
         scrapes(point_dir, "metrics_after"),
@@ -120,7 +128,21 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         server_cpus=server_cpus,
         idle_rss_bytes=sum(s.rss_bytes[0] for label, s in samples.items()
                            if label not in figures.NOT_SERVER and s.rss_bytes),
+        cpu_limit=cpu_limit,
+        cgroup=group,
     ).with_capture(capture.window(point_dir))
+
+
+def cgroup_window(point_dir: Path) -> tuple[float | None, dict | None]:
+    """The server cgroup's CPU limit (None: none) and its counters' increase over the window, from the point's
+    cgroup.json; (None, None) for a point that ran in no cgroup."""
+    path = point_dir / cgroup.STAT_FILE
+    if not path.exists():
+        return None, None
+    data = json.loads(path.read_text())
+    if "start" not in data or "end" not in data:
+        return data["cgroup"]["cpu_limit"], None
+    return data["cgroup"]["cpu_limit"], cgroup.CpuStat(**data["end"]).minus(cgroup.CpuStat(**data["start"]))
 
 
 def scrapes(point_dir: Path, stem: str) -> dict[str, str]:

@@ -47,6 +47,19 @@ def require_packages(transport: str) -> None:
     pytest.skip(reason)
 
 
+def require_cgroups():
+    """The machine's cgroup hierarchy for CPU limits (experiments/cgroup.py), after a probe group was made and removed;
+    skip (fail under RTLAB_REQUIRE_ALL=1) when no group with a CPU limit can be made here (not root, read-only)."""
+    from experiments import cgroup
+
+    try:
+        return cgroup.preflight()
+    except cgroup.CgroupUnavailable as error:
+        if REQUIRE_ALL:
+            pytest.fail(f"RTLAB_REQUIRE_ALL=1 but {error}")
+        pytest.skip(str(error))
+
+
 @pytest.fixture
 async def session():
     """An aiohttp client session for the test, closed after it."""

@@ -127,7 +127,9 @@ ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered"
                            "proxy_cpu_us_per_delivered", "meter_bytes_per_delivered", "tcp_payload_in", "tcp_payload_out",
                            "tcp_packets_per_delivered", "tcp_dropped", "meter_over_capture", "join_p50_ms",
                            "join_p99_ms", "first_message_p50_ms", "first_message_p99_ms", "members_joined_late",
-                           "send_lag_p99_ms", "sends_behind_schedule"}
+                           "send_lag_p99_ms", "sends_behind_schedule",
+                           "cgroup_cpu_percent", "cgroup_cpu_ms", "cgroup_cpu_us_per_delivered", "cgroup_periods",
+                           "cgroup_throttled_periods", "cgroup_throttled_percent", "cgroup_throttled_ms"}
 
 
 def test_recomputed_figures_match_the_summary_the_runner_wrote(run):
@@ -191,6 +193,68 @@ def test_a_limit_at_the_lightest_load_leaves_no_capacity():
     found = figures.capacity([load_point(100, saturated=True)])["websocket"]
     assert math.isnan(found.load) and found.bound == "generator"
     assert "under the lightest load swept" in found.sentence()
+
+
+def limited_point(users, limit, cpu=40.0, transport="websocket", us=50.0, **more):
+    return {**load_point(users, cpu=cpu, transport=transport, **more), "cpu_limit": limit, "repeat": "1",
+            "cgroup_cpu_us_per_delivered": us, "server_cpu_us_per_delivered": us * 1.1, "generator_cpu_peak": 0.3}
+
+
+def test_under_cpu_limits_each_limit_is_walked_on_its_own_and_reported_per_cpu():
+    rows = [limited_point(100, 0.0), limited_point(100, 0.25), limited_point(200, 0.25, cpu=95.0),
+            limited_point(100, 0.5), limited_point(200, 0.5), limited_point(400, 0.5, cpu=96.0)]
+    by_limit = figures.capacity_by_limit(rows)
+    assert list(by_limit) == [0.25, 0.5]  # the run without a limit is the check's, no capacity's
+    low, high = by_limit[0.25]["websocket"], by_limit[0.5]["websocket"]
+    assert (low.load, low.bound, low.cpu_limit, low.load_per_cpu, low.delivered_per_s_per_cpu) == (
+        100, "server", 0.25, 400, 3600.0)
+    assert low.reason == "server CPU 95 % of its 0.25-CPU limit at 200"
+    assert (high.load, high.load_per_cpu) == (200, 400)
+    assert low.sentence() == ("capacity of websocket at a 0.25-CPU limit: 100 members (900 deliveries/s), per CPU "
+                              "400 members (3,600 deliveries/s), server-bound: server CPU 95 % of its 0.25-CPU limit at "
+                              "200; the generator's busiest second there 30% of its core")
+    (check,) = figures.limit_scaling(by_limit)
+    assert check.ratio == 1.0 and check.problem == ""
+    # A run without limits is one capacity per transport, as before.
+    assert list(figures.capacity_by_limit([load_point(100)])) == [None]
+
+
+def test_a_capacity_out_of_proportion_to_its_limit_is_flagged_and_a_lower_bound_is_not_checked():
+    rows = [limited_point(100, 0.25), limited_point(200, 0.25, cpu=95.0),
+            limited_point(100, 0.5), limited_point(200, 0.5), limited_point(400, 0.5), limited_point(800, 0.5, cpu=99.0)]
+    (check,) = figures.limit_scaling(figures.capacity_by_limit(rows))
+    assert check.ratio == 2.0 and check.problem == "capacity ratio / limit ratio 2.00, outside 1 ± 15%"
+    saturated = rows[:2] + [limited_point(100, 0.5), limited_point(200, 0.5, saturated=True)]
+    (check,) = figures.limit_scaling(figures.capacity_by_limit(saturated))
+    assert check.problem == "not checked: its capacity at 0.5 CPU is only ≥ (generator-bound)"
+
+
+def test_the_light_loads_cpu_per_delivery_with_and_without_the_limit():
+    rows = [limited_point(100, 0.0, us=50.0), limited_point(100, 0.25, us=52.0), limited_point(100, 0.5, us=44.0),
+            limited_point(200, 0.25, us=10.0)]
+    costs = {c.cpu_limit: c for c in figures.limit_cost(rows, "users", 100)}
+    assert set(costs) == {0.25, 0.5}
+    assert costs[0.25].ratio == pytest.approx(1.04) and costs[0.25].problem == ""
+    assert costs[0.5].problem == "CPU per delivery with / without the limit 0.88, outside 1 ± 10%"
+    # The cgroup's own count is compared where both have it, else the sampler's.
+    without_group = [{**row, "cgroup_cpu_us_per_delivered": ""} for row in rows]
+    assert figures.limit_cost(without_group, "users", 100)[0].limited_us == pytest.approx(52.0 * 1.1)
+    # A light load at the limit says nothing about the limit's cost.
+    busy = [rows[0], limited_point(100, 0.25, cpu=93.0, us=50.0)]
+    assert figures.limit_cost(busy, "users", 100)[0].problem.startswith("not checked: the light load is not below")
+
+
+def test_the_capacity_table_carries_both_checks_and_flags_what_failed():
+    rows = [limited_point(100, 0.0, us=50.0), limited_point(100, 0.25, us=51.0), limited_point(200, 0.25, cpu=95.0),
+            limited_point(100, 0.5, us=60.0), limited_point(200, 0.5), limited_point(400, 0.5, cpu=96.0),
+            limited_point(100, 0.25, transport="sse"), limited_point(200, 0.25, transport="sse", cpu=91.0)]
+    table = {(r["transport"], r["cpu_limit"]): r for r in figures.capacity_table(rows, "users", 100)}
+    assert set(table) == {("websocket", 0.25), ("websocket", 0.5), ("sse", 0.25)}
+    assert table["websocket", 0.25]["flag"] == "" and table["websocket", 0.25]["scaling_ratio"] == 1.0
+    assert table["websocket", 0.5]["flag"] == "CPU per delivery with / without the limit 1.20, outside 1 ± 10%"
+    assert table["sse", 0.25]["flag"] == ("not checked: not measured at another limit; not checked: no run at 100 "
+                                          "without the limit")
+    assert list(table["websocket", 0.5]) == list(figures.CAPACITY_COLUMNS)
 
 
 def test_titles_carry_the_profile(run):

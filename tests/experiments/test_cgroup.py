@@ -12,20 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE_ALL, ROOT, UNIT
+from conftest import ROOT, UNIT, require_cgroups
 
 from experiments import cgroup
 from experiments.supervisor import Process
-
-def require_cgroups() -> cgroup.Hierarchy:
-    """The machine's hierarchy, after a probe group was made and removed; skip (fail under RTLAB_REQUIRE_ALL=1)
-    when no group with a CPU limit can be made here."""
-    try:
-        return cgroup.preflight()
-    except cgroup.CgroupUnavailable as error:
-        if REQUIRE_ALL:
-            pytest.fail(f"RTLAB_REQUIRE_ALL=1 but {error}")
-        pytest.skip(str(error))
 
 
 def name(tag: str) -> str:
@@ -85,9 +75,10 @@ def test_a_cpu_bound_child_under_a_0_2_limit_uses_at_most_a_quarter_of_a_cpu(tmp
         finally:
             process.stop()
     share = used["usage_usec"] / 1e6 / used["wall_s"]
-    assert share <= 0.25, f"two spinning processes used {share:.2f} CPU under a 0.2 limit"
-    assert used["nr_periods"] >= 0.5 * used["wall_s"] / 0.020  # runnable through most 20 ms periods
-    assert used["nr_throttled"] > 0 and used["throttled_usec"] > 0
+    assert 0.02 < share <= 0.25, f"two spinning processes used {share:.2f} CPU under a 0.2 limit: {used}"
+    assert used["nr_periods"] >= 0.5 * used["wall_s"] / 0.020, used  # runnable through most 20 ms periods
+    if share >= 0.15:  # it got most of its quota (on a busy CPU it may not): the kernel must have held it back
+        assert used["nr_throttled"] > 0 and used["throttled_usec"] > 0, used
     assert not any(path.exists() for path in group.paths)
 
 
@@ -115,24 +106,41 @@ def test_without_a_cpu_hierarchy_the_reason_is_said(tmp_path):
         cgroup.find(tmp_path)
 
 
-PREFLIGHT = "from experiments import cgroup\ncgroup.preflight()\n"
 # The hierarchies bound read-only in a mount namespace of the child's own, as a container gets them by default; the
 # machine's own mounts are untouched.
-READ_ONLY = 'for d in "$@"; do mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 97; done; exec {python} -c "$0"'
+READ_ONLY = 'for d in "$@"; do mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 97; done; exec "$0"'
+LIMITED = """
+name = "limited"
+transports = ["websocket"]
+[profile]
+users = 4
+spawn_rate = 4
+rooms = 1
+messages_per_second = 1.0
+message_bytes = 20
+arrival = "poisson"
+duration_s = 4
+warmup_s = 1
+[server]
+cpu_limit = 0.5
+"""
 
 
-def test_where_groups_are_not_writable_the_reason_is_said_and_nothing_is_made():
+def test_where_groups_are_not_writable_the_run_is_refused_with_why_before_anything_starts(tmp_path):
     hierarchy = require_cgroups()
     if not (shutil.which("unshare") and shutil.which("mount")):
         pytest.skip("needs unshare and mount (util-linux) to make the hierarchy read-only for one process")
+    spec, out = tmp_path / "limited.toml", tmp_path / "results"
+    spec.write_text(LIMITED)
     before = set(os.listdir(hierarchy.cpu))
-    proc = subprocess.run(["unshare", "--mount", "sh", "-c", READ_ONLY.format(python=sys.executable), PREFLIGHT,
-                           *map(str, hierarchy.directories)],
+    # sh -c SCRIPT ARG0 ARGS...: $0 is the command to exec, "$@" the hierarchies to make read-only.
+    script = READ_ONLY.replace('exec "$0"', f'exec "$0" -m experiments run {spec} --out {out}')
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script, sys.executable, *map(str, hierarchy.directories)],
                           capture_output=True, text=True, cwd=ROOT, timeout=60 * UNIT, check=False)
-    assert proc.returncode not in (0, 97), proc.stderr
-    assert "CgroupUnavailable: cannot make a cgroup with a CPU limit under" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot make a cgroup with a CPU limit under" in proc.stderr
     assert "Read-only file system (mounted read-only, as a container's is by default" in proc.stderr
-    assert set(os.listdir(hierarchy.cpu)) == before
+    assert not out.exists() and set(os.listdir(hierarchy.cpu)) == before
 
 
 def test_a_user_who_may_not_make_groups_is_told_to_run_as_root(fake_v2, monkeypatch):

@@ -107,6 +107,15 @@ def test_quick_shortens_durations(tmp_path):
         (("repeats = 2", 'repeats = 2\nprocesses = "many"'), "processes"),
         (("repeats = 2", 'repeats = 2\nstop_at_limit = "yes"'), "stop_at_limit"),
         (("users = 4\n", "users = 4\nroom_size = -1\n"), "room_size"),
+        (("[sweep]", "[server]\ncpu_limit = -0.5\n[sweep]"), "server.cpu_limit"),
+        (("[sweep]", "[server]\ncpu_limit = 0.04\n[sweep]"), "server.cpu_limit"),  # under 1 ms of a 20 ms period
+        (("[sweep]", "[server]\ncpu_limit = '500m'\n[sweep]"), "server.cpu_limit"),
+        (("[sweep]", "[server]\ncpu_limit = 0.5\ncpu_period_ms = 2000\n[sweep]"), "server.cpu_period_ms"),
+        (("users = [4, 8]", "users = [4, 8]\ncpu_limit = [0.5, true]"), "sweep.cpu_limit"),
+        (("repeats = 2", "repeats = 2\nlight_load = 4"), "light_load"),  # no CPU limit to compare with
+        (("repeats = 2", "repeats = 2\nlight_load = 6\n[server]\ncpu_limit = 0.5"), "light_load"),  # not a swept load
+        (("[sweep]", "[cluster]\ninstances = [1]\nmodes = ['sticky']\n[server]\ncpu_limit = 0.5\n[sweep]"),
+         "server.cpu_limit"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, change, key):
@@ -135,6 +144,30 @@ def test_cli_exits_2_for_a_missing_file(tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 2 and "no such experiment file" in proc.stderr
+
+
+def test_cpu_limits_swept_beside_the_load_run_each_transports_limits_together_and_the_light_load_without(tmp_path):
+    text = GOOD.replace("users = [4, 8]", "users = [4, 8]\ncpu_limit = [0.25, 0.5]").replace(
+        "repeats = 2", "repeats = 1\nstop_at_limit = true\nlight_load = 4\n[server]\ncpu_period_ms = 50\nws_compress = false")
+    experiment = load_experiment(write(tmp_path, text))
+    assert experiment.cpu_limits == (0.25, 0.5) and experiment.cpu_period_us == 50_000
+    assert experiment.server_options == {"ws_compress": False}  # the runner's keys are no server flags
+    assert experiment.point_keys == ["users", "cpu_limit"] and experiment.light_load == 4
+    # A transport's limits run one after the other at each load; at the light load, first without a limit (0).
+    assert [(p.swept["users"], p.transport, p.cpu_limit) for p in experiment.points()] == [
+        (4, "short-polling", 0.0), (4, "short-polling", 0.25), (4, "short-polling", 0.5),
+        (4, "websocket", 0.0), (4, "websocket", 0.25), (4, "websocket", 0.5),
+        (8, "short-polling", 0.25), (8, "short-polling", 0.5), (8, "websocket", 0.25), (8, "websocket", 0.5)]
+    assert experiment.points()[1].slug == "users=4,cpu_limit=0.25/short-polling-r1"
+    assert experiment.as_dict()["light_load"] == 4 and experiment.as_dict()["server"]["cpu_period_ms"] == 50
+    # One limit in [server]: a point key all the same, so the light load's run without it is told apart.
+    fixed = load_experiment(write(tmp_path, GOOD.replace("repeats = 2", "repeats = 1\nlight_load = 8\n[server]\n"
+                                                                         "cpu_limit = 0.5")))
+    assert fixed.point_keys == ["users", "cpu_limit"]
+    assert [(p.swept, p.cpu_limit) for p in fixed.points() if p.transport == "websocket"] == [
+        ({"users": 4, "cpu_limit": 0.5}, 0.5), ({"users": 8, "cpu_limit": 0.0}, 0.0), ({"users": 8, "cpu_limit": 0.5}, 0.5)]
+    plain = load_experiment(write(tmp_path, GOOD))
+    assert plain.cpu_limits == () and all(p.cpu_limit is None for p in plain.points())
 
 
 def test_a_servers_declared_settings_are_experiment_keys_and_become_its_flags(tmp_path):

@@ -69,6 +69,24 @@ def test_the_cost_figures_on_hand_computed_values():
     assert compute(RUN, EXPECTED) == pytest.approx(EXPECTED)
 
 
+def test_under_a_cpu_limit_the_server_is_measured_against_the_limit_and_its_cgroup_counted():
+    # 1.2 s of server CPU over 3 s: 40 % of its one pinned CPU, 80 % of a 0.5-CPU limit; the group counted 1.25 s.
+    group = {"usage_usec": 1_250_000, "nr_periods": 150, "nr_throttled": 40, "throttled_usec": 600_000, "wall_s": 3.0}
+    limited = RunData(**{**RUN.__dict__, "cpu_limit": 0.5, "cgroup": group})
+    assert compute(limited, ["server_cpu_share", "cgroup_cpu_share", "cgroup_cpu_s", "cgroup_cpu_us_per_delivered_message",
+                             "cgroup_periods", "cgroup_throttled_periods", "cgroup_throttled_share",
+                             "cgroup_throttled_s"]) == pytest.approx({
+        "server_cpu_share": 0.8, "cgroup_cpu_share": 1.25 / 1.5, "cgroup_cpu_s": 1.25,
+        "cgroup_cpu_us_per_delivered_message": 6250.0, "cgroup_periods": 150, "cgroup_throttled_periods": 40,
+        "cgroup_throttled_share": 40 / 150, "cgroup_throttled_s": 0.6})
+    assert figures.server_cpu_share(RUN) == pytest.approx(0.4)  # no limit: its pinned CPU
+    # A group without a limit (the light load's check run) counts, and the share is of the pinned CPU.
+    free = RunData(**{**RUN.__dict__, "cpu_limit": None, "cgroup": group})
+    assert figures.cgroup_cpu_share(free) == pytest.approx(1.25 / 3) and figures.server_cpu_share(free) == pytest.approx(0.4)
+    assert RunData(**{**RUN.__dict__, "cpu_limit": 4.0}).cpu_allowance == 1  # more than it is pinned to: no change
+    assert math.isnan(figures.cgroup_cpu_share(RUN)) and math.isnan(figures.cgroup_throttled_share(RUN))
+
+
 def test_client_counted_sends_override_accepted():
     run = RunData(**{**RUN.__dict__, "messages_sent": 40})
     assert figures.bytes_per_sent_message(run) == 100.0
