@@ -1,6 +1,6 @@
 """One asyncio event loop per Locust process, on a real OS thread, bridged to the gevent greenlets Locust runs.
 
-The UDP transports' client libraries are asyncio (aiortc for WebRTC, aioquic for WebTransport) while Locust and
+The UDP transports' client libraries are asyncio (aiortc, aioquic) while Locust and
 every other client are gevent: `shared()` starts this process's one bridge on first use, and every asyncio client
 of the process, whatever its transport, runs its connections on that loop. `on_start` hooks let a transport set
 up its library once before the loop runs (aioice's host addresses, say).
@@ -220,7 +220,7 @@ PLANNED_CLOSE_CODES = (1001, 1012)  # going away (shutdown), service restart (dr
 
 class BridgedClient(ChatClient):
     """A member whose connection lives on the process's asyncio bridge (`shared()`) and carries the WebSocket's
-    messages: `{"type": "send"}` up; `{"type": "message" | "error" | "close"}` down. WebRTC's and WebTransport's
+    messages: `{"type": "send"}` up; `{"type": "message" | "error" | "close"}` down. The UDP transports'
     clients are subclasses; each says how to open a connection, send one frame on it and close it:
 
     - `_open_connection(generation)`, in the member's greenlet (it may wait on the loop with `self._bridge.call`);

@@ -1,7 +1,7 @@
 """Short-lived self-signed certificates made at start, never written into the repository: one helper for every
-TLS and QUIC endpoint rtlab runs (HAProxy's HTTPS front, the WebTransport server).
+TLS and QUIC endpoint rtlab runs (HAProxy's HTTPS front, the HTTP/3 endpoint).
 
-ECDSA P-256 and at most 14 days: Chromium accepts a certificate pinned by `serverCertificateHashes` (WebTransport)
+ECDSA P-256 and at most 14 days: Chromium accepts a certificate pinned by `serverCertificateHashes` (a page's HTTP/3 session)
 only if it is ECDSA and valid for at most two weeks, and one kind of certificate for every endpoint keeps the
 handshakes of the arms being compared the same.
 """
@@ -26,7 +26,7 @@ class Certificate:
 
     cert_pem: bytes
     key_pem: bytes
-    sha256: bytes  # of the DER certificate: what WebTransport's serverCertificateHashes pins
+    sha256: bytes  # of the DER certificate: what a page's serverCertificateHashes pins
     not_before: dt.datetime
     not_after: dt.datetime
 

@@ -186,7 +186,7 @@ def parse_post(body: object, max_chars: int) -> tuple[str, str, float | None]:
 
 def parse_send(data: str | bytes, max_chars: int, what: str = "message") -> tuple[str, str, float | None]:
     """(user, text, sent_at) of a `{"type": "send", "user", "text", "sent_at"?}` message, as a WebSocket frame, a
-    data channel's message or a WebTransport stream or datagram carries it; raise InvalidInput otherwise (`what`
+    data channel's message or a QUIC stream or datagram carries it; raise InvalidInput otherwise (`what`
     names the carrier in the error)."""
     if not isinstance(data, str):
         raise InvalidInput(f"binary {what}s are not accepted: send JSON text")

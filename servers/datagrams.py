@@ -1,6 +1,6 @@
 """What the UDP transports share: the meter of one flow of datagrams, and a datagram transport that counts into it.
 
-WebRTC (aioice's sockets, one per peer connection) and WebTransport (aioquic's one socket, datagrams routed to
+WebRTC (aioice's sockets, one per peer connection) and HTTP/3 (aioquic's one socket, datagrams routed to
 their QUIC connection) both count the exact UDP payload of every datagram they receive and every one they hand
 to their socket: the handshake (STUN, DTLS; QUIC's TLS), acknowledgements and retransmissions included. A flow
 does not know its transport's label when its first datagrams arrive (a peer connection learns it when its data

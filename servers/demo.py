@@ -138,7 +138,7 @@ async def handle_client_bytes(request: web.Request) -> web.Response:
 
 def security_headers(app: web.Application) -> dict[str, str]:
     """SECURITY_HEADERS, the policy's connect-src also naming the origins the mounted transports' panes connect to
-    (WebTransport's HTTP/3 endpoint, on another port and scheme)."""
+    (an HTTP/3 endpoint, on another port and scheme)."""
     sources = [source for transport in mounted(app).values() for source in transport.page_sources()]
     if not sources:
         return SECURITY_HEADERS

@@ -77,7 +77,7 @@ class SendLimiter:
         return wait
 
     def admit(self, member: Any) -> bool:
-        """Take a token for a send of a member that is its connection (a WebSocket, a data channel, a WebTransport
+        """Take a token for a send of a member that is its connection (a WebSocket, a data channel, an HTTP/3
         session: `member.bucket`, made here at its first send, and `member.refused_running`). Return True to accept
         it; raise RateLimited when refused; return False once it has kept on past `burst` refusals in a row: cut it
         off (close 1008)."""
@@ -182,7 +182,7 @@ class OriginPolicy:
         return verdict
 
     def session_problem(self, authority: str, origin: str | None, page_port: int) -> str | None:
-        """Why a session a page opens on another port (WebTransport's CONNECT, to https://host:UDP_PORT) must be
+        """Why a session a page opens on another port (an HTTP/3 CONNECT, to https://host:UDP_PORT) must be
         refused (403), or None: its :authority must be a name of this server, as a Host, and its Origin, when it has
         one, the page's own (http://that name:`page_port`, where this server serves pages) or an allowed one."""
         name, _ = split_host(authority)

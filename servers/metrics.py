@@ -105,7 +105,7 @@ class WireCount:
     """Bytes in and out of one connection or one datagram flow, counted under a transport's label (and a client's
     ledger) once it is known: until then they wait in `pending_*`, and `settle` hands them over. A TCP connection
     waits for its request to be routed (MeteredTransport), a UDP flow for its session to say what it is (WebRTC's
-    channel, WebTransport's CONNECT: servers.datagrams.DatagramMeter). Subclasses hold the four slots."""
+    channel, an HTTP/3 session's CONNECT: servers.datagrams.DatagramMeter). Subclasses hold the four slots."""
 
     __slots__ = ()
     tally: Tally | None

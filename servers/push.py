@@ -162,7 +162,7 @@ class PushMember:
 
 
 class SendingMember(PushMember):
-    """A push member whose sends arrive on its own connection (a data channel, a WebTransport session), as JSON
+    """A push member whose sends arrive on its own connection (a data channel, an HTTP/3 session), as JSON
     `{"type": "send", ...}` messages: each is checked and rate-limited as it arrives (`receive`) and posted in its
     turn, one after another, so a member's messages keep their order. Subclasses say how to `refuse` a send (an
     error message, or a close) and how a member that failed for a reason not the chat's is `dropped`."""

@@ -44,11 +44,11 @@ class ServerTransport:
 
     async def listening(self, host: str, port: int) -> None:
         """The HTTP server is listening on `host`:`port` (the port is known only now when 0 was asked for): a
-        transport with a socket of its own (WebTransport's UDP port) opens it here, and closes it on the app's
+        transport with a socket of its own (an HTTP/3 endpoint's UDP port) opens it here, and closes it on the app's
         cleanup."""
 
     def page_sources(self) -> tuple[str, ...]:
-        """Origins other than the page's own that its pane connects to (WebTransport's https://host:UDP_PORT), for
+        """Origins other than the page's own that its pane connects to (an HTTP/3 endpoint's https://host:UDP_PORT), for
         the demo page's Content-Security-Policy (connect-src)."""
         return ()
 

@@ -13,29 +13,19 @@ import logging
 from collections import deque
 
 from aiohttp import web
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
-from aioquic.buffer import Buffer, encode_uint_var
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, DatagramReceived, HeadersReceived, WebTransportStreamDataReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, StreamReset
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from yarl import URL
 
-from . import certs
-from .core import ChatError, InvalidInput, Message, Unavailable, validate_room
-from .datagrams import DatagramMeter, MeteredDatagramTransport
+from .core import InvalidInput, Message, Unavailable, validate_room
 from .guard import GUARD
 from .http import BROKER, int_param, json_text
 from .metrics import METER, NULL_TALLY, Tally
 from .push import Encoded, Prepared, PushHub, SendingMember
+from .quic import Connection, endpoint_of
 from .transport import ServerTransport
 
 log = logging.getLogger("rtlab.server")
 
-CLOSE_SESSION_CAPSULE = 0x2843  # CLOSE_WEBTRANSPORT_SESSION: a 32-bit code and a reason, then the CONNECT stream ends
 CLOSE_POLICY, CLOSE_OVERFLOW = 1008, 1013  # the WebSocket's codes: flooding; too slow a reader (resume with since=)
 STOPPED = 0x10C  # H3_REQUEST_CANCELLED: the stream error code of a stream the server will not read
 MAX_MESSAGE_BYTES = 64 * 1024  # a send is a few hundred bytes
@@ -44,8 +34,6 @@ MAX_MESSAGE_BYTES = 64 * 1024  # a send is a few hundred bytes
 MAX_DATAGRAM_BYTES = 1100
 MAX_QUEUED_DATAGRAMS = 256  # per connection, waiting for the congestion window; beyond, the oldest is dropped
 BUFFER_HIGH_BYTES, BUFFER_LOW_BYTES = 64 * 1024, 16 * 1024  # a session's unacknowledged stream bytes
-CONNECT_TIMEOUT_S = 10.0  # a QUIC connection with no session this long after its first packet is closed
-CLOSE_GRACE_S = 1.0
 
 
 _NEW = object()
@@ -64,11 +52,6 @@ def encode_line(message: Message) -> Encoded:
 def encode_datagram(message: Message) -> Encoded:
     data = message_bytes(message)
     return Prepared(data, data), message.json_bytes
-
-
-def close_capsule(code: int, reason: str) -> bytes:
-    body = code.to_bytes(4, "big") + reason.encode()[:1024]
-    return encode_uint_var(CLOSE_SESSION_CAPSULE) + encode_uint_var(len(body)) + body
 
 
 class Session(SendingMember):
@@ -93,8 +76,8 @@ class Session(SendingMember):
     def write(self, data: bytes) -> None:
         conn, quic = self.conn, self.conn._quic
         if self.owner.datagrams and len(data) <= MAX_DATAGRAM_BYTES:
-            if len(quic._datagrams_pending) >= MAX_QUEUED_DATAGRAMS:
-                quic._datagrams_pending.popleft()  # unreliable: the oldest waiting is the one worth least
+            if conn.datagrams_waiting() >= MAX_QUEUED_DATAGRAMS:
+                conn.drop_oldest_datagram()  # unreliable: the oldest waiting is the one worth least
                 self.owner.datagrams_dropped += 1
             conn.http.send_datagram(self.session_id, data)
         elif self.owner.stream_per_message or self.owner.datagrams:
@@ -112,14 +95,7 @@ class Session(SendingMember):
         return self.ended
 
     def get_write_buffer_size(self) -> int:
-        streams, known, size = self.streams, self.conn._quic._streams, 0
-        while streams and (streams[0] not in known or known[streams[0]].sender.is_finished):
-            streams.popleft()  # acknowledged to the end
-        for stream_id in streams:
-            stream = known.get(stream_id)
-            if stream is not None:
-                size += len(stream.sender._buffer)
-        return size
+        return self.conn.unacked_bytes(self.streams)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return BUFFER_LOW_BYTES, BUFFER_HIGH_BYTES
@@ -142,6 +118,27 @@ class Session(SendingMember):
 
     async def close(self, code: int, reason: str) -> None:
         await self.conn.end(code, reason)
+
+    # ---- servers.quic.Session
+    def finish(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.owner.hub.leave(self.room, self)
+        self.stop()
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def forget(self) -> None:
+        if self in self.owner.sessions:
+            self.owner.sessions.discard(self)
+            self.owner.tally.connections_open -= 1
+
+    def stream_reset(self, stream_id: int) -> None:
+        self.incoming.pop(stream_id, None)
+
+    def datagram(self, data: bytes) -> None:
+        self.message(data)
 
     def refuse(self, error: str) -> None:
         data = json.dumps({"type": "error", "error": error}).encode() + (b"" if self.owner.datagrams else b"\n")
@@ -195,241 +192,25 @@ class Session(SendingMember):
             self.owner.hub.close_soon(self, CLOSE_POLICY, "sending too fast")
 
 
-class Connection(QuicConnectionProtocol):
-    """One QUIC connection: its datagrams counted in `meter` (under the label of its session's transport once its
-    CONNECT is routed), HTTP/3 on it, and at most one WebTransport session."""
+class Router:
+    """Both transports' CONNECT handler (`:protocol webtransport`): the path's last segment names the transport."""
 
-    def __init__(self, quic, stream_handler=None, *, endpoint: Endpoint) -> None:
-        super().__init__(quic, stream_handler)
-        self.endpoint = endpoint
-        self.meter = DatagramMeter(endpoint.default_tally)
-        self.http: H3Connection | None = None
-        self.session: Session | None = None
-        self.closed = False
-        self.timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._no_session)
+    def __init__(self, app: web.Application, host: str) -> None:
+        self.owners: dict[str, WebTransport] = {}  # transport name -> its transport
+        self.endpoint = endpoint_of(app, host)
+        self.endpoint.handlers["webtransport"] = self.open
 
-    def connection_made(self, transport) -> None:
-        super().connection_made(MeteredDatagramTransport(transport, self.meter))
-
-    def datagram_received(self, data, addr) -> None:
-        self.meter.datagram_received(len(data))
-        self.endpoint.server.routed = True
-        super().datagram_received(data, addr)
-        if self.session is not None:
-            self.session.acked()
-
-    def quic_event_received(self, event) -> None:
-        if isinstance(event, ProtocolNegotiated):
-            self.http = H3Connection(self._quic, enable_webtransport=True)
-        elif isinstance(event, ConnectionTerminated):
-            self.terminated()
-        elif isinstance(event, StreamReset) and self.session is not None:
-            self.session.incoming.pop(event.stream_id, None)
-        if self.http is not None:
-            for http_event in self.http.handle_event(event):
-                self.http_event(http_event)
-
-    def http_event(self, event) -> None:
-        session = self.session
-        if isinstance(event, WebTransportStreamDataReceived):
-            if session is not None and event.session_id == session.session_id:
-                session.stream_data(event.stream_id, event.data, event.stream_ended)
-        elif isinstance(event, DatagramReceived):
-            if session is not None and event.stream_id == session.session_id:
-                session.message(event.data)
-        elif isinstance(event, HeadersReceived):
-            if session is None or event.stream_id != session.session_id:
-                self.endpoint.request(self, event.stream_id, event.headers)
-        elif isinstance(event, DataReceived) and session is not None and event.stream_id == session.session_id:
-            if event.stream_ended:  # the peer ended the session (its capsule, if any, says why)
-                self.endpoint.background(self.end(None, ""))
-
-    def answer(self, stream_id: int, status: int, error: str | None = None) -> None:
-        """Answer a request on `stream_id` with `status`: a session's 200, or `{"error": ...}` and the end."""
-        headers = [(b":status", str(status).encode())]
-        if status == 200:
-            self.http.send_headers(stream_id, headers + [(b"sec-webtransport-http3-draft", b"draft02")])
-        else:
-            self.http.send_headers(stream_id, headers + [(b"content-type", b"application/json")])
-            self.http.send_data(stream_id, json.dumps({"error": error}).encode(), end_stream=True)
-        self.transmit()
-
-    def _no_session(self) -> None:
-        self.timer = None
-        if self.session is None and not self.closed:
-            self.endpoint.connect_timeouts += 1
-            self.close(error_code=0x0, reason_phrase="no WebTransport session")
-
-    async def end(self, code: int | None, reason: str) -> None:
-        """End the session (telling the peer `code` and `reason` in the close capsule, when it is the server's
-        doing), then, a moment later, the connection. Idempotent."""
-        session = self.session
-        if session is not None and not session.ended:
-            session.ended = True
-            session.owner.hub.leave(session.room, session)
-            session.stop()
-            if session.wakeup is not None and not session.wakeup.done():
-                session.wakeup.set_result(None)
-            if code is not None and not self.closed:
-                self.http.send_data(session.session_id, close_capsule(code, reason), end_stream=True)
-                self.transmit()
-                await asyncio.sleep(CLOSE_GRACE_S)  # for the capsule to arrive before the connection goes
-        if not self.closed:
-            self.close()
-
-    def terminated(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-        session = self.session
-        if session is not None and not session.ended:
-            session.ended = True
-            session.owner.hub.leave(session.room, session)
-            session.stop()
-        if session is not None:
-            session.owner.sessions.discard(session)
-        self.meter.settle_fallback()
-        self.endpoint.connections.discard(self)
+    def open(self, conn: Connection, stream_id: int, fields: dict[bytes, str]) -> Session:
+        url = URL(fields.get(b":path", "/"))
+        parts = url.path.split("/")
+        owner = self.owners.get(parts[3]) if len(parts) == 4 and parts[1] == "rooms" else None
+        if owner is None:
+            raise LookupError(f"no WebTransport session at {url.path[:200]}: CONNECT /rooms/{{room}}/"
+                              + "|".join(self.owners))
+        return owner.open(conn, stream_id, validate_room(parts[2]), url)
 
 
-class MeteredQuicServer(QuicServer):
-    """aioquic's server socket: each datagram to its connection (whose meter counts it); what reaches none (a
-    stray, or a new connection beyond the cap, dropped) counted under the server's default label."""
-
-    def __init__(self, *, endpoint: Endpoint, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.endpoint = endpoint
-        self.routed = False
-
-    def datagram_received(self, data, addr) -> None:
-        self.routed = False
-        if len(self.endpoint.connections) >= self.endpoint.max_connections and self._new_connection(data):
-            self.endpoint.connections_refused += 1
-        else:
-            super().datagram_received(data, addr)
-        if not self.routed:
-            self.endpoint.default_tally.wire_received_bytes += len(data)
-
-    def _new_connection(self, data: bytes) -> bool:
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=self._configuration.connection_id_length)
-        except ValueError:
-            return False
-        return header.packet_type == QuicPacketType.INITIAL and header.destination_cid not in self._protocols
-
-
-class Endpoint:
-    """The app's one HTTP/3 endpoint, shared by both WebTransport transports: the UDP socket, the certificate, the
-    CONNECTs routed by path to the transport that mounted it."""
-
-    def __init__(self, app: web.Application, config) -> None:
-        self.app = app
-        self.config = config
-        self.owners: dict[str, WebTransport] = {}  # transport name (the path's last segment) -> its transport
-        self.certificate: certs.Certificate | None = None
-        self.server: MeteredQuicServer | None = None
-        self.host = config.host
-        self.port = 0
-        self.http_port = 0
-        self.connections: set[Connection] = set()
-        self.connect_timeouts = self.connections_refused = 0
-        self.default_tally: Tally = NULL_TALLY
-        self.closing = False
-        self._tasks: set[asyncio.Task] = set()
-        self._pinger: asyncio.TimerHandle | None = None
-        app.on_cleanup.append(self._close)
-
-    @property
-    def max_connections(self) -> int:
-        return sum(owner.max_sessions for owner in self.owners.values()) + 64  # and some still connecting
-
-    async def open(self, host: str, http_port: int) -> None:
-        if self.server is not None:
-            return
-        self.http_port = http_port
-        meter = self.app.get(METER)
-        self.default_tally = meter.default if meter is not None else NULL_TALLY
-        self.certificate = certs.generate(hosts=tuple(dict.fromkeys((host, *certs.DEFAULT_HOSTS))))
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        heartbeat = float(self.config.knob("webtransport_heartbeat_s"))
-        configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536,
-                                          idle_timeout=max(3 * heartbeat, 5.0))
-        configuration.certificate = x509.load_pem_x509_certificate(self.certificate.cert_pem)
-        configuration.private_key = load_pem_private_key(self.certificate.key_pem, None)
-        port = int(self.config.knob("webtransport_port")) or http_port
-        loop = asyncio.get_running_loop()
-        try:
-            _, self.server = await loop.create_datagram_endpoint(
-                lambda: MeteredQuicServer(endpoint=self, configuration=configuration,
-                                          create_protocol=lambda quic, **kw: self._connection(quic, **kw)),
-                local_addr=(host, port))
-        except OSError as error:
-            raise OSError(error.errno, f"WebTransport's UDP port {port}: {error.strerror} (--webtransport-port)") from None
-        self.port = self.server._transport.get_extra_info("sockname")[1]
-        self._pinger = loop.call_later(heartbeat, self._ping, heartbeat)
-
-    def _connection(self, quic, **kwargs) -> Connection:
-        connection = Connection(quic, endpoint=self, **kwargs)
-        self.connections.add(connection)
-        return connection
-
-    def _ping(self, heartbeat: float) -> None:
-        # A listening member may hear nothing for minutes: a PING keeps its connection inside the idle timeout.
-        for connection in tuple(self.connections):
-            if not connection.closed:
-                connection._quic.send_ping(0)
-                connection.transmit()
-        self._pinger = asyncio.get_running_loop().call_later(heartbeat, self._ping, heartbeat)
-
-    async def _close(self, app: web.Application) -> None:
-        if self._pinger is not None:
-            self._pinger.cancel()
-        if self.server is not None:
-            self.server.close()
-
-    def background(self, coroutine) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def request(self, conn: Connection, stream_id: int, headers) -> None:
-        """A request on the QUIC connection: a WebTransport CONNECT becomes a session of the transport its path
-        names; anything else is answered with an error."""
-        fields = {}
-        for key, value in headers:
-            if key in fields:
-                return conn.answer(stream_id, 400, f"header {key.decode(errors='replace')} given twice")
-            fields[key] = value.decode(errors="replace")
-        try:
-            if fields.get(b":method") != "CONNECT" or fields.get(b":protocol") != "webtransport":
-                raise LookupError("this endpoint serves WebTransport sessions only: CONNECT with :protocol "
-                                  "webtransport to /rooms/{room}/" + "|".join(self.owners))
-            url = URL(fields.get(b":path", "/"))
-            parts = url.path.split("/")
-            owner = self.owners.get(parts[3]) if len(parts) == 4 and parts[1] == "rooms" else None
-            if owner is None:
-                raise LookupError(f"no WebTransport session at {url.path[:200]}: CONNECT /rooms/{{room}}/"
-                                  + "|".join(self.owners))
-            problem = self.app[GUARD].policy.session_problem(fields.get(b":authority", ""), fields.get(b"origin"),
-                                                             self.http_port)
-            if problem is not None:
-                return conn.answer(stream_id, 403, problem)
-            owner.open(conn, stream_id, validate_room(parts[2]), url)
-        except LookupError as error:
-            conn.answer(stream_id, 404, str(error))
-        except InvalidInput as error:
-            conn.answer(stream_id, 400, str(error))
-        except Unavailable as error:
-            conn.answer(stream_id, 503, str(error))
-        except ChatError as error:
-            conn.answer(stream_id, 400, str(error))
-
-
-ENDPOINT = web.AppKey("webtransport_endpoint", Endpoint)
+ROUTER = web.AppKey("webtransport_router", Router)
 
 
 class _Query:  # what servers.http's parameter helpers and the demo's client ledger read of a request
@@ -460,10 +241,12 @@ class WebTransport(ServerTransport):
         self.sessions: set[Session] = set()
         self.refused = self.datagrams_dropped = 0
         self.tally: Tally = NULL_TALLY
-        if ENDPOINT not in self.app:
-            self.app[ENDPOINT] = Endpoint(self.app, self.config)
-        self.endpoint = self.app[ENDPOINT]
-        self.endpoint.owners[self.name] = self
+        if ROUTER not in self.app:
+            self.app[ROUTER] = Router(self.app, self.config.host)
+        self.router = self.app[ROUTER]
+        self.router.owners[self.name] = self
+        self.endpoint = self.router.endpoint
+        self.endpoint.session_caps[self.name] = self.max_sessions
         self.app.on_startup.append(self._find_tally)
         return [self.app.router.add_get(f"/rooms/{{room}}/{self.name}", self.handle_info, allow_head=False)]
 
@@ -485,9 +268,10 @@ class WebTransport(ServerTransport):
         self.tally = meter.tallies.get(self.name, meter.default) if meter is not None else NULL_TALLY
 
     async def listening(self, host: str, port: int) -> None:
-        await self.endpoint.open(host, port)
+        await self.endpoint.open(port, int(self.config.knob("webtransport_port")),
+                                 float(self.config.knob("webtransport_heartbeat_s")))
 
-    def open(self, conn: Connection, stream_id: int, room: str, url: URL) -> None:
+    def open(self, conn: Connection, stream_id: int, room: str, url: URL) -> Session:
         query = _Query(url)
         since = int_param(query, "since", None, 0, 2**53)  # type: ignore[arg-type]
         if self.hub.closing is not None:
@@ -500,21 +284,20 @@ class WebTransport(ServerTransport):
         meter = self.app.get(METER)
         conn.meter.settle(self.tally, meter.client_of(query) if meter is not None and meter.client_of else None)
         conn.answer(stream_id, 200)
-        session = conn.session = Session(conn, self, stream_id, room)
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
+        session = Session(conn, self, stream_id, room)
         self.sessions.add(session)
         self.tally.connections_opened += 1
+        self.tally.connections_open += 1
         hub = self.hub
         hub.join(room, session)  # before reading the backlog, so nothing posted meanwhile is missed
         hub.start_writer(session, room, since, self.limits.page, lambda task: hub.writer_done(
             session, task, self.name, lambda error: hub.close_soon(session, 1011 if error else 1000, "writer stopped")))
+        return session
 
     async def close_members(self, code: int, reason: str) -> dict[str, int]:
         closed = await self.hub.close_all(code, reason)  # also refuses new sessions from now on
         endpoint = self.endpoint
-        if all(owner.hub.closing is not None for owner in endpoint.owners.values()):
+        if all(owner.hub.closing is not None for owner in self.router.owners.values()):
             for conn in tuple(endpoint.connections):
                 if conn.session is None and not conn.closed:
                     conn.close(error_code=0, reason_phrase=reason)
@@ -524,7 +307,7 @@ class WebTransport(ServerTransport):
         return (f"https://{self.endpoint.host}:{self.endpoint.port}",) if self.endpoint.port else ()
 
     def gauges(self):
-        owners = list(self.endpoint.owners.values())
+        owners = list(self.router.owners.values())
         if owners[0] is not self:  # both share the families (by their transport label): the first reports both
             return
         rows = []

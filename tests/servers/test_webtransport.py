@@ -18,6 +18,7 @@ from clients.base import ClientError
 from clients.webtransport import open_session
 from experiments.figures import metric_total
 from servers import certs
+from servers.quic import ENDPOINT
 
 BOTH = ("webtransport", "webtransport-datagram")
 RECEIVER = {"webtransport": WebTransportReceiver, "webtransport-datagram": DatagramWebTransportReceiver}
@@ -63,7 +64,7 @@ async def test_the_certificate_is_ecdsa_p256_and_its_hash_is_the_one_served(app_
     from cryptography.hazmat.primitives.asymmetric import ec
 
     server = await app_server("webtransport")
-    endpoint_ = server.app[__import__("servers.webtransport", fromlist=["ENDPOINT"]).ENDPOINT]
+    endpoint_ = server.app[ENDPOINT]
     cert = x509.load_pem_x509_certificate(endpoint_.certificate.cert_pem)
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and cert.public_key().curve.name == "secp256r1"
     info = await endpoint(session, server.url)
@@ -151,7 +152,7 @@ async def test_a_request_that_is_not_a_session_gets_404_json(app_server, session
     conn.transmit()
     await until(lambda: any(getattr(e, "stream_ended", False) for e in got))
     assert dict(got[0].headers)[b":status"] == b"404"
-    assert "WebTransport sessions only" in json.loads(b"".join(e.data for e in got[1:]))["error"]
+    assert "serves sessions only" in json.loads(b"".join(e.data for e in got[1:]))["error"]
     conn.close()
 
 
