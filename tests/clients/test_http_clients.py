@@ -6,6 +6,7 @@ of the proxy's port saw, byte for byte, both ways."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -106,3 +107,48 @@ def test_a_missing_or_lacking_haproxy_is_named(tmp_path):
     problem = http_unavailable(["1.1", "2"], str(fake))
     assert "TLS" in problem and "HTTP/2" in problem
     assert "TLS" not in http_unavailable(["h2c"], str(fake))
+
+
+@pytest.mark.parametrize("arm", ["1.1", "h2c"])
+def test_origin_and_host_checks_hold_through_the_proxy(fronts, arm):
+    """The server still refuses a foreign page's Origin and an unknown Host when a proxy stands between."""
+    import http.client
+    import ssl
+
+    proxy = fronts[arm]
+    if HTTP_ARMS[arm].tls:
+        context = ssl.create_default_context(cafile=str(proxy.ca_path))
+        connection = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context, timeout=10 * UNIT)
+    else:  # h2c takes HTTP/2 with prior knowledge only
+        return check_h2c(proxy)
+    answers = {}
+    for name, headers in {"own": {}, "origin": {"Origin": "https://evil.example"},
+                          "host": {"Host": "evil.example"}}.items():
+        connection.request("GET", "/rooms/checks/history", headers=headers)
+        response = connection.getresponse()
+        response.read()
+        answers[name] = response.status
+    connection.close()
+    assert answers == {"own": 200, "origin": 403, "host": 403}
+
+
+def check_h2c(proxy) -> None:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    answers = {}
+    for name, extra in {"own": [], "origin": [(b"origin", b"https://evil.example")]}.items():
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10 * UNIT) as sock:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"),
+                                  (b":authority", f"127.0.0.1:{proxy.port}".encode()),
+                                  (b":path", b"/rooms/checks/history"), *extra], end_stream=True)
+            sock.sendall(conn.data_to_send())
+            while name not in answers:
+                for event in conn.receive_data(sock.recv(65536)):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        answers[name] = int(dict(event.headers)[b":status"])
+                sock.sendall(conn.data_to_send())
+    assert answers == {"own": 200, "origin": 403}
