@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http", default="1.1", help="the HTTP the members speak (clients/http.py)")
     p.add_argument("--tls-ca", default=None, help="the certificate that verifies an https:// server")
     p.add_argument("--hold", action="store_true",
-                   help="once done, print the members' counted bytes and wait for a line on stdin before closing")
+                   help="once done, print the members' counted bytes, again on each 'count' line on stdin, and close "
+                        "on any other line")
     a = p.parse_args(argv)
     http.configure(a.http, a.tls_ca)
 
@@ -78,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         for client, _ in members.values():
             client._receiver.kill()
         gevent.sleep(0.3)
-        counted = http.settle()
-        print(json.dumps({"in": counted.bytes_in, "out": counted.bytes_out, "connections": counted.connections}),
-              flush=True)
-        sys.stdin.readline()
+        while True:  # each "count" line: what the connections counted by now; anything else: go on
+            counted = http.settle()
+            print(json.dumps({"in": counted.bytes_in, "out": counted.bytes_out, "connections": counted.connections}),
+                  flush=True)
+            if sys.stdin.readline().strip() != "count":
+                break
+            gevent.sleep(0.3)
     for client, _ in members.values():
         client.close()
 
