@@ -289,6 +289,8 @@ function describeAction(event) {
 }
 
 function onAction(event) {
+  if (event.t === view.actionAt) return; // the same action again, with a later state
+  view.actionAt = event.t;
   say(describeAction(event), "done");
   if (event.action === "drain" || event.action === "kill") {
     for (const pane of view.panes) {
@@ -453,7 +455,10 @@ function applyState(state) {
   document.getElementById("balance").textContent = state.balance === "uri" ? "balance uri depth 2 (hash of the room)" : `balance ${state.balance}`;
   document.getElementById("redis").hidden = !state.redis;
   updateColumns(state);
-  if (state.action && !first) onAction(state.action);
+  if (state.action && first) {
+    view.actionAt = state.action.t; // what happened before this page loaded: said, but nobody here was away
+    say(describeAction(state.action), "done");
+  } else if (state.action) onAction(state.action);
   onCrowd(state.crowd);
 }
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,9 +35,6 @@ MISSED_AFTER_MS = 4_000  # cluster.js counts a message missed this long after it
 def start_page_server(log: Path, mode: str) -> ServerProcess:
     require_binary("haproxy")
     require_binary("redis-server")
-    require_binary("chromium", CHROMIUM)
-    import sys
-
     return launch_server(["--mode", mode], log, label="demo-cluster",
                          entry=[sys.executable, "-m", "experiments", "demo-cluster"]).wait(60 * UNIT)
 
@@ -79,8 +77,9 @@ def _zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def browser():
+    executable = require_binary("chromium", CHROMIUM)
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
