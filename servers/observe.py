@@ -161,7 +161,7 @@ class ObservedBroker:
 
         def observed(message: Message) -> None:
             if observer.watching:
-                observer.arrived(message)  # before the listeners: a held poll leaves once released
+                observer.arrived(message)  # as it arrives, before any listener has run
             listener(message)
 
         return self._broker.subscribe(room, observed)
