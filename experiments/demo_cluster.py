@@ -60,7 +60,7 @@ FILES = {
 
 def member_transports() -> list[str]:
     """The transports the page shows a member of: rtlab's own with a browser module, over TCP (through HAProxy)."""
-    return [t.name for t in registry.transports() if t.browser is not None and t.carrier == "tcp"]
+    return [t.name for t in registry.transports(registry.PRODUCT) if t.browser is not None and t.carrier == "tcp"]
 
 
 class ClusterDemo:
