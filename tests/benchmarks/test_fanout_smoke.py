@@ -8,7 +8,7 @@ import math
 import subprocess
 import sys
 
-from conftest import ROOT, UNIT
+from conftest import ROOT, UNIT, require_packages
 
 SMALL = ["--rooms", "2", "--members", "4", "--rate", "4", "--warmup", "0.5", "--duration", "1.5"]
 
@@ -43,3 +43,13 @@ def test_the_highest_rate_search_steps_up_and_says_what_bound_it(tmp_path):
     highest = run(tmp_path, "--max", "floor-websocket", "--max-steps", "2")["highest"]["floor-websocket"]
     assert highest["bound"] in {"server", "generator", "steps"}
     assert [step["rate_per_room"] for step in highest["steps"]][:2] == [4.0, 6.0]
+
+
+def test_rtlab_is_paired_with_any_peer_it_is_compared_with(tmp_path):
+    """--against: rtlab's transport beside a peer of another stack (its registry compare_with), same load."""
+    require_packages("websockets-broadcast")
+    pairs = run(tmp_path, "--rounds", "1", "--against", "websockets-broadcast")["pairs"]
+    result = pairs["websockets-broadcast"]
+    assert (result["transport"], result["floor"]) == ("websocket", "websockets-broadcast")
+    for server in result["rounds"][0].values():
+        assert server["delivered"] > 0 and server["lost"] == 0

@@ -29,7 +29,7 @@ rooms = 2
 messages_per_second = 2.0
 message_bytes = 50
 arrival = "poisson"
-duration_s = 6
+duration_s = 5
 warmup_s = 1.5
 """
 

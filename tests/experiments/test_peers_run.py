@@ -24,7 +24,7 @@ IN_RUN = [t for t in load_experiment(ROOT / "experiments" / "peers.toml").transp
 
 # peers.toml as it is, on a lighter and shorter load: twelve servers in turn in about two minutes, every one of them
 # (Channels' in-memory layer among them) well inside its capacity, so a message that never arrived is a fault.
-LIGHT = {"users": "60", "rooms": "6", "duration_s": "5", "warmup_s": "1.5"}
+LIGHT = {"users": "60", "rooms": "6", "duration_s": "4", "warmup_s": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_every_peer_runs_beside_its_rtlab_transport_and_loses_nothing(peers_run)
     _, rows, _ = peers_run
     assert set(rows) == {"websocket", "sse", "long-polling", *IN_RUN}
     for transport, row in rows.items():
-        assert int(row["delivered"]) > 300, transport
+        assert int(row["delivered"]) > 100, transport
         assert [float(row[k]) for k in ("lost", "duplicates", "never_arrived")] == [0, 0, 0], transport
         assert float(row["bytes_per_delivered"]) > 0 and float(row["server_cpu_us_per_delivered"]) > 0, transport
 
