@@ -24,7 +24,7 @@ IN_RUN = [t for t in load_experiment(ROOT / "experiments" / "peers.toml").transp
 
 # peers.toml as it is, on a lighter and shorter load: twelve servers in turn in about two minutes, every one of them
 # (Channels' in-memory layer among them) well inside its capacity, so a message that never arrived is a fault.
-LIGHT = {"users": "60", "rooms": "6", "duration_s": "4", "warmup_s": "1"}
+LIGHT = {"users": "60", "rooms": "6", "duration_s": "5", "warmup_s": "1.5"}
 
 
 @pytest.fixture(scope="module")
