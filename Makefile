@@ -11,7 +11,7 @@ QUICK ?=
 RUN ?=
 LAB_PORT ?= 8888
 
-.PHONY: venv test serve demo demo-cluster locust run-experiment report lab clean
+.PHONY: venv test serve demo demo-cluster demo-screenshot locust run-experiment report lab clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ else
 	@echo "rtlab demo: open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the server)"
 	$(PY) -m servers --transport all --host $(HOST) --port $(PORT)
 endif
+
+# docs/demo.png again: every transport's pane after a short conversation (a free port, Debian's Chromium).
+demo-screenshot: $(STAMP)
+	$(PY) -m experiments demo-screenshot
 
 # The scaling half (docs/demo.md): three instances behind HAProxy (Redis where needed), the page on PORT; Ctrl-C stops all.
 demo-cluster: $(STAMP)

@@ -33,6 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     add_demo_tls_arguments(sub.add_parser(
         "demo-tls", help="the teaching page over HTTPS through HAProxy: HTTP/2 (or 1.1) to the browser (make demo TLS=1)"))
+    from .demo_screenshot import add_arguments as add_demo_screenshot_arguments
+
+    add_demo_screenshot_arguments(sub.add_parser(
+        "demo-screenshot", help="docs/demo.png again: the demo page (every transport) after a short conversation"))
     report = sub.add_parser("report", help="run the notebooks headless on a run; write <run>/report/index.html")
     report.add_argument("run_dir", nargs="?", default=None, help="default: results/latest, else results/reference")
     return p.parse_args(argv)
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo_tls import run as run_demo_tls
 
         return run_demo_tls(a)
+    if a.command == "demo-screenshot":
+        from .demo_screenshot import run as run_demo_screenshot
+
+        return run_demo_screenshot(a)
     if a.command == "report":
         from .notebooks import main as report_main
 

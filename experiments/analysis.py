@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +212,50 @@ class Run:
 
 
 CAPACITY_LOADS = ("users", "messages_per_second")  # what a capacity sweep grows
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Something a run may or may not have measured, and the experiment that does: a notebook (its metadata's
+    `rtlab.needs`) or a section of one (a cell's) is shown only for a run that measured its subject."""
+
+    what: str  # "a capacity sweep": finishes "This run has no ..."
+    experiment: str  # the `make run-experiment` that measures it
+    measured: Callable[[dict], bool]  # on the run's manifest["experiment"]
+
+
+def _is_peer(transport: str) -> bool:
+    try:
+        return registry.get(transport).group == registry.PEER
+    except registry.UnknownTransport:
+        return False
+
+
+SUBJECTS: dict[str, Subject] = {
+    "sweep": Subject("swept parameter", "make run-experiment EXP=message-rate", lambda e: bool(point_keys(e))),
+    "capacity": Subject("capacity sweep (of members or of the message rate)", "make run-experiment EXP=capacity",
+                        lambda e: any(k in e["sweep"] for k in CAPACITY_LOADS)),
+    "message-rate": Subject("sweep of the message rate", "make run-experiment EXP=message-rate",
+                            lambda e: "messages_per_second" in e["sweep"]),
+    "cluster": Subject("cluster of instances", "make run-experiment EXP=scaling", lambda e: bool(e.get("cluster"))),
+    "packet-loss": Subject("sweep of packet loss", "make run-experiment EXP=network-loss",
+                           lambda e: "loss_percent" in e["sweep"]),
+    "peers": Subject("peers beside rtlab's transports", "make run-experiment EXP=peers",
+                     lambda e: any(_is_peer(t) for t in e["transports"])),
+    "http-versions": Subject("sweep of the members' HTTP version", "make run-experiment EXP=http2",
+                             lambda e: "http" in e["sweep"]),
+}
+
+
+def measures(manifest: dict, subject: str) -> bool:
+    """Whether the run (its manifest) measured `subject` (a key of SUBJECTS)."""
+    return SUBJECTS[subject].measured(manifest["experiment"])
+
+
+def not_measured(subject: str) -> str:
+    """The one line a report shows for a subject the run did not measure: what, and the experiment that does."""
+    found = SUBJECTS[subject]
+    return f"This run has no {found.what}: `{found.experiment}` measures it."
 
 
 def capacity_rows(points: pd.DataFrame, load_key: str) -> list[dict]:

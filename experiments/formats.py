@@ -31,7 +31,7 @@ class Shown:
 # shares in %, flags as yes/no.
 BY_UNIT: dict[str, Shown] = {
     "B": Shown("MB", 1e-6),
-    "B/msg": Shown("B", spec="{:,.0f}"),
+    "B/msg": Shown("B/msg", spec="{:,.0f}"),
     "B/conn": Shown("kB", 1e-3),
     "B/member": Shown("kB", 1e-3),
     "B/member/s": Shown("B/s"),
@@ -42,7 +42,7 @@ BY_UNIT: dict[str, Shown] = {
     "pkt/msg": Shown("packets", spec="{:,.2f}"),
     "ms": Shown("ms"),
     "s": Shown("s", spec="{:,.2f}"),
-    "us/msg": Shown("µs"),
+    "us/msg": Shown("µs/msg"),
     "us/member/s": Shown("µs/s"),
     "ratio": Shown("%", 100),
     "bool": Shown("", spec="yes/no"),

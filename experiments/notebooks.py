@@ -1,4 +1,9 @@
-"""Run every notebook headless against one run; write <run>/report/: the figures as PNG and index.html."""
+"""Run every notebook headless against one run; write <run>/report/: the figures as PNG and index.html.
+
+A notebook (or a section of one) whose subject the run did not measure is left out: its metadata says
+`{"rtlab": {"needs": "<subject>"}}` (experiments.analysis.SUBJECTS), and the report names the experiment that
+measures it in one line instead of showing empty charts.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis import ROOT, relative_to_root, resolve_run
+from .analysis import ROOT, SUBJECTS, measures, not_measured, relative_to_root, resolve_run
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 CELL_TIMEOUT_S = 300
@@ -63,11 +68,27 @@ class Executed:
     error: str | None = None
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
+    skipped: str | None = None  # not executed: the run did not measure its subject (this line says which does)
+
+
+def needs(item) -> str | None:
+    """The subject (experiments.analysis.SUBJECTS) a notebook or a cell needs the run to have measured, if any."""
+    subject = (item.get("metadata", {}).get("rtlab") or {}).get("needs")
+    if subject is not None and subject not in SUBJECTS:
+        raise ValueError(f"unknown rtlab.needs {subject!r}; the subjects are {', '.join(SUBJECTS)}")
+    return subject
+
+
+def for_run(nb, manifest: dict) -> None:
+    """Leave out the cells whose subject the run did not measure (a section: its heading and its code)."""
+    nb.cells = [cell for cell in nb.cells if needs(cell) is None or measures(manifest, needs(cell))]
 
 
 def execute(path: Path, run_dir: Path, report_dir: Path | None, kernel_dirs: Path,
             timeout_s: int = CELL_TIMEOUT_S) -> Executed:
-    """Execute one notebook with RUN (and REPORT_DIR) injected; return it with its outputs, errors caught."""
+    """Execute one notebook with RUN (and REPORT_DIR) injected, the sections whose subject the run did not measure
+    left out; return it with its outputs, errors caught. A notebook whose own subject the run did not measure is
+    not executed: it comes back `skipped`, saying which experiment measures it."""
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
@@ -75,11 +96,18 @@ def execute(path: Path, run_dir: Path, report_dir: Path | None, kernel_dirs: Pat
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    subject = needs(nb)
+    if subject is not None and not measures(manifest, subject):
+        return Executed(path, nb, skipped=not_measured(subject))
+    for_run(nb, manifest)
     # Paths inside the repository are injected relative to it, so a committed report does not change with
     # the checkout's location; analysis.resolve_run and analysis.show read them from the repository root.
     inject_parameters(nb, RUN=relative_to_root(run_dir),
                       REPORT_DIR=relative_to_root(report_dir) if report_dir else None)
-    km = AsyncKernelManager(kernel_name=KERNEL_NAME,
+    # Over IPC (Unix sockets in our own temporary folder), not TCP: nothing listens on a port, and the kernel has no
+    # reason to warn that its TCP traffic is not encrypted.
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(kernel_dirs / f"{path.stem}-ipc"),
                             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dirs)]))
     client = NotebookClient(nb, km=km, timeout=timeout_s, record_timing=False,  # no timestamps: stable outputs
                             resources={"metadata": {"path": str(path.parent)}})
@@ -121,6 +149,8 @@ def build_report(run: str | Path | None = None, notebooks: list[Path] | None = N
         with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_KERNELS))) as pool:
             results = list(pool.map(lambda path: execute(path, run_dir, report_dir, Path(kernels)), paths))
     for result in results:
+        if result.skipped:
+            continue
         _write_notebook(result.nb, report_dir / result.path.name)
         if code_html:
             _export_nbconvert(report_dir / result.path.name)
@@ -166,6 +196,11 @@ def _markdown(text: str) -> str:
     except ImportError:  # markdown-it-py comes with rich; without it the prose is shown as written
         return f"<pre>{html.escape(text)}</pre>"
     return MarkdownIt("commonmark").enable("table").render(text)
+
+
+def _markdown_inline(text: str) -> str:
+    """One line of markdown (code spans) as HTML, without a paragraph around it."""
+    return _markdown(text).strip().removeprefix("<p>").removesuffix("</p>")
 
 
 def _output_html(output) -> str:
@@ -217,10 +252,17 @@ def render_index(run_dir: Path, results: list[Executed]) -> str:
         "<h1>rtlab report</h1><table class='meta'>",
         *(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows),
         "</table><nav>",
-        *(f"<a href='#{r.path.stem}'>{html.escape(_title(r.nb, r.path.stem))}</a>" for r in results),
+        *(f"<a href='#{r.path.stem}'>{html.escape(_title(r.nb, r.path.stem))}</a>" for r in results if not r.skipped),
         "</nav>",
     ]
+    skipped = [r for r in results if r.skipped]
+    if skipped:
+        parts.append("<p class='meta'>Not measured by this run:</p><ul class='meta'>")
+        parts += [f"<li>{html.escape(_title(r.nb, r.path.stem))}. {_markdown_inline(r.skipped)}</li>" for r in skipped]
+        parts.append("</ul>")
     for result in results:
+        if result.skipped:
+            continue
         notebook = result.path.name
         links = [f"<a href='{notebook}'>{notebook}</a>"]
         if (run_dir / "report" / result.path.with_suffix(".html").name).exists():
@@ -246,6 +288,9 @@ def main(run: str | None = None) -> int:
         print(f"python -m experiments report: {error}", file=sys.stderr)
         return 2
     for result in results:
+        if result.skipped:
+            print(f"{result.path.name}: left out. {result.skipped}")
+            continue
         state = "FAILED" if result.error else "ok"
         print(f"{result.path.name}: {state} in {result.seconds:.1f} s, {len(result.figures)} figures")
         if result.error:

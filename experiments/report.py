@@ -27,8 +27,8 @@ COLUMNS = (
     ("latency_p99_ms", "p99"),
     ("latency_max_ms", "max"),
     ("join_p99_ms", "join p99"),
-    ("bytes_per_delivered", "per delivered"),
-    ("server_cpu_us_per_delivered", "CPU/delivered"),
+    ("bytes_per_delivered", "bytes"),
+    ("server_cpu_us_per_delivered", "CPU"),
     ("server_rss_peak_mb", "RSS"),
     ("generator_cpu_peak", "gen CPU"),
 )
