@@ -10,6 +10,7 @@ import locust  # noqa: F401  first: Locust monkey-patches with gevent on import,
 
 import json
 import logging
+import math
 import os
 import random
 import string
@@ -25,6 +26,7 @@ import locust.stats
 import numpy as np
 import psutil
 from locust import User, constant, events, task
+from locust.exception import StopUser
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, RequestStats, StatsEntry
@@ -41,7 +43,7 @@ finally:
         sys.path.insert(0, _stepped_aside)
 
 from clients import http
-from clients.base import ChatClient, Message
+from clients.base import Backoff, ChatClient, Message, ms_since
 from clients.completeness import Arrival, LedgerReceiver, ReceiverTracker
 from clients.profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile
 from clients.results import BATCH_S, MEASURING_MARKER, Batch, RunResults, next_batch, output_place
@@ -471,9 +473,14 @@ class ClientUser(User):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.transport = self.transport_name
+        self.client = self.new_client()
+
+    def new_client(self) -> ChatClient:
+        """A client of this user's transport, with the profile's options, reporting to this user."""
         options = self.client_class.options(current.profile) if current.profile else {}
-        self.client = self.client_class(self.host, self.on_message, self.report, **options)
-        self.client.transport = self.transport  # one client class may drive several entries
+        client = self.client_class(self.host, self.on_message, self.report, **options)
+        client.transport = self.transport  # one client class may drive several entries
+        return client
 
     def report(
         self,
@@ -533,7 +540,8 @@ class ChatMember(ClientUser):
             # Generators on several machines: a room's senders and receivers share this machine's clock.
             self.room = worker + self.room
         self.sequence = 0
-        rng = random.Random()
+        self.rng = rng = random.Random()
+        self.rejoin_at = math.inf  # when this member leaves and rejoins its room next (reconnect_every_s)
         self.seed_text = "".join(rng.choices(string.ascii_letters + string.digits, k=64))
         self.tracker: ReceiverTracker | None = None
         self.ledger: LedgerReceiver | None = None
@@ -555,6 +563,7 @@ class ChatMember(ClientUser):
             run.joined += 1
             # The member's sends are due from the moment it is in its room, not from before it could send.
             self.schedule = SendSchedule(run.profile.messages_per_second, run.profile.arrival, joined_at, rng)
+            self.rejoin_at = self.next_rejoin(joined_at)
         except Exception:
             self.client.close()  # Locust skips on_stop when on_start fails
             raise
@@ -566,15 +575,54 @@ class ChatMember(ClientUser):
         for _ in range(SENDS_PER_TASK):
             due = self.schedule.next()
             if due == float("inf"):  # messages_per_second = 0: listen only
-                gevent.sleep(1.0)
+                self.wait_until(time.time() + 1.0)
                 return
-            delay = due - time.time()
-            if delay > 0:
-                gevent.sleep(delay)
+            self.wait_until(due)
             self.run.results.record_send(max(0.0, time.time() - due), due)
             text = message_text(self.seed_text, self.sequence, self.run.profile.message_bytes)
             self.sequence += 1
             self.client.send(self.user_name, text, sent_at=due)
+
+    def wait_until(self, when: float) -> None:
+        """Sleep until unix time `when`, leaving and rejoining the room on the way whenever that is due."""
+        while self.rejoin_at < when:
+            delay = self.rejoin_at - time.time()
+            if delay > 0:
+                gevent.sleep(delay)
+            self.rejoin()
+        delay = when - time.time()
+        if delay > 0:
+            gevent.sleep(delay)
+
+    def next_rejoin(self, now: float) -> float:
+        """When to leave and rejoin next: exponential gaps of mean reconnect_every_s; never when it is 0."""
+        every = self.run.profile.reconnect_every_s
+        return now + self.rng.expovariate(1 / every) if every > 0 else math.inf
+
+    def rejoin(self) -> None:
+        """Leave the room and join it again on a new client (a new connection, as a page reload makes), resuming
+        after the last id this member saw, so nothing is lost or seen twice; RECONNECT times it, from closing the old
+        client to the new one listening. A failed join is retried with backoff (clients.base.Backoff)."""
+        started = time.perf_counter()
+        old = self.client
+        old.close()
+        backoff = Backoff()
+        while True:
+            client = self.new_client()
+            client.on_send_accepted = old.on_send_accepted
+            try:
+                client.join(self.room, old.last_id)
+                break
+            except BaseException as error:  # stopped meanwhile (GreenletExit) too: nothing left open
+                client.close()
+                if not isinstance(error, Exception):
+                    raise
+                if not backoff.retry():
+                    self.report("RECONNECT", self.transport, ms_since(started), 0, error)
+                    raise StopUser() from error
+        self.client = client
+        self.report("RECONNECT", self.transport, ms_since(started), 0)
+        self.rejoin_at = self.next_rejoin(time.time())
 
     def _first_message(self, message: Message, received_at: float) -> None:
         """The client's callback until the first message: time it, then hand the client the hot path's."""

@@ -48,6 +48,9 @@ class Profile:
         "the warm-up ends once every member has joined (and warmup_s has passed), at the latest this long after the "
         "start, and never later than halfway between warmup_s and duration_s; members still connecting then are "
         "counted (members_joined_late) and the row flagged", value_type=float, low=0))
+    reconnect_every_s: float = field(default=0.0, metadata=setting(
+        "each member leaves and rejoins (a new connection, resuming after the last id it saw) on average this often, "
+        "at random (exponential gaps); 0: never", value_type=float, low=0))
     room_size: int = field(default=0, metadata=setting(
         "members per room: when > 0, rooms follows the users (rooms = users / room_size, rounded up), so a sweep "
         "of users adds rooms of this size instead of growing the rooms; 0: `rooms` as given", value_type=int,

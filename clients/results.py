@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader, HistogramLogWriter
 
 from servers import registry
 
@@ -38,6 +39,9 @@ SEND_LAG_BATCH = 4096  # send lags wait in an array until this many, then go int
 MEASURING_MARKER = "measuring.json"
 # Deliveries wait at most this long (and never past a whole second) before they reach the histogram and Locust.
 BATCH_S = 0.25
+# Beside the window's histogram, one per this many seconds of it (deliver_latency_<transport>.hlog): how the latency
+# moves over a long run (experiments/soak.toml: p99 per five minutes).
+LATENCY_INTERVAL_S = 10
 
 
 def new_latency_histogram() -> HdrHistogram:
@@ -116,6 +120,8 @@ class TransportResults:
     # and until its first message arrived.
     join_ms: array = field(default_factory=lambda: array("d"))
     first_message_ms: array = field(default_factory=lambda: array("d"))
+    # The measured deliveries again, by LATENCY_INTERVAL_S of the window (index 0 from measure_from): µs.
+    intervals: dict[int, HdrHistogram] = field(default_factory=dict)
     # Deliveries wait here, in batches, on their way into the histogram and (`on_batch`) Locust's stats: on the
     # load generator's hot path a delivery costs two list appends, and a batch is recorded with numpy. The hot
     # path (clients/locustfile.py) calls `flush(now)` first when `now >= flush_at`, then appends to `pending`
@@ -157,6 +163,12 @@ class TransportResults:
                 self.latencies_clamped += int(outside.sum())
                 latency_us = np.clip(latency_us, 0, LATENCY_HIGHEST_US)
             record_values(self.histogram, latency_us.astype(np.int64))
+            if len(latency_us):
+                index = max(0, int((self.batch_second - self.measure_from) // LATENCY_INTERVAL_S))
+                interval = self.intervals.get(index)
+                if interval is None:
+                    interval = self.intervals[index] = new_latency_histogram()
+                record_values(interval, latency_us.astype(np.int64))
             if self.on_batch is not None:
                 self.on_batch(batch)
         self.batch_second, self.flush_at = next_batch(now)
@@ -237,6 +249,7 @@ class TransportResults:
             "reconnect_failures": self.reconnect_failures,
             "join_ms": self.join_ms.tolist(),
             "first_message_ms": self.first_message_ms.tolist(),
+            "intervals": {str(i): h.encode().decode("ascii") for i, h in self.intervals.items()},
         }
 
     def merge_wire(self, data: dict) -> None:
@@ -249,6 +262,23 @@ class TransportResults:
         self.reconnect_failures += data["reconnect_failures"]
         self.join_ms.extend(data.get("join_ms", [])[: MAX_JOIN_SAMPLES - len(self.join_ms)])
         self.first_message_ms.extend(data.get("first_message_ms", [])[: MAX_JOIN_SAMPLES - len(self.first_message_ms)])
+        for index, encoded in data.get("intervals", {}).items():
+            self.intervals.setdefault(int(index), new_latency_histogram()).add(HdrHistogram.decode(encoded))
+
+    def write_intervals(self, path: Path) -> None:
+        """Write the interval histograms as an HdrHistogram interval log (hdrh.log): each line an interval's start
+        and length in seconds from the window's opening (the base time), its histogram in µs."""
+        buffer = io.StringIO()
+        writer = HistogramLogWriter(buffer)
+        writer.output_comment(f"rtlab {self.transport}: delivery latency (µs) per {LATENCY_INTERVAL_S} s of the "
+                              "measured window")
+        if math.isfinite(self.measure_from):
+            writer.output_base_time(self.measure_from * 1000)
+        writer.output_legend()
+        for index in sorted(self.intervals):
+            writer.output_interval_histogram(self.intervals[index], index * LATENCY_INTERVAL_S,
+                                             (index + 1) * LATENCY_INTERVAL_S)
+        path.write_text(buffer.getvalue())
 
 
 class RunResults:
@@ -318,6 +348,7 @@ class RunResults:
         for results in self.transports.values():
             results.drop_pending()
             results.histogram.reset()
+            results.intervals.clear()
             results.deliveries_warmup = 0
             results.latencies_clamped = 0
 
@@ -492,7 +523,9 @@ class RunResults:
             if results.deliveries_measured:
                 results.histogram.output_percentile_distribution(buffer, 1000)  # µs -> ms
             hgrm.write_bytes(buffer.getvalue())
-            written += [hdr, hgrm]
+            hlog = directory / f"{prefix}deliver_latency_{name}.hlog"
+            results.write_intervals(hlog)
+            written += [hdr, hgrm, hlog]
         completeness = directory / f"{prefix}completeness.json"
         completeness.write_text(json.dumps(self._completeness_doc(), indent=2) + "\n")
         generator = directory / f"{prefix}generator.json"
@@ -564,3 +597,16 @@ def output_place(out_dir: str | None, csv_prefix: str | None) -> tuple[Path, str
 def read_histogram(path: str | Path) -> HdrHistogram:
     """Load a `deliver_latency_*.hdr` file (values in microseconds)."""
     return HdrHistogram.decode(Path(path).read_text().strip())
+
+
+def read_intervals(path: str | Path) -> list[tuple[float, HdrHistogram]]:
+    """Load a `deliver_latency_*.hlog` file: (seconds from the window's opening to the interval's start, its
+    histogram in µs), oldest first."""
+    reader = HistogramLogReader(str(path), new_latency_histogram())
+    out = []
+    try:
+        while (histogram := reader.get_next_interval_histogram()) is not None:  # the base time is read on the way
+            out.append((histogram.get_start_time_stamp() / 1000 - reader.base_time_sec, histogram))
+    finally:
+        reader.input_file.close()
+    return out

@@ -103,6 +103,9 @@ class Run:
     # Connection set-up, one row per member and measure: `what` ("join", "first message"), `ms` from the member's
     # start (empty for runs from before it was recorded).
     setup: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    # Delivery latency per five minutes of the window (figures.latency_by_span): start_s, deliveries, p50_ms, p99_ms,
+    # max_ms (empty for runs that recorded no intervals).
+    spans: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -212,6 +215,7 @@ class Run:
 
 
 CAPACITY_LOADS = ("users", "messages_per_second")  # what a capacity sweep grows
+SOAK_MIN_WINDOW_S = 600  # a measured window this long is a soak, whether or not members come and go
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,9 @@ SUBJECTS: dict[str, Subject] = {
                            lambda e: "loss_percent" in e["sweep"]),
     "peers": Subject("peers beside rtlab's transports", "make run-experiment EXP=peers",
                      lambda e: any(_is_peer(t) for t in e["transports"])),
+    "soak": Subject("long run with members coming and going", "make run-experiment EXP=soak",
+                    lambda e: e["profile"].get("reconnect_every_s", 0) > 0
+                    or e["profile"]["duration_s"] - e["profile"]["warmup_s"] >= SOAK_MIN_WINDOW_S),
     "http-versions": Subject("sweep of the members' HTTP version", "make run-experiment EXP=http2",
                              lambda e: "http" in e["sweep"]),
 }
@@ -283,7 +290,7 @@ def load_run(path: str | Path | None = None) -> Run:
     processes = manifest["experiment"].get("processes", 1)
     server_cpus = len(manifest.get("pinning", {}).get("server_cpus") or [0])
 
-    points, latency, resources, metrics, loop_lag, setup = [], [], [], [], [], []
+    points, latency, resources, metrics, loop_lag, setup, spans = [], [], [], [], [], [], []
     for entry in manifest["points"]:
         point_dir = run_dir / entry["dir"]
         ids = {"point": entry["dir"], "transport": entry["transport"], "repeat": entry["repeat"],
@@ -300,6 +307,8 @@ def load_run(path: str | Path | None = None) -> Run:
                        "flagged": bool(formats.flags(computed))})
         latency.append(_latency_frame(data, ids))
         setup.append(_setup_frame(data, ids))
+        spans.append(pd.DataFrame(figures.latency_by_span(data)).assign(**ids) if data.latency_intervals else
+                     pd.DataFrame())
         resources.append(_resources_frame(point_dir / "resources.csv", window, ids))
         scraped = _metrics_frame(point_dir, ids)
         metrics.append(scraped)
@@ -324,6 +333,7 @@ def load_run(path: str | Path | None = None) -> Run:
         metrics=_concat(metrics, [*ID_COLUMNS, *swept, "name", "labels", "before", "after", "delta"]),
         loop_lag=_concat(loop_lag, [*ID_COLUMNS, *swept, "le_ms", "count", "cumulative_fraction"]),
         setup=_concat(setup, [*ID_COLUMNS, *swept, "what", "ms"]),
+        spans=_concat(spans, [*ID_COLUMNS, *swept, "start_s", "deliveries", "p50_ms", "p99_ms", "max_ms"]),
     )
 
 

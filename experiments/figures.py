@@ -186,6 +186,13 @@ class RunData:
     # members_joined_late, measured_s); None for runs from before the join barrier.
     window: Mapping[str, object] | None = None
     send_lag_p99_ms: float | None = None  # the measured sends' p99 lag behind their schedule (generator.json)
+    # The measured deliveries by interval (clients.results.read_intervals: seconds from the window's opening, µs
+    # histogram); None where the run did not record them.
+    latency_intervals: tuple[tuple[float, HdrHistogram], ...] | None = None
+    # The asyncio tasks the server held when the window opened and when it closed (rtlab_asyncio_tasks, summed over
+    # instances); None where the pages predate the gauge.
+    tasks_start: float | None = None
+    tasks_end: float | None = None
     # The server's cgroup (experiments/cgroup.py), where it ran in one: its CPU limit in CPUs (None: no limit) and
     # what the group's counters did over the window (cgroup.CpuStat.minus: usage_usec, nr_periods, nr_throttled,
     # throttled_usec, wall_s); None: not in a cgroup.
@@ -224,6 +231,11 @@ class RunData:
         wire_counted = any(key[0] == "rtlab_wire_sent_bytes_total" for _, end in pages for key in end)
         gc_counted = any(key[0] == "rtlab_gc_pause_seconds_count" for _, end in pages for key in end)
 
+        tasks_counted = any(key[0] == "rtlab_asyncio_tasks" for _, end in pages for key in end)
+
+        def tasks(at: int) -> float | None:  # at: 0, the window's opening; 1, its end
+            return sum(metric_total(page[at], "rtlab_asyncio_tasks") for page in pages) if tasks_counted else None
+
         def gc_delta(name: str) -> float | None:  # process-wide: one collector per server process, whatever it serves
             if not gc_counted:
                 return None
@@ -246,6 +258,8 @@ class RunData:
             transport=transport,
             gc_full_pauses=gc_delta("rtlab_gc_pause_seconds_count"),
             gc_full_pause_s=gc_delta("rtlab_gc_pause_seconds_sum"),
+            tasks_start=tasks(0),
+            tasks_end=tasks(1),
             **client_side,
         )
 
@@ -671,6 +685,81 @@ def send_lag_p99_ms(run: RunData) -> float:
 def sends_behind_schedule(run: RunData) -> float:
     lag = send_lag_p99_ms(run)
     return math.nan if math.isnan(lag) else float(lag > SEND_LAG_LIMIT_MS)
+
+
+# An hour under load (experiments/soak.toml): what a leak would move over a long window.
+SOAK_SPAN_S = 300  # latency is judged per five minutes of the window
+
+
+@_figure("kB/min", "Least-squares slope of the server's resident memory over the measured window, in kilobytes per "
+                   "minute: about 0 for a server that holds what it needs and frees the rest.")
+def rss_slope_kb_per_min(run: RunData) -> float:
+    return slope(run.server.t_s, run.server.rss_bytes) * 60 / 1000
+
+
+# The sampler counts descriptors about once a second (experiments/sampler.py, DEFAULT_CONN_HZ) and repeats the last
+# count in between: a count this far into the window was taken inside it.
+FDS_COUNT_PERIOD_S = 1.0
+
+
+@_figure("count", "Open file descriptors of the server when the measured window opened: its first count inside the "
+                  "window (the sampler counts them about once a second).")
+def server_fds_start(run: RunData) -> float:
+    t, fds = run.server.t_s, run.server.fds
+    if not fds:
+        return math.nan
+    return next((n for at, n in zip(t, fds) if at >= t[0] + FDS_COUNT_PERIOD_S), fds[-1])
+
+
+@_figure("count", "Open file descriptors of the server when the measured window closed (its last sample).")
+def server_fds_end(run: RunData) -> float:
+    return run.server.fds[-1] if run.server.fds else math.nan
+
+
+@_figure("count", "Tasks the server's event loop held when the measured window opened (rtlab_asyncio_tasks).")
+def server_tasks_start(run: RunData) -> float:
+    return math.nan if run.tasks_start is None else run.tasks_start
+
+
+@_figure("count", "Tasks the server's event loop held when the measured window closed.")
+def server_tasks_end(run: RunData) -> float:
+    return math.nan if run.tasks_end is None else run.tasks_end
+
+
+def latency_by_span(run: RunData, span_s: float = SOAK_SPAN_S) -> list[dict[str, float]]:
+    """The measured deliveries per `span_s` of the window (its intervals added up): start_s (from the window's
+    opening), deliveries, p50_ms, p99_ms and max_ms, oldest first; [] where the run recorded no intervals."""
+    spans: dict[int, HdrHistogram] = {}
+    for start_s, histogram in run.latency_intervals or ():
+        index = int(start_s // span_s)
+        if index not in spans:
+            spans[index] = HdrHistogram(histogram.lowest_trackable_value, histogram.highest_trackable_value,
+                                        histogram.significant_figures)
+        spans[index].add(histogram)
+    return [{"start_s": index * span_s, "deliveries": h.get_total_count(),
+             "p50_ms": h.get_value_at_percentile(50) / 1000, "p99_ms": h.get_value_at_percentile(99) / 1000,
+             "max_ms": h.get_max_value() / 1000} for index, h in sorted(spans.items()) if h.get_total_count()]
+
+
+def _span_p99(run: RunData, pick: Callable[[list[float]], float]) -> float:
+    p99s = [span["p99_ms"] for span in latency_by_span(run)]
+    return pick(p99s) if p99s else math.nan
+
+
+@_figure("ms", "p99 delivery latency over the first five minutes of the measured window (the whole window if shorter).")
+def latency_p99_first_5min_ms(run: RunData) -> float:
+    return _span_p99(run, lambda p99s: p99s[0])
+
+
+@_figure("ms", "p99 delivery latency over the last five minutes of the measured window (those from its start that "
+               "began last): beside the first five minutes', a latency that drifts up over a long run shows.")
+def latency_p99_last_5min_ms(run: RunData) -> float:
+    return _span_p99(run, lambda p99s: p99s[-1])
+
+
+@_figure("ms", "The highest p99 delivery latency of any five minutes of the measured window.")
+def latency_p99_worst_5min_ms(run: RunData) -> float:
+    return _span_p99(run, max)
 
 
 @_figure("count", "Times members reconnected (after a drain, a killed instance, a server close).")

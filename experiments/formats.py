@@ -41,6 +41,7 @@ BY_UNIT: dict[str, Shown] = {
     "pkt": Shown("", spec="{:,.0f}"),
     "pkt/msg": Shown("packets", spec="{:,.2f}"),
     "ms": Shown("ms"),
+    "kB/min": Shown("kB/min"),
     "s": Shown("s", spec="{:,.2f}"),
     "us/msg": Shown("µs/msg"),
     "us/member/s": Shown("µs/s"),

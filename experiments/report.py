@@ -84,6 +84,28 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
     users = experiment["profile"].get("users")
     for line in findings([{"users": users, **row} for row in rows], swept, experiment.get("light_load")):
         console.print(line, markup=False)
+    from .analysis import SUBJECTS  # pandas: only once the table is out
+
+    if SUBJECTS["soak"].measured(experiment):
+        for line in soak_lines(rows):
+            console.print(line, markup=False, soft_wrap=True)  # one line each, however wide: a log greps it
+
+
+def soak_lines(rows: list[dict]) -> list[str]:
+    """A soak's verdict per row, in the summary's figures: what a leak would move (docs/metrics.md)."""
+    def text(column: str, row: dict) -> str:
+        return column_text(column, row.get(column, ""))
+
+    return [
+        f"{registry.label(row['transport'])}: memory {text('rss_slope_kb_per_min', row)} kB/min over "
+        f"{float(row['window_s']) / 60:.0f} min; descriptors {text('server_fds_start', row)} -> "
+        f"{text('server_fds_end', row)}, tasks {text('server_tasks_start', row)} -> {text('server_tasks_end', row)}; "
+        f"p99 {text('latency_p99_first_5min_ms', row)} ms in the first five minutes, "
+        f"{text('latency_p99_last_5min_ms', row)} in the last, {text('latency_p99_worst_5min_ms', row)} at worst; "
+        f"{text('reconnects', row)} rejoins; lost {text('lost', row)}, duplicated {text('duplicates', row)}, "
+        f"never arrived {text('never_arrived', row)}; {text('server_gc_full_pauses', row)} full GCs"
+        for row in rows
+    ]
 
 
 def findings(rows: list[dict], swept: list[str], light_load: float | None = None) -> list[str]:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from clients.results import read_histogram
+from clients.results import read_histogram, read_intervals
 
 from . import capture, cgroup, figures
 from .spec import Point
@@ -78,6 +78,14 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "members_joined_late": ("members_joined_late", 1),
     "send_lag_p99_ms": ("send_lag_p99_ms", 1),
     "sends_behind_schedule": ("sends_behind_schedule", 1),
+    "rss_slope_kb_per_min": ("rss_slope_kb_per_min", 1),
+    "server_fds_start": ("server_fds_start", 1),
+    "server_fds_end": ("server_fds_end", 1),
+    "server_tasks_start": ("server_tasks_start", 1),
+    "server_tasks_end": ("server_tasks_end", 1),
+    "latency_p99_first_5min_ms": ("latency_p99_first_5min_ms", 1),
+    "latency_p99_last_5min_ms": ("latency_p99_last_5min_ms", 1),
+    "latency_p99_worst_5min_ms": ("latency_p99_worst_5min_ms", 1),
 }
 # A peer's figures divided by its rtlab transport's at the same point (figures.ratios; rtlab's own rows: 1.0).
 RATIO_COLUMNS = {
@@ -103,6 +111,7 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
     generator_file = point_dir / "generator.json"
     send_lag = json.loads(generator_file.read_text()).get("send_lag_p99_ms") if generator_file.exists() else None
     hdr = point_dir / f"deliver_latency_{point.transport}.hdr"
+    hlog = point_dir / f"deliver_latency_{point.transport}.hlog"  # absent in runs from before it was written
     generator = samples.get(figures.GENERATOR_LABEL)
     sampler = samples.get(figures.SAMPLER_LABEL)
     proxy = samples.get(figures.PROXY_LABEL)
@@ -120,6 +129,7 @@ def load_run_data(point: Point, point_dir: Path, window_mono_s: list[float], pro
         measured_s=(window or {}).get("measured_s") or point.profile.duration_s - point.profile.warmup_s,
         window=window,
         send_lag_p99_ms=send_lag,
+        latency_intervals=tuple(read_intervals(hlog)) if hlog.exists() else None,
         generator_processes=processes,
         knobs=point.profile.knobs,
         members=point.profile.users,

@@ -484,5 +484,16 @@ class _Collector:
             pauses.add_metric([meter.mode, str(generation)], pause.buckets(), pause.sum_s)
         yield pauses
 
+        try:  # scraped from the handler, on the loop's own thread
+            held = len(asyncio.all_tasks())
+        except RuntimeError:  # collected outside a running loop: nothing to count
+            held = None
+        if held is not None:
+            tasks = GaugeMetricFamily("rtlab_asyncio_tasks", "Tasks the server's event loop holds now "
+                                      "(asyncio.all_tasks): under a steady load, a count that only grows is a leak.",
+                                      labels=["transport"])
+            tasks.add_metric([meter.mode], held)
+            yield tasks
+
         for source in meter.sources:
             yield from source()

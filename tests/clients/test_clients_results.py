@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from clients.profile import DEFAULT_PROFILE_PATH, load_profile
-from clients.results import LATENCY_HIGHEST_US, SEND_LAG_LIMIT_MS, RunResults, output_place, read_histogram
+from clients.results import (
+    LATENCY_HIGHEST_US,
+    SEND_LAG_LIMIT_MS,
+    RunResults,
+    output_place,
+    read_histogram,
+    read_intervals,
+)
 
 
 def new_results(warmup_s: float = 1.0) -> RunResults:
@@ -89,6 +96,7 @@ def test_files_land_in_the_out_dir_or_beside_the_csvs(tmp_path):
         "run1_completeness.json",
         "run1_deliver_latency_websocket.hdr",
         "run1_deliver_latency_websocket.hgrm",
+        "run1_deliver_latency_websocket.hlog",
         "run1_generator.json",
     ]
     assert read_histogram(tmp_path / "run1_deliver_latency_websocket.hdr").get_total_count() == 1
@@ -196,3 +204,21 @@ def test_connection_set_up_is_summarised_per_transport():
     worker.record_join("webrtc", 5000.0)
     results.merge_wire(worker.to_wire(), label="worker-1")
     assert results.for_transport("webrtc").as_dict()["join_ms"]["max"] == 5000.0
+
+
+def test_the_interval_log_holds_every_measured_delivery_by_ten_seconds_of_the_window(tmp_path):
+    results = new_results(warmup_s=0)
+    results.hold_window()
+    results.record_delivery("websocket", 0.001, now=100.2)  # warm-up: in no interval
+    results.open_window(100.5, "every member joined", 1, 1)
+    for i in range(300):  # 0.1 s apart over 30 s: three intervals of about 100, each slower than the last
+        results.record_delivery("websocket", 0.001 * (1 + (i * 0.1 + 0.5) // 10), now=100.5 + i * 0.1)
+    results.finish(131.0)
+    results.write(tmp_path)
+    intervals = read_intervals(tmp_path / "deliver_latency_websocket.hlog")
+    assert [start for start, _ in intervals] == [0.0, 10.0, 20.0]
+    assert sum(h.get_total_count() for _, h in intervals) == results.for_transport("websocket").deliveries_measured
+    # Each interval holds its own ten seconds' latencies (batched by whole seconds: its edge may fall up to a second
+    # off the window's tenth second, so an interval may hold its neighbour's first value too).
+    assert [h.get_min_value() for _, h in intervals] == [1000, 2000, 3000]
+    assert [round(h.get_value_at_percentile(50), -2) for _, h in intervals] == [1000, 2000, 3000]

@@ -129,7 +129,10 @@ ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered"
                            "join_p99_ms", "first_message_p50_ms", "first_message_p99_ms", "members_joined_late",
                            "send_lag_p99_ms", "sends_behind_schedule",
                            "cgroup_cpu_percent", "cgroup_cpu_ms", "cgroup_cpu_us_per_delivered", "cgroup_periods",
-                           "cgroup_throttled_periods", "cgroup_throttled_percent", "cgroup_throttled_ms"}
+                           "cgroup_throttled_periods", "cgroup_throttled_percent", "cgroup_throttled_ms",
+                           "rss_slope_kb_per_min", "server_fds_start", "server_fds_end", "server_tasks_start",
+                           "server_tasks_end", "latency_p99_first_5min_ms", "latency_p99_last_5min_ms",
+                           "latency_p99_worst_5min_ms"}
 
 
 def test_recomputed_figures_match_the_summary_the_runner_wrote(run):

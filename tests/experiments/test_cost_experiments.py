@@ -9,31 +9,9 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 
-from conftest import ROOT, UNIT, require_cgroups
-
-
-def shrink(name: str, tmp_path, **changes: str) -> str:
-    """The shipped experiment `name` with some top-level or [profile] lines replaced (`key = value` text)."""
-    text = (ROOT / "experiments" / f"{name}.toml").read_text()
-    for key, value in changes.items():
-        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
-        assert n == 1, f"{name}.toml has no line {key} = ..."
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text)
-    return str(path)
-
-
-def run(spec: str, tmp_path) -> tuple[list[dict], dict, str]:
-    out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "experiments", "run", spec, "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300 * UNIT, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = (out / "latest").resolve()
-    with open(run_dir / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f)), json.loads((run_dir / "manifest.json").read_text()), proc.stdout
+from conftest import require_cgroups
+from helpers.experiments import run, shrink
 
 
 def test_idle_members_cost_polls_and_heartbeats_and_polling_costs_the_most_bytes(tmp_path):

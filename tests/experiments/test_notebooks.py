@@ -25,9 +25,10 @@ EXPECTED_FIGURES = {
     "06-network": [],  # left out: no loss swept (tests/experiments/test_network_notebook.py draws a run that does)
     "07-peers": [],  # left out: no peers (tests/experiments/test_peers_run.py draws a run that has)
     "08-http2": [],  # left out: no HTTP version swept (tests/experiments/test_http2_notebook.py draws a run that does)
+    "09-soak": [],  # left out: no soak (tests/experiments/test_soak.py draws a run that is one)
 }
 LEFT_OUT = {"05-scaling": "EXP=scaling", "06-network": "EXP=network-loss", "07-peers": "EXP=peers",
-            "08-http2": "EXP=http2"}
+            "08-http2": "EXP=http2", "09-soak": "EXP=soak"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,0 +1,64 @@
+"""experiments/soak.toml in small (about a minute): every member of every soak transport leaves and rejoins its room
+several times; nothing is lost or seen twice, the soak's figures are in the summary, notebook 09 draws them."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+from helpers.experiments import run, shrink
+
+from experiments import notebooks
+from experiments.spec import load_experiment
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("soak")
+    # --quick: 8 s a transport, 2 s of warm-up; members rejoin every 2 s on average.
+    spec = shrink("soak", tmp_path, users="20", spawn_rate="20", rooms="4", reconnect_every_s="2")
+    rows, manifest, stdout = run(spec, tmp_path)
+    return rows, manifest, stdout, (tmp_path / "results" / "latest").resolve()
+
+
+def test_the_soak_runs_the_push_transports_and_long_polling_for_half_an_hour():
+    soak = load_experiment("experiments/soak.toml")
+    assert soak.profile.duration_s - soak.profile.warmup_s >= 30 * 60
+    assert soak.profile.reconnect_every_s > 0
+    assert "long-polling" in soak.transports and "websocket" in soak.transports and "sse" in soak.transports
+
+
+def test_members_rejoin_and_nothing_is_lost_or_seen_twice(soak):
+    rows, manifest, _, _ = soak
+    assert [row["transport"] for row in rows] == list(manifest["experiment"]["transports"])
+    for row in rows:
+        where = row["transport"]
+        assert float(row["reconnects"]) >= 20, where  # 20 members for 8 s, rejoining every 2 s
+        assert float(row["reconnect_p99_ms"]) > 0, where
+        assert [float(row[k]) for k in ("lost", "duplicates", "never_arrived")] == [0, 0, 0], where
+        assert float(row["delivered"]) > 0, where
+    # The terminal's verdict: one line per transport in the same figures.
+    _, _, stdout, _ = soak
+    assert stdout.count("rejoins; lost 0, duplicated 0, never arrived 0;") == len(rows), stdout[-3000:]
+
+
+def test_the_soak_figures_are_in_the_summary(soak):
+    rows, *_ = soak
+    for row in rows:
+        where = row["transport"]
+        assert math.isfinite(float(row["rss_slope_kb_per_min"])), where
+        assert float(row["server_fds_start"]) > 20 and float(row["server_fds_end"]) > 20, where  # members' sockets
+        assert float(row["server_tasks_start"]) > 0 and float(row["server_tasks_end"]) > 0, where
+        first, last, worst = (float(row[f"latency_p99_{k}_5min_ms"]) for k in ("first", "last", "worst"))
+        assert 0 < first == last == worst == pytest.approx(float(row["latency_p99_ms"]), rel=0.01), where  # one span
+
+
+def test_the_soak_notebook_draws_it(soak):
+    *_, run_dir = soak
+    index, (result,) = notebooks.build_report(run_dir, [notebooks.NOTEBOOK_DIR / "09-soak.ipynb"], code_html=False)
+    assert result.error is None and result.skipped is None, result.error
+    assert result.figures == ["09-soak-memory.png", "09-soak-descriptors.png", "09-soak-latency.png"]
+    page = index.read_text()
+    assert "memory slope (kB/min)" in page and "A short run" in page
+    shutil.rmtree(run_dir / "report")
