@@ -48,7 +48,7 @@ def test_the_soak_figures_are_in_the_summary(soak):
     for row in rows:
         where = row["transport"]
         assert math.isfinite(float(row["rss_slope_kb_per_min"])), where
-        assert float(row["server_fds_start"]) > 20 and float(row["server_fds_end"]) > 20, where  # members' sockets
+        assert float(row["server_fds_start"]) > 10 and float(row["server_fds_end"]) > 10, where  # some members held
         assert float(row["server_tasks_start"]) > 0 and float(row["server_tasks_end"]) > 0, where
         first, last, worst = (float(row[f"latency_p99_{k}_5min_ms"]) for k in ("first", "last", "worst"))
         assert 0 < first == last == worst == pytest.approx(float(row["latency_p99_ms"]), rel=0.01), where  # one span
