@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -265,6 +266,54 @@ def not_measured(subject: str) -> str:
     return f"This run has no {found.what}: `{found.experiment}` measures it."
 
 
+def cpu_limit_text(run: Run) -> str:
+    """Describe the server's CPU limits in one line ("" for a run without any), from the manifest's groups."""
+    groups = [p["cgroup"] for p in run.manifest["points"] if p.get("cgroup")]
+    limits = sorted({g["cpu_limit"] for g in groups if g["cpu_limit"]})
+    if not groups:
+        return ""
+    group = groups[0]
+    light = run.experiment.get("light_load")
+    return (f"{', '.join(f'{v:g}' for v in limits)} CPU, in a cgroup of its own (v{group['version']}, "
+            f"{group['period_us'] / 1000:g} ms periods, no burst)"
+            + (f"; at {light:g} also without a limit, in a cgroup all the same" if light is not None else ""))
+
+
+def at_cpu_limit(points: pd.DataFrame, limit: float | None) -> pd.DataFrame:
+    """The points run at CPU limit `limit` (all of them for None, in a run without limits)."""
+    if limit is None or "cpu_limit" not in points.columns:
+        return points
+    return points[points["cpu_limit"] == limit]
+
+
+def capacity_frame(run: Run, unit: str) -> pd.DataFrame:
+    """The capacity table as the notebook shows it, written out as the terminal writes figures (experiments.formats):
+    each transport at each CPU limit, per CPU, the checks and the flags (figures.capacity_table)."""
+    table = run.capacity_table()
+
+    def load(value: float, bound: str = "server") -> str:
+        return "none" if math.isnan(value) else ("≥ " if bound != "server" else "") + f"{value:,.6g}"
+
+    def ratio(value: float) -> str:
+        return "—" if math.isnan(value) else f"{value:.2f}"
+
+    rate = partial(formats.text, "deliveries_per_second")
+    return pd.DataFrame({
+        "transport": [label(t) for t in table["transport"]],
+        "CPU limit": ["none" if math.isnan(v) else f"{v:g}" for v in table["cpu_limit"]],
+        f"capacity ({unit})": [load(v, b) for v, b in zip(table["capacity"], table["bound"])],
+        "deliveries there (/s)": [rate(v) for v in table["delivered_per_s"]],
+        f"{unit} per CPU": [load(v, b) for v, b in zip(table["capacity_per_cpu"], table["bound"])],
+        "deliveries per CPU (/s)": [rate(v) for v in table["delivered_per_s_per_cpu"]],
+        "generator there (%)": [formats.text("generator_cpu_peak", v) for v in table["generator_peak"]],
+        "check 1 (1 ± 15 %)": [ratio(v) for v in table["scaling_ratio"]],
+        "check 2 (1 ± 10 %)": [ratio(v) for v in table["light_cost_ratio"]],
+        "bound": table["bound"],
+        "what ended it": table["reason"],
+        "flag": [f or "ok" for f in table["flag"]],
+    })
+
+
 def capacity_rows(points: pd.DataFrame, load_key: str) -> list[dict]:
     """The summary-row view figures.capacity reads, from analysis points (figure names -> summary columns)."""
     return [
@@ -272,6 +321,7 @@ def capacity_rows(points: pd.DataFrame, load_key: str) -> list[dict]:
          "cpu_limit": getattr(r, "cpu_limit", None), "latency_p99_ms": r.latency_p99_ms,
          "lost": r.messages_lost, "generator_saturated": r.generator_saturated,
          "generator_cpu_peak": r.generator_cpu_peak, "server_cpu_percent": r.server_cpu_share * 100,
+         "cgroup_cpu_percent": r.cgroup_cpu_share * 100,
          "delivered_offered_ratio": r.delivered_offered_ratio,
          "delivered_offered_tolerance": r.delivered_offered_tolerance, "offered_per_s": r.offered_deliveries_per_second,
          "delivered_per_s": r.deliveries_per_second, "cgroup_throttled_percent": r.cgroup_throttled_share * 100,

@@ -951,9 +951,10 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
              margin_ms: float = CAPACITY_P99_MARGIN_MS) -> dict[str, Capacity]:
     """Each transport's capacity from summary rows of a sweep of `load_key`, lightest load first.
 
-    A point is within the server's limits while its CPU stays under SERVER_CPU_LIMIT of its core, it delivers
-    at least DELIVERED_LIMIT of what the profile offers (less a short window's chance shortfall), nothing is lost, and its p99 stays within `margin_ms`
-    of the transport's own p99 at the lightest load (short polling's p99 is about its interval T by design,
+    A point is within the server's limits while its CPU stays under SERVER_CPU_LIMIT of what it may use (its CPU
+    limit, or its core: cgroup_cpu_percent in a cgroup, else server_cpu_percent), it delivers at least DELIVERED_LIMIT of what the profile offers (less a
+    short window's chance shortfall), nothing is lost, and its p99 stays within `margin_ms` of the transport's own
+    p99 at the lightest load (short polling's p99 is about its interval T by design,
     so it is held to T + margin, not to a fixed 250 ms). Walking up the loads, the first point outside them
     ends the walk: the capacity is the load before it, server-bound. A point where the generator saturated
     ends it too, and then the capacity is only a lower bound (generator-bound), never the capacity: its
@@ -968,9 +969,8 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
         points = sorted(points, key=lambda r: float(r[load_key]))
         baseline = float(points[0]["latency_p99_ms"])
         p99_limit = baseline + margin_ms
-        limit = _number(points[0].get("cpu_limit")) or None  # the rows' CPU limit, if any (NaN and 0: none)
-        if limit is not None and math.isnan(limit):
-            limit = None
+        limit = _number(points[0].get("cpu_limit"))
+        limit = limit if limit > 0 else None  # the rows' CPU limit (capacity_by_limit gives one's rows); NaN, 0: none
         of = f"its {limit:g}-CPU limit" if limit else "its core"
         load, rate, bound, reason = math.nan, math.nan, "sweep", "no limit reached within the sweep"
         generator = math.nan
@@ -979,7 +979,9 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
         proportional = not offered_per_load or max(offered_per_load) <= 1.1 * min(offered_per_load)
         for row in points:
             at = f"at {float(row[load_key]):,.6g}"
-            cpu = _number(row.get("server_cpu_percent"))
+            # In a cgroup, the kernel's own count of the group (the one its quota is enforced on); else the sampler's.
+            cpu = _number(row.get("cgroup_cpu_percent"))
+            cpu = _number(row.get("server_cpu_percent")) if math.isnan(cpu) else cpu
             generator = _number(row.get("generator_cpu_peak"))
             if cpu >= SERVER_CPU_LIMIT * 100:  # at its limit, however little the generator managed to offer
                 throttled = _number(row.get("cgroup_throttled_percent"))
@@ -1144,6 +1146,9 @@ def capacity_table(rows: Iterable[Mapping[str, object]], load_key: str,
                 problems.append("not checked: not measured at another limit")
             if limit and light_load is not None and cost is None:
                 problems.append(f"not checked: no run at {light_load:g} without the limit")
+            if c.bound == "server" and c.generator_peak > GENERATOR_SATURATED:
+                problems.append(f"the generator saturated too where the server reached its limit "
+                                f"({c.generator_peak:.0%} of its core)")
             out.append({"transport": transport, "cpu_limit": limit, "load_key": load_key, "capacity": c.load,
                         "delivered_per_s": c.delivered_per_s, "bound": c.bound, "reason": c.reason,
                         "capacity_per_cpu": c.load_per_cpu, "delivered_per_s_per_cpu": c.delivered_per_s_per_cpu,

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import re
 import subprocess
 import sys
@@ -140,9 +141,9 @@ class Display:
 
 
 def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path, pinning: Pinning,
-              display: Display, limit: cgroup.Cgroup | None = None) -> dict:
-    """Run one transport at one point on fresh processes (the server in `limit`'s cgroup, when given); return what
-    the summary needs to find its files."""
+              display: Display, limit: cgroup.Cgroup | None = None, hash_seed: int | None = None) -> dict:
+    """Run one transport at one point on fresh processes (the server in `limit`'s cgroup, when given, and with
+    PYTHONHASHSEED `hash_seed`, when given); return what the summary needs to find its files."""
     point_dir.mkdir(parents=True, exist_ok=True)
     write_profile(point, point_dir / "profile.toml")
     procs = Group()
@@ -165,7 +166,7 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
             server = start_server(
                 ["--transport", point.transport, "--host", "127.0.0.1", "--no-access-log", *flags],
                 point_dir / "server.log", cpus=pinning.server, timeout_s=SERVER_START_TIMEOUT_S, group=procs,
-                cgroup=limit,
+                cgroup=limit, env=None if hash_seed is None else {**os.environ, "PYTHONHASHSEED": str(hash_seed)},
             )
             url = server.url
             scrape_urls = {"server": url}
@@ -455,6 +456,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
     asked_processes = experiment.processes or "auto"
     if not experiment.processes:  # "auto": every CPU the load may use gets a Locust process
         experiment = dataclasses.replace(experiment, processes=len(pinning.generator))
+    hash_seed = random.randint(1, 2**32 - 1) if experiment.cpu_limits else None
     manifest = {
         "name": experiment.name,
         "git_commit": git("rev-parse", "HEAD") or None,
@@ -467,6 +469,10 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                     # How the load used its CPUs: Locust processes (a master and its workers when > 1) on them.
                     "generator_processes": experiment.processes, "generator_processes_asked": asked_processes},
         "quick": quick,
+        # Under CPU limits every server of the run gets one hash seed: a Python process runs a few per cent faster or
+        # slower for its whole life with its seed (docs/metrics.md, "Overhead, measured"), which the checks that
+        # compare a transport's runs must not read as the limit's doing.
+        "server_hash_seed": hash_seed,
         "experiment": experiment.as_dict(),
         "started_at": utc_now(),
         "ended_at": None,
@@ -495,7 +501,7 @@ def run_experiment(experiment: Experiment, out_root: Path, quick: bool, quiet: b
                     server_cgroup(point, experiment, f"rtlab-{os.getpid()}-{index}") as limit:
                 observer_source = network.OBSERVER_ADDRESS if netns or experiment.capture else None
                 try:
-                    info = run_point(experiment, point, index, point_dir, pinning, display, limit)
+                    info = run_point(experiment, point, index, point_dir, pinning, display, limit, hash_seed)
                 finally:
                     observer_source = None
             row = summarize_point(point, point_dir, info["window_mono_s"], experiment.processes, len(pinning.server))

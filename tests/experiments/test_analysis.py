@@ -218,6 +218,9 @@ def test_under_cpu_limits_each_limit_is_walked_on_its_own_and_reported_per_cpu()
                               "200; the generator's busiest second there 30% of its core")
     (check,) = figures.limit_scaling(by_limit)
     assert check.ratio == 1.0 and check.problem == ""
+    # In a cgroup, the criterion reads the kernel's count of the group, the one its quota is enforced on.
+    counted = [{**row, "cgroup_cpu_percent": 92.0 if row["users"] == 200 else 30.0} for row in rows[3:]]
+    assert figures.capacity(counted)["websocket"].reason == "server CPU 92 % of its 0.5-CPU limit at 200"
     # A run without limits is one capacity per transport, as before.
     assert list(figures.capacity_by_limit([load_point(100)])) == [None]
 
