@@ -217,27 +217,27 @@ class WebTransportClient(asyncio_bridge.BridgedClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._endpoint: tuple[int, bytes] | None = None  # (UDP port, certificate SHA-256), read once
         self._conn: SessionConnection | None = None  # touched on the loop's thread only
 
     def _open_connection(self, generation: int) -> None:
-        if self._endpoint is None:
-            http = JsonHttp(self.host, self.port, self.timeout_s)
-            try:
-                status, body = http.request("GET", f"/rooms/{self.room}/{self.transport}")
-                if status != 200:
-                    raise ClientError(f"GET /rooms/{self.room}/{self.transport} answered {status}: {body[:200]!r}")
-                info = http.decode(body)
-                self._endpoint = (int(info["port"]), bytes.fromhex(info["certificate"]["sha256_hex"]))
-            except (KeyError, TypeError, ValueError) as error:
-                raise ClientError(f"the server did not say where its WebTransport endpoint is: {error!r}") from None
-            finally:
-                http.close()
-        self._bridge.call(self._open, generation, timeout_s=self.timeout_s)
+        # Asked again at every (re)connect, as the page does: after a drain the balancer sends the member to another
+        # instance, with a port and a certificate of its own.
+        http = JsonHttp(self.host, self.port, self.timeout_s)
+        try:
+            status, body = http.request("GET", f"/rooms/{self.room}/{self.transport}")
+            if status != 200:
+                raise ClientError(f"GET /rooms/{self.room}/{self.transport} answered {status}: {body[:200]!r}")
+            info = http.decode(body)
+            endpoint = (int(info["port"]), bytes.fromhex(info["certificate"]["sha256_hex"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ClientError(f"the server did not say where its WebTransport endpoint is: {error!r}") from None
+        finally:
+            http.close()
+        self._bridge.call(self._open, generation, endpoint, timeout_s=self.timeout_s)
 
-    async def _open(self, generation: int) -> None:
+    async def _open(self, generation: int, endpoint: tuple[int, bytes]) -> None:
         await self._close_current()
-        port, sha256 = self._endpoint
+        port, sha256 = endpoint
         to_gevent, arrived, lost = self._bridge.to_gevent, self._arrived, self._connection_lost
         conn = await open_session(
             self.host, port, f"/rooms/{self.room}/{self.transport}?since={self.last_id}",
