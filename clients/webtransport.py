@@ -206,10 +206,11 @@ async def open_session(host: str, port: int, path: str, *, on_frame: Callable[[b
 
 
 class WebTransportClient(asyncio_bridge.BridgedClient):
-    """Reads where the endpoint is (`GET /rooms/{room}/webtransport` on the HTTP port: its UDP port and its
-    certificate's SHA-256), then opens a session at the same path (`?since=ID`) with CONNECT over QUIC on the process's asyncio thread; the WebSocket's
-    messages both ways (clients.bridge.BridgedClient): each send on a stream of its own, each push a line of a
-    stream. The session's end carries the server's close code (1001 shutdown, 1012 drain: reconnect)."""
+    """At every (re)connect, reads where the endpoint is (`GET /rooms/{room}/webtransport` on the HTTP port: its UDP
+    port and its certificate's SHA-256), then opens a session at the same path (`?since=ID`) with CONNECT over QUIC on
+    the process's asyncio thread; the WebSocket's messages both ways (clients.bridge.BridgedClient): each send on a
+    stream of its own, each push a line of a stream. The session's end carries the server's close code (1001
+    shutdown, 1012 drain: reconnect)."""
 
     transport = "webtransport"
     what = "WebTransport session"

@@ -136,6 +136,83 @@ async def test_an_event_stream_resumes_through_the_balancer_after_a_drain_with_l
             stream.close()
 
 
+# A WebTransport member's session goes straight to an instance's UDP port (the balancer only routes the HTTP GET
+# that names it); this script joins members through the balancer, says which instance each session is on, waits
+# for the test to drain one, then checks every member goes on.
+DRAINED_MEMBERS_SCRIPT = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json, sys, time
+from collections import Counter
+import gevent
+from clients.webtransport import WebTransportClient
+
+url, ports = sys.argv[1], json.loads(sys.argv[2])
+reports, failures, members = Counter(), [], []
+
+def report(request_type, name, response_time_ms, response_length, exception=None):
+    reports[request_type] += 1
+    if exception is not None:
+        failures.append(f"{request_type}: {exception}")
+
+def instance_of(client):  # None: no session (not reconnected)
+    conn = client._conn
+    return None if conn is None else ports.index(conn._transport.get_extra_info("peername")[1])
+
+def wait_for(condition, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+    return condition()
+
+on = {}
+while len(on) < 2 and len(members) < 6:  # round robin: the first two usually land on both instances
+    ids = []
+    client = WebTransportClient(url, lambda message, received_at, ids=ids: ids.append(message["id"]), report)
+    client.join("drained", 0)
+    members.append((client, ids))
+    on.setdefault(instance_of(client), len(members) - 1)
+print(json.dumps({"on": on}), flush=True)
+sys.stdin.readline()  # the test drained one instance
+for n, (client, _) in enumerate(members):
+    client.send(f"m{n}", f"after the drain {n}", sent_at=time.time())
+wait_for(lambda: all(len(ids) >= len(members) for _, ids in members))
+out = {"ids": [sorted(ids) for _, ids in members], "instances": [instance_of(c) for c, _ in members],
+       "reports": dict(reports), "failures": failures}
+for client, _ in members:
+    client.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_drained_webtransport_member_asks_the_balancer_again_and_resumes_on_another_instance(cluster):
+    c = cluster("webtransport", 2, "pubsub")
+    ports = [http_json("GET", f"{i.url}/rooms/drained/webtransport", 5 * UNIT)[1]["port"] for i in c.instances]
+    script = subprocess.Popen([sys.executable, "-c", DRAINED_MEMBERS_SCRIPT, c.url, json.dumps(ports)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        on = json.loads(script.stdout.readline() or "{}").get("on")
+        assert on is not None, script.stderr.read() if script.poll() is not None else "no answer"
+        assert set(on) == {"0", "1"}, on  # a session on each instance
+        drained = c.drain(0)
+        assert drained["webtransport_sessions_closed"] >= 1, drained
+        out, err = script.communicate("drained\n", timeout=30 * UNIT)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert script.returncode == 0, err
+    seen = json.loads(out.strip().splitlines()[-1])
+    # Every member is on the instance still in the rotation, has every message since it joined, once, and the
+    # drain was no failure: the member closed with 1012 asked the balancer where to go, not the drained instance.
+    assert set(seen["instances"]) == {1}, seen
+    members = len(seen["ids"])
+    assert all(ids == list(range(1, members + 1)) for ids in seen["ids"]), seen
+    assert seen["failures"] == [] and seen["reports"]["RECONNECT"] == drained["webtransport_sessions_closed"], seen
+
+
 async def test_sticky_routing_keeps_each_room_on_one_instance(cluster):
     c = cluster("all", 3, "sticky")
     rooms = [f"room-{i}" for i in range(8)]
