@@ -94,6 +94,49 @@ class ReceiverTracker:
         return Counts(self.received, self.lost, self.duplicates, self.out_of_order)
 
 
+class ResumePoint:
+    """Where a member of a reliable transport whose messages may overtake one another (a QUIC stream per message)
+    resumes after a reconnect: after the newest id up to which every id arrived, not after the newest id seen, so a
+    message still held up by a lost packet when the connection ended is asked for again. What the resume then sends
+    a second time (the ids that had arrived above that point) is dropped once (`arrived` says False); any other id
+    seen twice is passed on, for the receiver to count as a duplicate. At most `max_ahead` ids above the point are
+    remembered; beyond, the oldest gap is given up (the receiver counts it lost), which bounds memory when an id
+    never comes."""
+
+    __slots__ = ("since", "ahead", "resent", "max_ahead")
+
+    def __init__(self, since: int, max_ahead: int = 1024) -> None:
+        self.since = since  # every id up to this one arrived (or was before the join point)
+        self.ahead: set[int] = set()  # ids above it that arrived
+        self.resent: set[int] = set()  # of those, the ones the last resume asked for again
+        self.max_ahead = max_ahead
+
+    def resume(self) -> int:
+        """Return the id to resume after (since=); what arrived above it will come again, and is dropped once."""
+        self.resent = set(self.ahead)
+        return self.since
+
+    def arrived(self, message_id: int) -> bool:
+        """Record one arriving id; return False for one the last resume asked for again though it had arrived."""
+        if message_id in self.resent:
+            self.resent.discard(message_id)
+            return False
+        ahead = self.ahead
+        if message_id > self.since + 1:
+            ahead.add(message_id)
+            if len(ahead) <= self.max_ahead:
+                return True
+            self.since = min(ahead) - 1  # the oldest gap given up
+        elif message_id <= self.since:
+            return True  # a duplicate: the receiver counts it
+        self.since += 1
+        ahead.discard(self.since)
+        while self.since + 1 in ahead:
+            self.since += 1
+            ahead.discard(self.since)
+        return True
+
+
 class LedgerReceiver:
     """One receiver's side of the ledger: the others' messages it got, by whole second of their sent_at,
     counting only those sent at or after it joined."""

@@ -23,6 +23,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 
 from . import bridge as asyncio_bridge
 from .base import ClientError, JsonHttp
+from .completeness import ResumePoint
 
 CLOSE_SESSION_CAPSULE = 0x2843  # CLOSE_WEBTRANSPORT_SESSION: the server's code and reason
 MAX_DATAGRAM_BYTES = 1100  # a send larger than this goes on a stream of its own, as the server's pushes do
@@ -219,6 +220,17 @@ class WebTransportClient(asyncio_bridge.BridgedClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._conn: SessionConnection | None = None  # touched on the loop's thread only
+        self._resume = ResumePoint(0)  # streams: a reconnect resumes after the first gap, not the newest id
+
+    def join(self, room: str, since: int) -> None:
+        self._resume = ResumePoint(since)
+        super().join(room, since)
+
+    def deliver(self, message: dict, received_at: float) -> None:
+        message_id = message.get("id")
+        if not self.datagrams and isinstance(message_id, int) and not self._resume.arrived(message_id):
+            return  # had arrived before the reconnect; the resume asked for it again with the gap before it
+        super().deliver(message, received_at)
 
     def _open_connection(self, generation: int) -> None:
         # Asked again at every (re)connect, as the page does: after a drain the balancer sends the member to another
@@ -234,14 +246,16 @@ class WebTransportClient(asyncio_bridge.BridgedClient):
             raise ClientError(f"the server did not say where its WebTransport endpoint is: {error!r}") from None
         finally:
             http.close()
-        self._bridge.call(self._open, generation, endpoint, timeout_s=self.timeout_s)
+        # Datagrams: after the newest id seen (a gap there is a loss, not a message on its way).
+        since = self.last_id if self.datagrams else self._resume.resume()
+        self._bridge.call(self._open, generation, endpoint, since, timeout_s=self.timeout_s)
 
-    async def _open(self, generation: int, endpoint: tuple[int, bytes]) -> None:
+    async def _open(self, generation: int, endpoint: tuple[int, bytes], since: int) -> None:
         await self._close_current()
         port, sha256 = endpoint
         to_gevent, arrived, lost = self._bridge.to_gevent, self._arrived, self._connection_lost
         conn = await open_session(
-            self.host, port, f"/rooms/{self.room}/{self.transport}?since={self.last_id}",
+            self.host, port, f"/rooms/{self.room}/{self.transport}?since={since}",
             on_frame=lambda data, received_at: to_gevent(arrived, generation, data, received_at),
             on_end=lambda code, reason: to_gevent(lost, generation, code, reason), sha256=sha256,
             sock=asyncio_bridge.udp_socket((self.host, 0)), keepalive_s=KEEPALIVE_S)

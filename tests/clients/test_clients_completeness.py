@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients.completeness import Arrival, Counts, ReceiverTracker
+from clients.completeness import Arrival, Counts, ReceiverTracker, ResumePoint
 
 
 def feed(tracker: ReceiverTracker, ids: list[int]) -> list[Arrival]:
@@ -78,3 +78,24 @@ def test_a_negative_join_point_is_refused():
     with pytest.raises(ValueError):
         ReceiverTracker(since=-1)
 
+
+
+def test_a_resume_goes_back_to_the_first_gap_and_drops_what_it_resends_once():
+    point = ResumePoint(since=4)
+    assert [point.arrived(i) for i in (5, 7, 8)] == [True] * 3  # 6 held up by a lost packet when the session ended
+    assert point.resume() == 5
+    # The server sends 6, 7, 8 again: 7 and 8 had arrived (dropped), 6 is new; then the point moves on past 8.
+    assert [point.arrived(i) for i in (6, 7, 8, 9)] == [True, False, False, True]
+    assert point.since == 9 and point.ahead == set()
+    # Outside a resume's resend, an id seen twice is passed on, for the receiver to count as a duplicate.
+    assert point.arrived(9) and point.arrived(3)
+    assert point.resume() == 9 and point.resent == set()
+
+
+def test_a_resume_point_gives_the_oldest_gap_up_beyond_what_it_remembers():
+    point = ResumePoint(since=0, max_ahead=3)
+    for i in (2, 3, 4):
+        point.arrived(i)
+    assert point.since == 0  # 1 may still come
+    point.arrived(6)  # a fourth id ahead: 1 is given up, the point moves past 4 (5 may still come)
+    assert point.since == 4 and point.ahead == {6}
