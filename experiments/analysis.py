@@ -430,6 +430,15 @@ def carrier(transport: str) -> str:
         return ""
 
 
+def protocol(transport: str) -> str:
+    """Return the protocol that recovers (or not) `transport`'s lost packets, from its registry entry: "TCP",
+    "SCTP" or "QUIC" ("" for a transport the registry does not know)."""
+    try:
+        return registry.get(transport).protocol
+    except registry.UnknownTransport:
+        return ""
+
+
 # network_points' columns after the ID columns and swept keys.
 NETWORK_COLUMNS = ["loss_asked_percent", "loss_applied_percent", "packets_seen", "packets_dropped", "dropped_percent",
                    "tcp_out_segments", "tcp_retransmitted_segments", "retransmitted_percent", "mtu", "drop_rule",

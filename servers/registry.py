@@ -60,6 +60,9 @@ class Transport:
     # What its members' bytes travel on: "tcp", or "udp" (WebRTC: datagrams, counted at the server's ICE sockets, which
     # a TCP capture or a TCP proxy does not see).
     carrier: str = "tcp"
+    # What recovers (or not) a lost packet of its messages: "TCP", "SCTP" (WebRTC's data channels, over DTLS over UDP)
+    # or "QUIC" (WebTransport, over UDP). The packet-loss notebook compares transports by it.
+    protocol: str = "TCP"
     # A peer of another stack, not mounted in rtlab's aiohttp app: "module:serve", run by `python -m servers` on the
     # socket it binds (servers/peers/process.py says what it must serve). Its bytes come from the run's packet
     # capture only (capture = true), its deliveries from its own integer on /metrics.
@@ -309,6 +312,7 @@ register(Transport(
     summary="one SDP offer and answer over HTTP, then a reliable, ordered data channel over UDP (ICE, DTLS, SCTP)",
     server_knobs=_webrtc_knobs("webrtc", "WebRTC"),
     carrier="udp",
+    protocol="SCTP",
 ))
 
 register(Transport(
@@ -321,6 +325,7 @@ register(Transport(
     summary="as WebRTC, but the data channel is unordered and never retransmits: a lost datagram's message stays lost",
     server_knobs=_webrtc_knobs("webrtc_unreliable", "WebRTC, unreliable"),
     carrier="udp",
+    protocol="SCTP",
     ordered=False,
 ))
 
@@ -358,6 +363,7 @@ register(Transport(
     ),
     max_silence_s=lambda knobs: float(knobs["webtransport_heartbeat_s"]),
     carrier="udp",
+    protocol="QUIC",
     ordered=False,
 ))
 
@@ -373,6 +379,7 @@ register(Transport(
     server_knobs=_webtransport_knobs("webtransport_datagram", "WebTransport (datagrams)"),
     max_silence_s=lambda knobs: float(knobs.get("webtransport_heartbeat_s", 10.0)),
     carrier="udp",
+    protocol="QUIC",
     ordered=False,
 ))
 

@@ -56,6 +56,8 @@ def test_network_text_names_the_swept_loss(run):
     assert analysis.parameter_label("loss_percent") == "packets dropped at random (%)"
     assert analysis.carrier("websocket") == "tcp" and analysis.carrier("webrtc-unreliable") == "udp"
     assert analysis.carrier("no-such-transport") == ""
+    assert [analysis.protocol(t) for t in ("sse", "webrtc", "webtransport-datagram", "no-such-transport")] == [
+        "TCP", "SCTP", "QUIC", ""]
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +95,13 @@ def test_the_notebook_draws_a_loss_run(executed, run):
     points = run.points.set_index(["transport", "loss_percent"])
     clean = [analysis.label(t) for t in run.transports if points.loc[t, "messages_lost"].sum() == 0]
     assert f"Lost nothing at any loss: {', '.join(clean)}." in text
+    # Those side by side, by the protocol that resends (TCP, SCTP, QUIC).
+    first = next(t for t in run.transports if points.loc[t, "messages_lost"].sum() == 0)
+    assert "Delivering everything at 5 % loss, p99 by the protocol that resends: over " \
+        f"{analysis.protocol(first)}, {analysis.label(first)} " in text
     for transport in run.transports:
         row = points.loc[(transport, 5)]
-        assert f"- {analysis.label(transport)} (over {analysis.carrier(transport).upper()}): delivered " \
+        assert f"- {analysis.label(transport)} (over {analysis.protocol(transport)}): delivered " \
                f"{row.delivered_ratio * 100:.1f} % ({row.messages_lost:,.0f} lost)" in text
         if row.messages_lost:
             assert f"Lost messages: {analysis.label(transport)}, {100 * (1 - row.delivered_ratio):.1f} % of its " \
