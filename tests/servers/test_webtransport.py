@@ -219,4 +219,5 @@ async def test_udp_bytes_are_counted_exactly_at_the_servers_socket(app_server, s
     moved = {kind: metric_total(after, f"rtlab_wire_{kind}_bytes_total", transport=transport)
              - metric_total(before, f"rtlab_wire_{kind}_bytes_total", transport=transport)
              for kind in ("received", "sent")}
-    assert count.sent > 40 and moved == {"received": count.sent_bytes, "sent": count.received_bytes}
+    # At least a datagram a send (aioquic sends each at once) beside the handshake's; acknowledgements may ride along.
+    assert count.sent > 20 and moved == {"received": count.sent_bytes, "sent": count.received_bytes}
