@@ -8,6 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 EXP ?= baseline
 QUICK ?=
+SET ?=
 RUN ?=
 LAB_PORT ?= 8888
 
@@ -55,9 +56,10 @@ demo-cluster: $(STAMP)
 locust: $(STAMP)
 	$(PY) -m clients --transport $(TRANSPORT) --serve
 
-# Run experiments/$(EXP).toml (default: baseline) for every transport; QUICK=1 for a smoke run. Then its report.
+# Run experiments/$(EXP).toml (default: baseline) for every transport; QUICK=1 for a smoke run; SET="KEY=VALUE ..."
+# changes keys of the file for this run (e.g. SET="profile.duration_s=690"). Then its report.
 run-experiment: $(STAMP)
-	$(PY) -m experiments run $(EXP) $(if $(QUICK),--quick,)
+	$(PY) -m experiments run $(EXP) $(if $(QUICK),--quick,) $(foreach s,$(SET),--set '$(s)')
 	$(PY) -m experiments report
 
 # Run every notebook headless on RUN (default: results/latest, else results/reference): RUN/report/index.html.

@@ -1,4 +1,5 @@
-"""`python -m experiments run FILE [--quick] [--out DIR]`: run an experiment and print the comparison."""
+"""`python -m experiments run FILE [--quick] [--set KEY=VALUE ...] [--out DIR]`: run an experiment and print the
+comparison."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run = sub.add_parser("run", help="run an experiment file: every transport under the same profile")
     run.add_argument("file", help="experiments/<name>.toml, or just <name>")
     run.add_argument("--quick", action="store_true", help="short durations: a smoke run")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="change one key of the file for this run, e.g. profile.duration_s=690 or server.history=200 "
+                          "(a TOML value; repeatable); checked as the file is, recorded in the manifest")
     run.add_argument("--out", default=str(ROOT / "results"), help="where runs are written")
     run.add_argument("--quiet", action="store_true", help="no live progress")
     show = sub.add_parser("show", help="print the comparison table of a finished run")
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(a.run_dir)
     try:
-        experiment = load_experiment(resolve(a.file))
+        experiment = load_experiment(resolve(a.file), a.overrides)
     except SpecError as error:
         print(f"python -m experiments: {error}", file=sys.stderr)
         return 2

@@ -81,6 +81,9 @@ def print_table(run_dir: Path, console: Console | None = None) -> None:
         flagged = formats.flags(row)
         table.add_row(*values, Text(", ".join(flagged), style="bold red") if flagged else "ok")
     console.print(table)
+    if experiment.get("overrides"):  # --set: where this run departs from its file
+        changed = ", ".join(f"{key} = {json.dumps(value)}" for key, value in experiment["overrides"].items())
+        console.print(f"changed from {experiment.get('source') or 'the file'} for this run: {changed}", markup=False)
     users = experiment["profile"].get("users")
     for line in findings([{"users": users, **row} for row in rows], swept, experiment.get("light_load")):
         console.print(line, markup=False)

@@ -6,6 +6,8 @@ import dataclasses
 import itertools
 import math
 import re
+import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +76,9 @@ class Experiment:
     # With CPU limits and a load sweep: the load at which each transport also runs without a limit (cpu_limit 0),
     # for the check that the limit makes its work neither cheaper nor dearer (figures.limit_cost).
     light_load: float | None = None
+    # The file's keys changed for this run (`--set profile.duration_s=690`): dotted key -> value, recorded in the
+    # manifest beside the resolved experiment, so a run says where it departs from its file.
+    overrides: dict[str, object] = field(default_factory=dict)
 
     @property
     def cpu_limits(self) -> tuple[float, ...]:
@@ -162,6 +167,7 @@ class Experiment:
             "capture": self.capture,
             "http": self.http,
             "source": self.source,
+            "overrides": dict(self.overrides),
         }
 
 
@@ -183,9 +189,43 @@ class Point:
         return f"{params}/{run}" if params else run
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment file; raise SpecError naming the file and the key."""
-    return experiment_from_dict(read_toml(Path(path), SpecError, "experiment"), str(path))
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+    """Read and validate an experiment file, with some of its keys changed (`overrides`: `KEY=VALUE` texts, see
+    apply_overrides); raise SpecError naming the file and the key."""
+    data = read_toml(Path(path), SpecError, "experiment")
+    changed = apply_overrides(data, overrides)
+    experiment = experiment_from_dict(data, str(path))
+    return dataclasses.replace(experiment, overrides=changed) if changed else experiment
+
+
+def apply_overrides(data: dict, assignments: Iterable[str]) -> dict[str, object]:
+    """Set each `KEY=VALUE` of `assignments` in the decoded file `data` before it is validated, and return them as
+    {KEY: value}. KEY is dotted: a top-level key (`transports`) or a table's (`profile.duration_s`, `server.history`,
+    `sweep.users`, `network.loss_percent`); a table the file lacks is made. VALUE is a TOML value (`690`, `0.5`,
+    `true`, `["websocket", "sse"]`, `"text"`), or else taken as text (`arrival=poisson`). What the file then says is
+    checked as if it had been written so: a wrong key or value is the file's error, naming the key."""
+    changed: dict[str, object] = {}
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        key = key.strip()
+        path = key.split(".")
+        if not equals or not all(NAME_RE.fullmatch(part) for part in path):
+            raise SpecError(f"--set {assignment!r}: write KEY=VALUE, KEY a key or table.key of the experiment file "
+                            f"(e.g. profile.duration_s=690); the top-level keys are {', '.join(TOP_KEYS)}")
+        if path[0] not in TOP_KEYS:
+            raise SpecError(f"--set {key}: unknown key {path[0]!r}; the keys are {', '.join(TOP_KEYS)}")
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: text
+        table = data
+        for depth, part in enumerate(path[:-1], 1):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise SpecError(f"--set {key}: {'.'.join(path[:depth])} is a value, not a table")
+        table[path[-1]] = value
+        changed[key] = value
+    return changed
 
 
 def experiment_from_dict(data: dict, source: str) -> Experiment:

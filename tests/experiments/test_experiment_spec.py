@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
 
-from experiments.spec import SpecError, load_experiment
+from experiments.spec import CPU_KEYS, TOP_KEYS, SpecError, load_experiment, server_keys
 
 GOOD = """
 name = "tiny"
@@ -125,6 +127,43 @@ def test_bad_files_name_the_key(tmp_path, change, key):
     with pytest.raises(SpecError) as error:
         load_experiment(path)
     assert str(path) in str(error.value) and key in str(error.value)
+
+
+def test_set_changes_keys_of_the_file_for_one_run_and_says_which(tmp_path):
+    experiment = load_experiment(write(tmp_path, GOOD), [
+        "profile.duration_s=600", "profile.arrival=poisson", "server.history=200", "sweep.users=[4]",
+        'transports = ["websocket"]'])
+    assert (experiment.profile.duration_s, experiment.profile.arrival) == (600, "poisson")
+    assert experiment.server == {"history": 200}  # a table the file lacks is made
+    assert experiment.transports == ("websocket",) and len(experiment.points()) == 2  # 1 user count x 2 repeats
+    assert experiment.as_dict()["overrides"] == experiment.quick().as_dict()["overrides"] == {
+        "profile.duration_s": 600, "profile.arrival": "poisson", "server.history": 200, "sweep.users": [4],
+        "transports": ["websocket"]}
+    assert load_experiment(write(tmp_path, GOOD)).as_dict()["overrides"] == {}
+
+
+@pytest.mark.parametrize("assignment, named", [
+    ("profile.duration_s", "KEY=VALUE"),
+    ("colour=red", "colour"),
+    ("name.first=x", "name is a value"),
+    ("profile.duration_s=-5", "duration_s"),  # checked as the file is
+    ("profile.volume=3", "volume"),
+    ("server.ws_compress=maybe", "server.ws_compress"),
+    ("profile..users=3", "KEY=VALUE"),
+])
+def test_a_bad_set_is_refused_naming_the_key(tmp_path, assignment, named):
+    with pytest.raises(SpecError, match=re.escape(named)):
+        load_experiment(write(tmp_path, GOOD), [assignment])
+
+
+def test_every_key_of_an_experiment_file_is_documented_with_its_default():
+    doc = (ROOT / "docs" / "experiments.md").read_text()
+    rows = dict(re.findall(r"(?m)^\| `([a-z_]+)` \| (.+?) \|", doc))
+    assert set(TOP_KEYS) <= set(rows), set(TOP_KEYS) - set(rows)
+    for name, knob in server_keys().items():
+        default = list(knob.default) if isinstance(knob.default, tuple) else knob.default
+        assert rows.get(name) == f"`{json.dumps(default)}`", name
+    assert all(f"`{key}`" in doc for key in CPU_KEYS)
 
 
 def test_cli_exits_2_before_starting_anything(tmp_path):

@@ -22,9 +22,12 @@ def shrink(name: str, tmp_path, **changes: str) -> str:
     return str(path)
 
 
-def run(spec: str, tmp_path) -> tuple[list[dict], dict, str]:
+def run(spec: str, tmp_path, *overrides: str) -> tuple[list[dict], dict, str]:
+    """`python -m experiments run SPEC --quick`, with `--set` each of `overrides`: the summary's rows, the manifest,
+    the terminal's output."""
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "experiments", "run", spec, "--quick", "--out", str(out)],
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    proc = subprocess.run([sys.executable, "-m", "experiments", "run", spec, "--quick", *sets, "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300 * UNIT, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = (out / "latest").resolve()
