@@ -18,6 +18,9 @@ from experiments import cgroup
 from experiments.supervisor import Process
 
 
+TICK_US = 10_000  # a scheduler tick at HZ=100, the coarsest: how far a spinning group may overrun its quota
+
+
 def name(tag: str) -> str:
     return f"rtlab-{os.getpid()}-test-{tag}"
 
@@ -69,18 +72,30 @@ def test_a_cpu_bound_child_under_a_0_2_limit_uses_at_most_a_quarter_of_a_cpu(tmp
                 time.sleep(0.02)
             assert process.pid in group.pids() and len(group.pids()) == 2  # the child it forked is inside too
             time.sleep(0.2)
+            # At least 1.5 s, and until the group has had CPU enough for the bound below to say something: on a CPU
+            # that others' runs keep busy it gets less than its quota, and may take longer to use that much.
             start = group.stat()
-            time.sleep(1.5)
-            used = group.stat().minus(start)
+            deadline = time.monotonic() + 15 * UNIT
+            while True:
+                time.sleep(0.25)
+                used = group.stat().minus(start)
+                if used["wall_s"] >= 1.5 and used["usage_usec"] >= 40 * group.quota_us or time.monotonic() > deadline:
+                    break
+            # The periods counted once more, after the usage was read (v1 reads cpu.stat before cpuacct.usage): a
+            # pause between the two reads must not count usage whose periods are not counted.
+            periods = group.stat().nr_periods - start.nr_periods
         finally:
             process.stop()
-    share = used["usage_usec"] / 1e6 / used["wall_s"]
-    assert 0.02 < share <= 0.25, f"two spinning processes used {share:.2f} CPU under a 0.2 limit: {used}"
-    assert used["nr_periods"] >= 0.5 * used["wall_s"] / 0.020, used  # runnable through most 20 ms periods
-    if share >= 0.18:  # it got most of its quota (on a busy CPU it may not): the kernel must have held it back
-        # (how long is another matter: on a busy CPU the quota runs out late in a period, and the wait can round to 0)
-        assert used["nr_throttled"] > 0, used
     assert not any(path.exists() for path in group.paths)
+    share = used["usage_usec"] / 1e6 / used["wall_s"]
+    assert share <= 0.25, f"two spinning processes used {share:.2f} CPU under a 0.2 limit: {used}"
+    # However busy the CPU (others' runs may leave the group less than its quota), the kernel hands the group at
+    # most its quota per period: what it used is within the quotas of the periods counted, plus what it may hold
+    # when the window opens (a slice taken from the pool, and the pool) and one scheduler tick of overrun (repaid
+    # in the next period). Without a limit no period is counted and this fails; it says something only where the
+    # group used many quotas' worth.
+    assert used["usage_usec"] >= 40 * group.quota_us, f"the child barely ran in {used['wall_s']:.1f} s: {used}"
+    assert used["usage_usec"] <= group.quota_us * (periods + 2) + TICK_US, (periods, used)
 
 
 def test_a_child_is_inside_its_group_before_its_first_instruction(tmp_path):
