@@ -297,12 +297,22 @@ def capacity_frame(run: Run, unit: str) -> pd.DataFrame:
     def ratio(value: float) -> str:
         return "—" if math.isnan(value) else f"{value:.2f}"
 
+    def crossing(at: float, below: float, cpu: float, over: float, cpu_over: float) -> str:
+        if math.isnan(at):
+            return "—"
+        value = f"{at:.3g}" if at < 100 else f"{at:,.0f}"
+        return f"≈ {value} ({below:,.6g}: {cpu:.0f} %, {over:,.6g}: {cpu_over:.0f} %)"
+
     rate = partial(formats.text, "deliveries_per_second")
     return pd.DataFrame({
         "transport": [label(t) for t in table["transport"]],
         "CPU limit": ["none" if math.isnan(v) else f"{v:g}" for v in table["cpu_limit"]],
         f"capacity ({unit})": [load(v, b) for v, b in zip(table["capacity"], table["bound"])],
         "deliveries there (/s)": [rate(v) for v in table["delivered_per_s"]],
+        # Where the walk ended on the server's CPU: the load at which it crosses 90 % of the limit, between the two
+        # measured points around it (figures.Capacity.crossing); per CPU divides it.
+        "90 % of the limit at": [crossing(*values) for values in zip(
+            table["crossing"], table["capacity"], table["cpu_percent"], table["over"], table["cpu_percent_over"])],
         f"{unit} per CPU": [load(v, b) for v, b in zip(table["capacity_per_cpu"], table["bound"])],
         "deliveries per CPU (/s)": [rate(v) for v in table["delivered_per_s_per_cpu"]],
         "generator there (%)": [formats.text("generator_cpu_peak", v) for v in table["generator_peak"]],

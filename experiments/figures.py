@@ -909,6 +909,14 @@ class Capacity:
     # Whether the offered deliveries grow in proportion to the load (rooms of a fixed size, or the message rate), so
     # that the load, not only the deliveries, scales with the CPU; not in one growing room (deliveries ~ members²).
     proportional: bool = True
+    # Where the walk ended on the server's CPU: the two measured points that bracket SERVER_CPU_LIMIT (the capacity,
+    # `load`, at `cpu_percent` of what it may use, and the next load, `over`, at `cpu_percent_over`), and the load at
+    # which the server's CPU crosses it, interpolated between them (`crossing`; NaN where the walk ended otherwise).
+    over: float = math.nan
+    cpu_percent: float = math.nan
+    cpu_percent_over: float = math.nan
+    crossing: float = math.nan
+    crossing_delivered_per_s: float = math.nan
 
     @property
     def lower_bound(self) -> bool:
@@ -916,14 +924,31 @@ class Capacity:
         return self.bound != "server"
 
     @property
+    def estimate(self) -> float:
+        """The load the server carries at SERVER_CPU_LIMIT of what it may use: the interpolated crossing where the
+        walk ended on its CPU, else the last load within the limits (the grid's step is then its resolution)."""
+        return self.load if math.isnan(self.crossing) else self.crossing
+
+    @property
+    def estimate_delivered_per_s(self) -> float:
+        return self.delivered_per_s if math.isnan(self.crossing) else self.crossing_delivered_per_s
+
+    @property
     def load_per_cpu(self) -> float:
-        """The capacity per 1.0 CPU: load / the CPU limit (NaN without a limit, or where the load does not grow in
-        proportion to the deliveries: one growing room)."""
-        return self.load / self.cpu_limit if self.cpu_limit and self.proportional else math.nan
+        """The capacity per 1.0 CPU: the estimate / the CPU limit (NaN without a limit, or where the load does not
+        grow in proportion to the deliveries: one growing room)."""
+        return self.estimate / self.cpu_limit if self.cpu_limit and self.proportional else math.nan
 
     @property
     def delivered_per_s_per_cpu(self) -> float:
-        return self.delivered_per_s / self.cpu_limit if self.cpu_limit else math.nan
+        return self.estimate_delivered_per_s / self.cpu_limit if self.cpu_limit else math.nan
+
+    def crossing_text(self, unit: str = "members") -> str:
+        """Where the server's CPU crossed its limit, with the two measured points around it ("" where not known)."""
+        if math.isnan(self.crossing):
+            return ""
+        return (f"{SERVER_CPU_LIMIT * 100:.0f} % of the limit at ≈ {_load_text(self.crossing, True)} {unit} (between "
+                f"{self.load:,.6g} at {self.cpu_percent:.0f} % and {self.over:,.6g} at {self.cpu_percent_over:.0f} %)")
 
     def sentence(self, unit: str = "members") -> str:
         at_least = "≥ " if self.lower_bound else ""
@@ -933,14 +958,24 @@ class Capacity:
             amount = f"{at_least}{self.load:,.6g} {unit} ({self.delivered_per_s:,.0f} deliveries/s)"
         if not self.cpu_limit:
             return f"capacity of {self.transport}: {amount}, {self.bound}-bound: {self.reason}"
-        members = f"{at_least}{self.load_per_cpu:,.6g} {unit} (" if self.proportional else ""
+        about = "≈ " if not math.isnan(self.crossing) else ""
+        members = f"{at_least}{about}{_load_text(self.load_per_cpu, bool(about))} {unit} (" if self.proportional else ""
         per_cpu = "" if math.isnan(self.load) else (
-            f", per CPU {members}{'' if members else at_least}{self.delivered_per_s_per_cpu:,.0f} deliveries/s"
-            f"{')' if members else ''}")
+            f", per CPU {members}{'' if members else at_least + about}{self.delivered_per_s_per_cpu:,.0f} "
+            f"deliveries/s{')' if members else ''}")
+        crossing = self.crossing_text(unit)
+        amount += f", {crossing}" if crossing else ""
         generator = "" if math.isnan(self.generator_peak) else \
             f"; the generator's busiest second there {self.generator_peak:.0%} of its core"
         return (f"capacity of {self.transport} at a {self.cpu_limit:g}-CPU limit: {amount}{per_cpu}, "
                 f"{self.bound}-bound: {self.reason}{generator}")
+
+
+def _load_text(value: float, estimated: bool) -> str:
+    """A load as the sentences write it: a measured one as swept, an interpolated one to three figures."""
+    if not estimated:
+        return f"{value:,.6g}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _true(value: object) -> bool:
@@ -974,19 +1009,21 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
         of = f"its {limit:g}-CPU limit" if limit else "its core"
         load, rate, bound, reason = math.nan, math.nan, "sweep", "no limit reached within the sweep"
         generator = math.nan
+        passed: Mapping[str, object] | None = None  # the last point within the limits
+        bracket: dict[str, float] = {}
         offered_per_load = [_number(r.get("offered_per_s")) / float(r[load_key]) for r in points if float(r[load_key])]
         offered_per_load = [v for v in offered_per_load if not math.isnan(v) and v > 0]
         proportional = not offered_per_load or max(offered_per_load) <= 1.1 * min(offered_per_load)
         for row in points:
             at = f"at {float(row[load_key]):,.6g}"
-            # In a cgroup, the kernel's own count of the group (the one its quota is enforced on); else the sampler's.
-            cpu = _number(row.get("cgroup_cpu_percent"))
-            cpu = _number(row.get("server_cpu_percent")) if math.isnan(cpu) else cpu
+            cpu = _server_cpu(row)  # in a cgroup, the kernel's own count of the group (its quota is enforced on it)
             generator = _number(row.get("generator_cpu_peak"))
             if cpu >= SERVER_CPU_LIMIT * 100:  # at its limit, however little the generator managed to offer
                 throttled = _number(row.get("cgroup_throttled_percent"))
                 bound, reason = "server", f"server CPU {cpu:.0f} % of {of} {at}" + (
                     "" if math.isnan(throttled) or not limit else f" (throttled in {throttled:.0f} % of periods)")
+                if passed is not None:
+                    bracket = _crossing(passed, row, load_key)
                 break
             if _true(row.get("generator_saturated")):
                 bound, reason = "generator", f"the load generator saturated its core {at}"
@@ -1005,11 +1042,41 @@ def capacity(rows: Iterable[Mapping[str, object]], load_key: str = "users",
                 bound, reason = "server", f"{', '.join(problems)} {at}"
                 break
             load, rate = float(row[load_key]), _number(row.get("delivered_per_s"))
+            passed = row
         else:
             generator = math.nan
         out[transport] = Capacity(transport, load_key, load, rate, bound, reason, p99_limit, limit, generator,
-                                  proportional)
+                                  proportional, **bracket)
     return out
+
+
+def _server_cpu(row: Mapping[str, object]) -> float:
+    """A point's server CPU as a share (%) of what it may use: the cgroup's own count where it ran in one."""
+    cpu = _number(row.get("cgroup_cpu_percent"))
+    return _number(row.get("server_cpu_percent")) if math.isnan(cpu) else cpu
+
+
+def _crossing(passed: Mapping[str, object], over: Mapping[str, object], load_key: str) -> dict[str, float]:
+    """The load between two neighbouring points of a sweep at which the server's CPU crosses SERVER_CPU_LIMIT, by
+    linear interpolation, and the deliveries per second there (the passing point's, grown as the offered load
+    grows). The grid's step no longer quantizes the capacity, but where the point over the limit was held at
+    its quota its CPU is what the limit allowed, less than the load needed: the crossing is then placed late, at
+    most by the step (docs/metrics.md)."""
+    x1, x2 = float(passed[load_key]), float(over[load_key])
+    c1, c2 = _server_cpu(passed), _server_cpu(over)
+    target = SERVER_CPU_LIMIT * 100
+    if math.isnan(c1) or not c1 < target <= c2:
+        return {}
+    share = (target - c1) / (c2 - c1)
+    crossing = x1 + share * (x2 - x1)
+    rate = _number(passed.get("delivered_per_s"))
+    o1, o2 = _number(passed.get("offered_per_s")), _number(over.get("offered_per_s"))
+    if o1 > 0 and not math.isnan(o2):
+        delivered = rate * (o1 + share * (o2 - o1)) / o1
+    else:
+        delivered = rate + share * (_number(over.get("delivered_per_s")) - rate)
+    return {"over": x2, "cpu_percent": c1, "cpu_percent_over": c2, "crossing": crossing,
+            "crossing_delivered_per_s": delivered}
 
 
 # The checks that make "capacity ÷ limit" honest (docs/metrics.md, "Capacity under a CPU limit"): the capacity must
@@ -1050,7 +1117,7 @@ class LimitScaling:
         """(capacity at the higher limit / at the lower) / (higher limit / lower): 1.0 when it scales exactly. The
         capacity in deliveries per second, which grow with the CPU whatever the sweep (members do only in rooms of a
         fixed size)."""
-        return _ratio(_ratio(self.high.delivered_per_s, self.low.delivered_per_s),
+        return _ratio(_ratio(self.high.estimate_delivered_per_s, self.low.estimate_delivered_per_s),
                       _ratio(self.high.cpu_limit, self.low.cpu_limit))
 
     @property
@@ -1124,8 +1191,9 @@ def limit_cost(rows: Iterable[Mapping[str, object]], load_key: str, light_load: 
 
 
 CAPACITY_COLUMNS = ("transport", "cpu_limit", "load_key", "capacity", "delivered_per_s", "bound", "reason",
-                    "capacity_per_cpu", "delivered_per_s_per_cpu", "generator_peak", "scaling_ratio", "light_cost_ratio",
-                    "flag")
+                    "cpu_percent", "over", "cpu_percent_over", "crossing", "crossing_delivered_per_s",
+                    "capacity_per_cpu", "delivered_per_s_per_cpu", "generator_peak", "scaling_ratio",
+                    "light_cost_ratio", "flag")
 
 
 def capacity_table(rows: Iterable[Mapping[str, object]], load_key: str,
@@ -1151,6 +1219,8 @@ def capacity_table(rows: Iterable[Mapping[str, object]], load_key: str,
                                 f"({c.generator_peak:.0%} of its core)")
             out.append({"transport": transport, "cpu_limit": limit, "load_key": load_key, "capacity": c.load,
                         "delivered_per_s": c.delivered_per_s, "bound": c.bound, "reason": c.reason,
+                        "cpu_percent": c.cpu_percent, "over": c.over, "cpu_percent_over": c.cpu_percent_over,
+                        "crossing": c.crossing, "crossing_delivered_per_s": c.crossing_delivered_per_s,
                         "capacity_per_cpu": c.load_per_cpu, "delivered_per_s_per_cpu": c.delivered_per_s_per_cpu,
                         "generator_peak": c.generator_peak, "scaling_ratio": check.ratio if check else math.nan,
                         "light_cost_ratio": cost.ratio if cost else math.nan, "flag": "; ".join(problems)})

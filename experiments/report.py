@@ -155,8 +155,10 @@ def capacity_findings(rows: list[dict], load_key: str, light_load: float | None 
                      f"1 ± {figures.LIMIT_SCALING_TOLERANCE:.0%}:")
         for check in scaling:
             low, high = check.low, check.high
-            lines.append(f"  {check.transport}: {high.delivered_per_s:,.0f} deliveries/s at {high.cpu_limit:g} CPU / "
-                         f"{low.delivered_per_s:,.0f} at {low.cpu_limit:g} CPU, over {high.cpu_limit / low.cpu_limit:.2f}: "
+            high_rate, low_rate = high.estimate_delivered_per_s, low.estimate_delivered_per_s
+            lines.append(f"  {check.transport}: {high_rate:,.0f} deliveries/s at {high.cpu_limit:g} "
+                         f"CPU / {low_rate:,.0f} at {low.cpu_limit:g} CPU, over "
+                         f"{high.cpu_limit / low.cpu_limit:.2f}: "
                          f"{check.ratio:.2f} {verdict(check.problem)}")
     if light_load is not None:
         lines.append(f"check 2: server CPU per delivered message at {light_load:g} {unit}, with the limit / without, "

@@ -209,15 +209,20 @@ def test_under_cpu_limits_each_limit_is_walked_on_its_own_and_reported_per_cpu()
     by_limit = figures.capacity_by_limit(rows)
     assert list(by_limit) == [0.25, 0.5]  # the run without a limit is the check's, no capacity's
     low, high = by_limit[0.25]["websocket"], by_limit[0.5]["websocket"]
-    assert (low.load, low.bound, low.cpu_limit, low.load_per_cpu, low.delivered_per_s_per_cpu) == (
-        100, "server", 0.25, 400, 3600.0)
+    # The server's CPU crossed 90 % of the limit between 100 (40 %) and 200 members (95 %): at 100 + 50/55 of the step.
+    assert (low.load, low.bound, low.cpu_limit, low.over) == (100, "server", 0.25, 200)
+    assert (low.crossing, low.crossing_delivered_per_s) == (pytest.approx(100 + 50 / 55 * 100), pytest.approx(
+        900 + 50 / 55 * 900))  # without the offered rates, the deliveries are interpolated too
+    assert (low.load_per_cpu, low.delivered_per_s_per_cpu) == (pytest.approx(low.crossing * 4), pytest.approx(
+        low.crossing_delivered_per_s * 4))
     assert low.reason == "server CPU 95 % of its 0.25-CPU limit at 200"
-    assert (high.load, high.load_per_cpu) == (200, 400)
-    assert low.sentence() == ("capacity of websocket at a 0.25-CPU limit: 100 members (900 deliveries/s), per CPU "
-                              "400 members (3,600 deliveries/s), server-bound: server CPU 95 % of its 0.25-CPU limit at "
-                              "200; the generator's busiest second there 30% of its core")
+    assert (high.load, high.crossing) == (200, pytest.approx(200 + 50 / 56 * 200))
+    assert low.sentence() == ("capacity of websocket at a 0.25-CPU limit: 100 members (900 deliveries/s), 90 % of the "
+                              "limit at ≈ 191 members (between 100 at 40 % and 200 at 95 %), per CPU ≈ 764 members "
+                              "(6,873 deliveries/s), server-bound: server CPU 95 % of its 0.25-CPU limit at 200; the "
+                              "generator's busiest second there 30% of its core")
     (check,) = figures.limit_scaling(by_limit)
-    assert check.ratio == 1.0 and check.problem == ""
+    assert check.ratio == pytest.approx(0.991, abs=1e-3) and check.problem == ""
     # In a cgroup, the criterion reads the kernel's count of the group, the one its quota is enforced on.
     counted = [{**row, "cgroup_cpu_percent": 92.0 if row["users"] == 200 else 30.0} for row in rows[3:]]
     assert figures.capacity(counted)["websocket"].reason == "server CPU 92 % of its 0.5-CPU limit at 200"
@@ -225,9 +230,32 @@ def test_under_cpu_limits_each_limit_is_walked_on_its_own_and_reported_per_cpu()
     assert list(figures.capacity_by_limit([load_point(100)])) == [None]
 
 
+def test_under_a_limit_the_capacity_is_where_the_servers_cpu_crosses_90_percent_between_the_points_around_it():
+    def point(users, limit, cpu, **more):
+        return {**limited_point(users, limit, cpu=cpu, **more), "offered_per_s": users * 9.0}
+
+    rows = [point(100, 0.5, 40.0), point(200, 0.5, 80.0), point(400, 0.5, 100.0)]
+    found = figures.capacity(rows)["websocket"]
+    # The grid says 200 (the next load, 400, is over 90 %); the server's CPU crosses 90 % halfway between the two.
+    assert (found.load, found.over, found.cpu_percent, found.cpu_percent_over) == (200, 400, 80.0, 100.0)
+    assert (found.crossing, found.crossing_delivered_per_s) == (300, 2700)
+    assert (found.estimate, found.load_per_cpu, found.delivered_per_s_per_cpu) == (300, 600, 5400)
+    assert "90 % of the limit at ≈ 300 members (between 200 at 80 % and 400 at 100 %), per CPU ≈ 600 members " \
+           "(5,400 deliveries/s)" in found.sentence()
+    # A walk that ended on anything but the server's CPU has no crossing: per CPU from the last load within the limits.
+    other = figures.capacity([point(100, 0.5, 40.0), point(200, 0.5, 50.0, p99=400.0)])["websocket"]
+    assert math.isnan(other.crossing) and (other.estimate, other.load_per_cpu) == (100, 200)
+    assert "of the limit at" not in other.sentence() and "per CPU 200 members" in other.sentence()
+    # The first check divides the crossings: 150 at 0.25 CPU, 300 at 0.5.
+    low = [point(100, 0.25, 80.0), point(200, 0.25, 100.0)]
+    (check,) = figures.limit_scaling(figures.capacity_by_limit(low + rows))
+    assert check.ratio == 1.0 and check.problem == ""
+
+
 def test_a_capacity_out_of_proportion_to_its_limit_is_flagged_and_a_lower_bound_is_not_checked():
-    rows = [limited_point(100, 0.25), limited_point(200, 0.25, cpu=95.0),
-            limited_point(100, 0.5), limited_point(200, 0.5), limited_point(400, 0.5), limited_point(800, 0.5, cpu=99.0)]
+    rows = [limited_point(100, 0.25, cpu=80.0), limited_point(200, 0.25, cpu=100.0),  # crosses 90 % at 150
+            limited_point(100, 0.5), limited_point(200, 0.5), limited_point(400, 0.5, cpu=80.0),
+            limited_point(800, 0.5, cpu=100.0)]  # at 600: four times 150 for twice the CPU
     (check,) = figures.limit_scaling(figures.capacity_by_limit(rows))
     assert check.ratio == 2.0 and check.problem == "capacity ratio / limit ratio 2.00, outside 1 ± 15%"
     saturated = rows[:2] + [limited_point(100, 0.5), limited_point(200, 0.5, saturated=True)]
@@ -256,11 +284,19 @@ def test_the_capacity_table_carries_both_checks_and_flags_what_failed():
             limited_point(100, 0.25, transport="sse"), limited_point(200, 0.25, transport="sse", cpu=91.0)]
     table = {(r["transport"], r["cpu_limit"]): r for r in figures.capacity_table(rows, "users", 100)}
     assert set(table) == {("websocket", 0.25), ("websocket", 0.5), ("sse", 0.25)}
-    assert table["websocket", 0.25]["flag"] == "" and table["websocket", 0.25]["scaling_ratio"] == 1.0
+    assert table["websocket", 0.25]["flag"] == "" and table["websocket", 0.25]["scaling_ratio"] == pytest.approx(0.991,
+                                                                                                               abs=1e-3)
+    assert (table["websocket", 0.5]["capacity"], table["websocket", 0.5]["over"]) == (200, 400)
+    assert (table["websocket", 0.5]["cpu_percent"], table["websocket", 0.5]["cpu_percent_over"]) == (40.0, 96.0)
     assert table["websocket", 0.5]["flag"] == "CPU per delivery with / without the limit 1.20, outside 1 ± 10%"
     assert table["sse", 0.25]["flag"] == ("not checked: not measured at another limit; not checked: no run at 100 "
                                           "without the limit")
     assert list(table["websocket", 0.5]) == list(figures.CAPACITY_COLUMNS)
+    # The generator must stay unsaturated where the server reaches its limit; the row says when it did not.
+    busy = [limited_point(100, 0.25), {**limited_point(200, 0.25, cpu=95.0), "generator_cpu_peak": 0.93}]
+    (row,) = figures.capacity_table(busy, "users")
+    assert (row["bound"], row["flag"]) == ("server", "the generator saturated too where the server reached its limit "
+                                                     "(93% of its core)")
 
 
 def test_titles_carry_the_profile(run):
