@@ -306,7 +306,7 @@ def capacity_frame(run: Run, unit: str) -> pd.DataFrame:
     rate = partial(formats.text, "deliveries_per_second")
     return pd.DataFrame({
         "transport": [label(t) for t in table["transport"]],
-        "CPU limit": ["none" if math.isnan(v) else f"{v:g}" for v in table["cpu_limit"]],
+        "CPU limit": ["none" if pd.isna(v) else f"{v:g}" for v in table["cpu_limit"]],  # None: a run without limits
         f"capacity ({unit})": [load(v, b) for v, b in zip(table["capacity"], table["bound"])],
         "deliveries there (/s)": [rate(v) for v in table["delivered_per_s"]],
         # Where the walk ended on the server's CPU: the load at which it crosses 90 % of the limit, between the two
