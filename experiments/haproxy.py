@@ -235,18 +235,23 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
 
-    def states(self) -> dict[str, str]:
-        """Return each server's status as HAProxy's `show stat` gives it (UP, DOWN, DRAIN, MAINT, ...)."""
+    def stat(self) -> list[dict[str, str]]:
+        """`show stat`: one row per frontend, server and backend, by its CSV header's names."""
         lines = self.command("show stat").splitlines()
         if not lines or not lines[0].startswith("# "):
-            return {}
+            return []
         header = lines[0][2:].split(",")
-        states = {}
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(",")))
-            if row.get("pxname") == BACKEND and row.get("svname") not in ("BACKEND", None):
-                states[row["svname"]] = row.get("status", "")
-        return states
+        return [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+
+    def states(self) -> dict[str, str]:
+        """Return each server's status as HAProxy's `show stat` gives it (UP, DOWN, DRAIN, MAINT, ...)."""
+        return {row["svname"]: row.get("status", "") for row in self.stat()
+                if row.get("pxname") == BACKEND and row.get("svname") not in ("BACKEND", None)}
+
+    def sessions(self) -> int:
+        """The client connections the front holds now (`show stat`'s scur of the frontend), a connection whose client
+        has gone but whose answer is still on its way from a server included."""
+        return sum(int(row.get("scur") or 0) for row in self.stat() if row.get("svname") == "FRONTEND")
 
     def wait_up(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

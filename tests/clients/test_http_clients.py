@@ -46,6 +46,16 @@ def fronts(tmp_path_factory):
         server.stop()
 
 
+def wait_idle(proxy: HAProxy, timeout_s: float) -> None:
+    """Until the front holds no connection from an earlier test. A long poll that an earlier probe left open when it
+    stopped (its member gone, HAProxy still waiting for the server's answer to hand on: up to the poll's wait) is
+    answered later, on this port: inside this test's capture, bytes no member of this test counts."""
+    deadline = time.monotonic() + timeout_s
+    while (held := proxy.sessions()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held == 0, f"the {proxy.arm.name} front still holds {held} connection(s) of an earlier test"
+
+
 def capture(port: int) -> PortCapture | None:
     try:
         return PortCapture(port).start()
@@ -63,6 +73,7 @@ def test_through_the_proxy_every_message_once_and_every_byte_counted(fronts, tra
     command = [sys.executable, str(HELPERS / "client_probe.py"), transport, proxy.url, "--room", room,
                "--messages", str(MESSAGES), "--timeout", str(5 * UNIT), "--http", HTTP_ARMS[arm].client_http,
                "--hold", *(["--tls-ca", str(proxy.ca_path)] if proxy.ca_path else [])]
+    wait_idle(proxy, 10 * UNIT)
     packets = capture(proxy.port)
     probe = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
