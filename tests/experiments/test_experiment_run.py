@@ -11,6 +11,7 @@ import time
 
 import psutil
 from conftest import ROOT, TRANSPORTS, UNIT
+from helpers.processes import from_a_terminal
 
 from experiments.supervisor import Process
 
@@ -86,8 +87,8 @@ def test_interrupt_mid_run_stops_every_process(tmp_path):
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY.replace('transports = "all"', 'transports = ["websocket"]'))
     out = tmp_path / "results"
-    runner = Process("runner", [sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out), "--quiet"],
-                     tmp_path / "runner.log", session=False).start()
+    runner = Process("runner", from_a_terminal([sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out),
+                                                "--quiet"]), tmp_path / "runner.log", session=False).start()
     try:
         deadline = time.monotonic() + 30 * UNIT
         started = None

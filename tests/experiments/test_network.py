@@ -17,6 +17,7 @@ import time
 import psutil
 import pytest
 from conftest import REQUIRE_ALL, ROOT, UNIT
+from helpers.processes import from_a_terminal
 
 from experiments import network
 from experiments.spec import SpecError, load_experiment
@@ -370,8 +371,8 @@ def test_ctrl_c_mid_point_leaves_no_namespace_and_no_process(tmp_path):
     before = machine_state()
     out = tmp_path / "results"
     spec = write(tmp_path, TINY.replace("duration_s = 6", "duration_s = 30"))
-    runner = Process("runner", [sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out), "--quiet"],
-                     tmp_path / "runner.log", session=False)
+    runner = Process("runner", from_a_terminal([sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out),
+                                                "--quiet"]), tmp_path / "runner.log", session=False)
     with runner.start():
         deadline = time.monotonic() + 30 * UNIT
         while time.monotonic() < deadline and next(out.glob("*/websocket-r1/started.json"), None) is None:
