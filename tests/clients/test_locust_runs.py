@@ -20,6 +20,7 @@ from helpers.processes import dropping_server
 
 from clients.results import read_histogram
 from experiments.supervisor import Process
+from servers import registry
 
 # Small enough for a CI machine, big enough that rooms have several members: 10 members in 2 rooms.
 SMALL_PROFILE = """\
@@ -153,7 +154,7 @@ def test_a_run_delivers_and_loses_nothing(runs, transport):
     assert completeness["receivers"] == 10
     assert completeness["lost"] == 0
     assert completeness["duplicates"] == 0
-    assert completeness["out_of_order"] == 0
+    assert completeness["out_of_order"] == 0 or not registry.get(transport).ordered  # a later id first: its contract
     assert completeness["received"] > 0
     assert f"rtlab {transport}: completeness over 10 receivers" in run.output
 

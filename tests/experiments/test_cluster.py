@@ -432,7 +432,10 @@ def _health(url: str) -> dict:
 def assert_nothing_lost(scenario: Scenario, transport: str) -> dict:
     c = scenario.transport(transport)
     assert c["receivers"] > 0 and c["received"] > 0, scenario.output
-    assert (c["lost"], c["duplicates"], c["out_of_order"]) == (0, 0, 0), (transport, c, scenario.output)
+    assert (c["lost"], c["duplicates"]) == (0, 0), (transport, c, scenario.output)
+    # A transport that does not keep order (a QUIC stream per message, an unordered channel) may deliver a later id
+    # first: not a loss, and its contract; one that keeps order may not.
+    assert c["out_of_order"] == 0 or not registry.get(transport).ordered, (transport, c, scenario.output)
     assert c["ledger_expected"] > 0 and c["ledger_missing"] == 0, (transport, c)
     assert scenario.count("LOST", transport) == 0 and scenario.count("DUPLICATE", transport) == 0
     return c
