@@ -335,6 +335,10 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
             self._guard.release(self._address)
             self._address = None
         super().connection_lost(exc)
+        # aiohttp drops the WebSocket's frame parser here but keeps its heartbeat hook (a method of the
+        # WebSocketResponse, whose request holds this protocol): a cycle that keeps every closed WebSocket's
+        # connection, transport and buffers until a full garbage collection (docs/metrics.md, the soak).
+        self._data_received_cb = None
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()

@@ -126,6 +126,7 @@ class PushMember:
     def stop(self) -> None:
         """The connection is ending: take nothing more, and stop any writer."""
         self.closing = True
+        self.on_done = None  # (a closure over this member: a cycle that would keep its connection until a full GC)
         if self.writer is not None:
             self.writer.cancel()
 
