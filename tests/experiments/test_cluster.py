@@ -460,7 +460,8 @@ def test_a_drain_loses_nothing_and_members_reconnect_through_the_balancer(scenar
     # Every member closed with 1012, every stream ended, came back, timed; and a drain is not a failure.
     assert ws["reconnects"] >= drain.event["websockets_closed"] and ws["reconnect_failures"] == 0
     assert sse["reconnects"] >= drain.event["streams_closed"] and sse["reconnect_failures"] == 0
-    assert 0 < ws["reconnect_ms"]["max"] < 5000 * UNIT
+    if drain.event["websockets_closed"]:  # round robin may have put no WebSocket member on the drained instance
+        assert 0 < ws["reconnect_ms"]["max"] < 5000 * UNIT
     assert drain.count("RECONNECT", "websocket") == ws["reconnects"]
     assert drain.count("", "Aggregated", "Failure Count") == 0, drain.output
     assert drain.returncode == 0
