@@ -23,10 +23,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,notebooks,peers]'
 	@touch $@
 
-# Two pytest workers (pytest-xdist): most tests wait on sockets and timers, not on a CPU.
+# Two pytest workers (pytest-xdist): most tests wait on sockets and timers, not on a CPU. --dist loadscope keeps each
+# module on one worker, so a module's end-to-end fixture (a run, a cluster, a peers run) is set up once, not once per
+# worker its tests landed on.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(PY) -m servers --transport $(TRANSPORT) --host $(HOST) --port $(PORT)
