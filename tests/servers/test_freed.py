@@ -16,10 +16,14 @@ from servers.guard import GUARD, GuardedRequestHandler
 from servers.push import PushMember
 
 
-def server_side_alive() -> list[str]:
-    """The server's per-connection objects still alive (in a cycle no collector has freed, with gc off)."""
-    return sorted(type(o).__qualname__ for o in gc.get_objects()
-                  if isinstance(o, (PushMember, web.StreamResponse, GuardedRequestHandler)))
+def server_side_objects() -> dict[int, object]:
+    """The server's per-connection objects alive now (with gc off, those in a cycle no collector has freed too)."""
+    return {id(o): o for o in gc.get_objects() if isinstance(o, (PushMember, web.StreamResponse, GuardedRequestHandler))}
+
+
+def server_side_alive(before: dict[int, object]) -> list[str]:
+    """Those alive now that were not before the test (an earlier test of the same worker may hold its own)."""
+    return sorted(type(o).__qualname__ for i, o in server_side_objects().items() if i not in before)
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
@@ -28,6 +32,7 @@ async def test_a_member_that_leaves_is_freed_at_once_not_at_a_full_collection(ap
     hub = server.transport(transport).hub
     gc.collect()
     gc.disable()  # what is not freed by reference counting stays in gc.get_objects()
+    before = server_side_objects()
     try:
         for n in range(3):
             async with receiver(session, server.url, transport, "room") as member:
@@ -39,6 +44,6 @@ async def test_a_member_that_leaves_is_freed_at_once_not_at_a_full_collection(ap
             while hub.members or connections.open:  # the server let every one go
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # their handlers' last steps
-        assert server_side_alive() == []
+        assert server_side_alive(before) == []
     finally:
         gc.enable()
