@@ -21,6 +21,7 @@ import gevent.monkey
 import orjson
 from geventhttpclient import HTTPClient
 
+from .completeness import ResumePoint
 from .http import MemberHttp, member_http
 
 Message = dict[str, Any]  # as the server sends it: id, room, user, text, sent_at, ts
@@ -217,14 +218,25 @@ class ChatClient(ABC):
         finally:
             http.close()
 
-    def join(self, room: str, since: int) -> None:
-        """Start receiving every message of `room` after id `since`; return once the client is listening."""
+    def join(self, room: str, since: int | ResumePoint) -> None:
+        """Start receiving every message of `room` after id `since`, or after what another client of this transport
+        received (its `resume_point()`: a member rejoining on a new connection); return once the client is listening."""
         if self.room is not None:
             raise RuntimeError("this client has joined a room already")
         self.room = room
-        self.last_id = since
+        self._start_from(since if isinstance(since, ResumePoint) else ResumePoint(since))
         self._connect()
         self._receiver = gevent.spawn(self._receive)
+
+    def _start_from(self, point: ResumePoint) -> None:
+        """Take the join point before the first connect (a transport keeping more than the newest id overrides)."""
+        self.last_id = point.since
+
+    def resume_point(self) -> ResumePoint:
+        """What this client received, for a new client of the same transport to carry on from (ChatMember.rejoin:
+        `new.join(room, old.resume_point())`): the point its own reconnect would resume after. Here the newest id
+        handed over: messages arrive in id order, or a gap is a loss the transport accepts (expects_loss)."""
+        return ResumePoint(self.last_id)
 
     @abstractmethod
     def send(self, user: str, text: str, sent_at: float | None = None) -> None:

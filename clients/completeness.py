@@ -111,6 +111,12 @@ class ResumePoint:
         self.resent: set[int] = set()  # of those, the ones the last resume asked for again
         self.max_ahead = max_ahead
 
+    def copy(self) -> ResumePoint:
+        """The same point, with what arrived above it, for another client to carry on from."""
+        point = ResumePoint(self.since, self.max_ahead)
+        point.ahead = set(self.ahead)
+        return point
+
     def resume(self) -> int:
         """Return the id to resume after (since=); what arrived above it will come again, and is dropped once."""
         self.resent = set(self.ahead)

@@ -601,8 +601,9 @@ class ChatMember(ClientUser):
 
     def rejoin(self) -> None:
         """Leave the room and join it again on a new client (a new connection, as a page reload makes), resuming
-        after the last id this member saw, so nothing is lost or seen twice; RECONNECT times it, from closing the old
-        client to the new one listening. A failed join is retried with backoff (clients.base.Backoff)."""
+        from what the old client received (ChatClient.resume_point: where its own reconnect would resume), so nothing
+        is lost or seen twice; RECONNECT times it, from closing the old client to the new one listening. A failed join
+        is retried with backoff (clients.base.Backoff)."""
         started = time.perf_counter()
         old = self.client
         old.close()
@@ -611,7 +612,7 @@ class ChatMember(ClientUser):
             client = self.new_client()
             client.on_send_accepted = old.on_send_accepted
             try:
-                client.join(self.room, old.last_id)
+                client.join(self.room, old.resume_point())
                 break
             except BaseException as error:  # stopped meanwhile (GreenletExit) too: nothing left open
                 client.close()

@@ -17,6 +17,7 @@ from .base import (
     ignore_report,
     ms_since,
 )
+from .completeness import ResumePoint
 from .http import Stream
 from .reactor import Watch
 
@@ -148,9 +149,9 @@ class SSEClient(PostSender, ChatClient):
         self._watch: Watch | None = None  # the reactor's watch on the open stream: bytes arrive in _on_data
         self._backoff = Backoff()
 
-    def join(self, room: str, since: int) -> None:
-        self._since = since
-        super().join(room, since)
+    def _start_from(self, point: ResumePoint) -> None:
+        super()._start_from(point)
+        self._since = point.since
 
     def _connect(self) -> None:
         started = time.perf_counter()

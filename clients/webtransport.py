@@ -222,9 +222,13 @@ class WebTransportClient(asyncio_bridge.BridgedClient):
         self._conn: SessionConnection | None = None  # touched on the loop's thread only
         self._resume = ResumePoint(0)  # streams: a reconnect resumes after the first gap, not the newest id
 
-    def join(self, room: str, since: int) -> None:
-        self._resume = ResumePoint(since)
-        super().join(room, since)
+    def _start_from(self, point: ResumePoint) -> None:
+        super()._start_from(point)
+        self._resume = point.copy()
+
+    def resume_point(self) -> ResumePoint:
+        # Streams: after the first gap, with what arrived above it (dropped once when the resume sends it again).
+        return super().resume_point() if self.datagrams else self._resume.copy()
 
     def deliver(self, message: dict, received_at: float) -> None:
         message_id = message.get("id")
