@@ -103,8 +103,8 @@ async def serve(config: ServerConfig, ready_file: str | None = None) -> None:
     server = await start_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)  # a second one while stopping asks the same: nothing more
     broker = "" if config.broker_url == "memory" else f" (broker {config.broker_url})"
     print(f"rtlab serving {', '.join(config.transports)} on {server.url}{broker}", flush=True)
     if ready_file:
@@ -113,7 +113,24 @@ async def serve(config: ServerConfig, ready_file: str | None = None) -> None:
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        try:
+            await server.stop()
+        finally:
+            stop_listening_for_signals(loop)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_listening_for_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Take the stop signals' handlers off `loop` while it still runs, and ignore those signals for the few
+    milliseconds left to exit. asyncio.run closes the loop's self-pipe (the signal wakeup fd) before it removes
+    handlers still set: a signal in between (the supervisor's second SIGTERM, a second Ctrl-C) found the fd closed
+    and printed a traceback ("Exception ignored when trying to write to the signal wakeup fd"); with the default
+    action instead, it would kill a server that has already closed every member."""
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:

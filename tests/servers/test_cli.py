@@ -92,3 +92,37 @@ def test_cli_help_lists_the_limits():
 def test_cli_rejects_bad_flags(args, message):
     proc = subprocess.run([sys.executable, "-m", "servers", *args], capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+SIGNAL_AS_THE_LOOP_CLOSES = r'''
+import os, signal, sys, threading, time
+from asyncio import selector_events
+from servers.__main__ import main
+
+ready = sys.argv[1]
+close_self_pipe = selector_events.BaseSelectorEventLoop._close_self_pipe
+
+def close_then_signal(loop):
+    close_self_pipe(loop)
+    os.kill(os.getpid(), signal.SIGTERM)  # a second stop request, at the instant asyncio.run closes the loop
+
+selector_events.BaseSelectorEventLoop._close_self_pipe = close_then_signal
+
+def stop_when_ready():
+    while not os.path.exists(ready):
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=stop_when_ready, daemon=True).start()
+sys.exit(main(["--transport", "websocket", "--port", "0", "--no-access-log", "--ready-file", ready]))
+'''
+
+
+def test_a_second_stop_signal_as_the_loop_closes_prints_nothing_and_exits_0(tmp_path):
+    # A stop signal after asyncio.run has closed the loop's self-pipe (the signal wakeup fd) but before its handlers
+    # were removed printed "Exception ignored when trying to write to the signal wakeup fd" and a traceback into the
+    # server's log (the supervisor sends SIGTERM twice when it stops a group): the server takes its handlers off first.
+    result = subprocess.run([sys.executable, "-c", SIGNAL_AS_THE_LOOP_CLOSES, str(tmp_path / "ready.json")],
+                            capture_output=True, text=True, timeout=30 * UNIT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "wakeup fd" not in result.stderr, result.stderr
