@@ -132,7 +132,7 @@ class WebRTCClient(asyncio_bridge.BridgedClient):
     async def _close_current(self) -> None:
         pc, self._pc, self._channel = self._pc, None, None
         if pc is not None:
-            await pc.close()
+            await rtc.close(pc)
 
 
 class UnreliableWebRTCClient(WebRTCClient):

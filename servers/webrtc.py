@@ -232,10 +232,11 @@ class Peer:
             owner.hub.leave(self.room, member)
             member.stop()
         try:
-            await self.pc.close()
+            await rtc.close(self.pc)
         except Exception as error:  # noqa: BLE001 (a closing connection must not keep its place)
             log.warning("closing a WebRTC peer connection failed: %r", error)
         finally:
+            self.member = None  # it holds this peer: freed with it when the last reference goes, not by the collector
             self.meter.settle_fallback()
             owner.peers.discard(self)
             self.done.set_result(None)
