@@ -9,6 +9,7 @@ lacks for them."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import resource
 import shutil
@@ -26,6 +27,10 @@ from .redis_server import ClusterError
 from .supervisor import Process, free_port
 
 BACKEND = "servers"  # the HAProxy backend name, for the runtime API: `set server servers/server-1 state drain`
+# haproxy.cfg names the front's certificate by this variable (HAProxy expands "${NAME}" in double quotes): the file is
+# made at start in a temporary directory, and the config, kept with the run (a reference run is committed), holds no
+# path of this machine.
+CERTIFICATE_ENV = "RTLAB_PROXY_PEM"
 # Health checks: a server is out of rotation after FALL failed checks INTER_MS apart (~0.4 s).
 CHECK_INTER_MS = 200
 CHECK_FALL = 2
@@ -208,18 +213,20 @@ class HAProxy:
                 self.cert_path = certificate.write_combined(self._secrets / "proxy.pem")
                 self.ca_path = self._secrets / "proxy.crt"  # what a client verifies the proxy with
                 self.ca_path.write_bytes(certificate.cert_pem)
-            bind_options = self.arm.bind_options(str(self.cert_path) if self.cert_path else None)
+            bind_options = self.arm.bind_options(f'"${{{CERTIFICATE_ENV}}}"' if self.cert_path else None)
             tunnel_s = self.idle_s  # the WebSockets' heartbeat is in proxy_idle_s's longest silence
+        env = {**os.environ, CERTIFICATE_ENV: str(self.cert_path)} if self.cert_path else None
         self.config_path.write_text(haproxy_config(self.port, self.admin_port, self.servers, self.balance,
                                                    idle_s=self.idle_s, page_port=self.page_port,
                                                    bind_options=bind_options, tunnel_s=tunnel_s,
                                                    log_requests=self.log_requests))
         try:
-            check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True)
+            check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True,
+                                   env=env)
             if check.returncode != 0:
                 raise ClusterError(f"haproxy refused {self.config_path}:\n{check.stdout}{check.stderr}")
             self.process = Process("haproxy", [self.binary, "-db", "-f", str(self.config_path)],
-                                   self.directory / "haproxy.log", self.cpus).start()
+                                   self.directory / "haproxy.log", self.cpus, env=env).start()
             self.wait_up([name for name, _ in self.servers], timeout_s)
         except BaseException:
             self.stop()

@@ -15,7 +15,7 @@ import pytest
 from conftest import REQUIRE_ALL, TRANSPORTS, UNIT, require_binary, spawn_server
 from helpers.processes import HELPERS
 
-from experiments.haproxy import HTTP_ARMS, HAProxy, haproxy_config, http_unavailable, proxy_idle_s
+from experiments.haproxy import CERTIFICATE_ENV, HTTP_ARMS, HAProxy, haproxy_config, http_unavailable, proxy_idle_s
 from experiments.tcpcount import PortCapture
 from servers import registry
 
@@ -108,6 +108,15 @@ def test_through_the_proxy_every_message_once_and_every_byte_counted(fronts, tra
         assert seen.dropped == 0
         assert (seen.to_server.payload_bytes, seen.from_server.payload_bytes) == (counted["out"], counted["in"])
         assert counted["in"] > 0 and counted["out"] > 0
+
+
+def test_a_front_names_its_certificate_by_a_variable_not_by_this_machines_path(fronts):
+    # The config is kept with the run (a reference run is committed); the certificate lives in a temporary directory.
+    for name, proxy in fronts.items():
+        config = proxy.config_path.read_text()
+        if HTTP_ARMS[name].tls:
+            assert f'ssl crt "${{{CERTIFICATE_ENV}}}"' in config and str(proxy.cert_path.parent) not in config, config
+        assert "/tmp/" not in config, config
 
 
 def test_each_arm_binds_what_it_offers():
