@@ -313,7 +313,8 @@ def finish_run(environment: Environment, **_kwargs) -> None:
     place = output_place(getattr(options, "rtlab_out", None), csv_prefix)
     if place is not None:
         for path in run.results.write(*place):
-            log.info("rtlab wrote %s", path)
+            # The name only: the log is kept in the run's folder (a reference run is committed), which may lie anywhere.
+            log.info("rtlab wrote %s", path.name)
     if csv_prefix:
         # Locust rewrites its CSVs once a second and not again at exit, so the last second would be
         # missing and the CSV's DELIVER count would fall short of the histogram's. Let it write once more.
