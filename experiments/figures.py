@@ -48,6 +48,7 @@ class Samples:
     tcp_connections: tuple[float, ...]
     fds: tuple[float, ...] = ()
     threads: tuple[float, ...] = ()
+    cpu_wait_s: tuple[float, ...] = ()  # cumulative seconds waiting for a CPU; () in runs from before it was sampled
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, object]]) -> Samples:
@@ -65,6 +66,7 @@ class Samples:
             tcp_connections=column("tcp_connections"),
             fds=column("fds"),
             threads=column("threads"),
+            cpu_wait_s=column("cpu_wait_s") if rows and rows[0].get("cpu_wait_s") not in (None, "") else (),
         )
 
     def window(self, start_s: float, end_s: float) -> Samples:
@@ -76,7 +78,7 @@ class Samples:
 
         return Samples(
             pick(self.t_s), pick(self.cpu_user_s), pick(self.cpu_system_s), pick(self.rss_bytes),
-            pick(self.tcp_connections), pick(self.fds), pick(self.threads),
+            pick(self.tcp_connections), pick(self.fds), pick(self.threads), pick(self.cpu_wait_s),
         )
 
     @property
@@ -95,6 +97,13 @@ class Samples:
         """Of those, the CPU seconds spent in the kernel (system calls: sockets, epoll; TCP on loopback)."""
         return self.cpu_system_s[-1] - self.cpu_system_s[0] if len(self.t_s) > 1 else 0.0
 
+    @property
+    def cpu_wait_share(self) -> float:
+        """The share of the time between the first and the last sample it waited for a CPU (NaN: not sampled)."""
+        if len(self.cpu_wait_s) < 2 or not self.wall_s:
+            return math.nan
+        return (self.cpu_wait_s[-1] - self.cpu_wait_s[0]) / self.wall_s
+
 
 def sum_samples(series: Iterable[Samples]) -> Samples:
     """Add several processes' samples (e.g. a cluster's instances, Redis and HAProxy) into one series.
@@ -105,7 +114,7 @@ def sum_samples(series: Iterable[Samples]) -> Samples:
     if not series:
         return Samples((), (), (), (), ())
     base = max(series, key=lambda s: len(s.t_s))
-    columns = ("cpu_user_s", "cpu_system_s", "rss_bytes", "tcp_connections", "fds", "threads")
+    columns = ("cpu_user_s", "cpu_system_s", "rss_bytes", "tcp_connections", "fds", "threads", "cpu_wait_s")
     totals = {c: [0.0] * len(base.t_s) for c in columns}
     for s in series:
         j = -1
@@ -118,6 +127,8 @@ def sum_samples(series: Iterable[Samples]) -> Samples:
                 values = getattr(s, c)
                 if values:
                     totals[c][i] += values[j]
+    if not all(s.cpu_wait_s for s in series):  # a process sampled without it: no total either
+        totals["cpu_wait_s"] = []
     return Samples(base.t_s, *(tuple(totals[c]) for c in columns))
 
 
@@ -581,6 +592,20 @@ def generator_cpu_share(run: RunData) -> float:
     if run.generator is None:
         return math.nan
     return _ratio(run.generator.cpu_s, run.generator.wall_s * run.cpus)
+
+
+@_figure("ratio", "The share of the window the server waited, ready to run, for a CPU that other processes held "
+                  "(its main thread's run-queue delay, /proc/<pid>/schedstat; a cluster's processes summed): near 0 "
+                  "on a quiet machine. A large share means the row measured the machine's other load too, its "
+                  "latencies and send lag above all.")
+def server_cpu_wait_share(run: RunData) -> float:
+    return run.server.cpu_wait_share
+
+
+@_figure("ratio", "The same for the load generator: the share of the window it waited for a CPU that other processes "
+                  "held. Sends go out late (send_lag_p99_ms) when it is large, however little CPU the generator used.")
+def generator_cpu_wait_share(run: RunData) -> float:
+    return math.nan if run.generator is None else run.generator.cpu_wait_share
 
 
 # What the clients measured: counts, completeness and delivery latency (HDR histogram in µs).

@@ -1,4 +1,4 @@
-"""Resource sampler: CPU, RSS, fds, threads and TCP connections of given processes, at a fixed rate, into CSV.
+"""Resource sampler: CPU, RSS, fds, threads, TCP connections and CPU wait of given processes, at a fixed rate, into CSV.
 
     python -m experiments.sampler --pid 1234 --label server --pid 1240 --label generator --self --out run.csv
 
@@ -39,6 +39,9 @@ FIELDS = (
     "fds",
     "threads",
     "tcp_connections",  # TCP sockets that are not listening
+    # Cumulative seconds its main thread was ready to run but waited for a CPU (/proc/<pid>/schedstat's run delay):
+    # other processes on its CPU. Time the process could not spend: a busy machine's mark on every other figure.
+    "cpu_wait_s",
 )
 DEFAULT_HZ = 5.0
 DEFAULT_CONN_HZ = 1.0
@@ -121,6 +124,16 @@ def read_stat(pid: int) -> tuple[float, float, int, int]:
             int(fields[17]))
 
 
+def read_cpu_wait(pid: int) -> float:
+    """Seconds `pid`'s main thread has waited, ready to run, for a CPU since it started (/proc/<pid>/schedstat:
+    on-CPU ns, run-queue wait ns, time slices); 0.0 where the kernel does not keep scheduler statistics."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def count_descriptors(pid: int, inodes: set[int]) -> tuple[int, int]:
     """`pid`'s open file descriptors, and how many of them are sockets in `inodes`."""
     fds = tcp = 0
@@ -156,7 +169,8 @@ def sample(process: psutil.Process, children: bool | list[psutil.Process] = Fals
             return None
     elif children:
         processes += children
-    total = {"cpu_user_s": 0.0, "cpu_system_s": 0.0, "rss_bytes": 0, "fds": 0, "threads": 0, "tcp_connections": 0}
+    total = {"cpu_user_s": 0.0, "cpu_system_s": 0.0, "rss_bytes": 0, "fds": 0, "threads": 0, "tcp_connections": 0,
+             "cpu_wait_s": 0.0}
     for i, p in enumerate(processes):
         try:
             user_s, system_s, rss, threads = read_stat(p.pid)
@@ -171,6 +185,7 @@ def sample(process: psutil.Process, children: bool | list[psutil.Process] = Fals
         total["fds"] += fds
         total["threads"] += threads
         total["tcp_connections"] += tcp
+        total["cpu_wait_s"] += read_cpu_wait(p.pid)
     if not count:
         total["fds"] = total["tcp_connections"] = None
     return total
@@ -228,6 +243,7 @@ def run(
                     f"{now:.6f}", w.target.label, w.target.pid,
                     f"{reading['cpu_user_s']:.3f}", f"{reading['cpu_system_s']:.3f}",
                     reading["rss_bytes"], reading["fds"], reading["threads"], reading["tcp_connections"],
+                    f"{reading['cpu_wait_s']:.3f}",
                 )
             )
             rows += 1

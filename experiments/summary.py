@@ -69,6 +69,8 @@ COLUMN_FIGURES: dict[str, tuple[str, float]] = {
     "generator_cpu_peak": ("generator_cpu_peak", 1),
     "generator_saturated": ("generator_saturated", 1),
     "sampler_cpu_percent": ("sampler_cpu_share", 100),
+    "server_cpu_wait_percent": ("server_cpu_wait_share", 100),
+    "generator_cpu_wait_percent": ("generator_cpu_wait_share", 100),
     "server_gc_full_pauses": ("server_gc_full_pauses", 1),
     "server_gc_full_pause_ms": ("server_gc_full_pause_s", 1000),
     "join_p50_ms": ("join_p50_ms", 1),

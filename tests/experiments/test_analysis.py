@@ -132,7 +132,7 @@ ADDED_SINCE_THE_FIXTURE = {"rss_per_member_kb", "generator_cpu_us_per_delivered"
                            "cgroup_throttled_periods", "cgroup_throttled_percent", "cgroup_throttled_ms",
                            "rss_slope_kb_per_min", "server_fds_start", "server_fds_end", "server_tasks_start",
                            "server_tasks_end", "latency_p99_first_5min_ms", "latency_p99_last_5min_ms",
-                           "latency_p99_worst_5min_ms"}
+                           "latency_p99_worst_5min_ms", "server_cpu_wait_percent", "generator_cpu_wait_percent"}
 
 
 def test_recomputed_figures_match_the_summary_the_runner_wrote(run):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import os
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import time
 import psutil
 from conftest import UNIT
 
-from experiments.figures import read_samples
+from experiments.figures import Samples, read_samples, sum_samples
 from experiments.sampler import FIELDS, open_tcp_inodes, sample
 from experiments.supervisor import Process
 
@@ -124,3 +126,35 @@ def _rows(path) -> list[dict[str, str]]:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
+
+
+# Spin for `seconds` of wall time on one CPU, then exit.
+SPINNER = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    pass
+"""
+
+
+def test_the_sampler_reads_how_long_a_process_waited_for_its_cpu():
+    """Two processes spinning on one CPU each wait about half the time for it: the sampler's cpu_wait_s (the kernel's
+    run-queue delay) sees it, and the figures make it a share of the window."""
+    cpu = max(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", SPINNER, str(cpu), "1.5"]) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both started and spinning
+        first = sample(psutil.Process(spinners[0].pid), count=False)
+        started = time.monotonic()
+        time.sleep(0.6)
+        last = sample(psutil.Process(spinners[0].pid), count=False)
+        wall = time.monotonic() - started
+    finally:
+        for spinner in spinners:
+            spinner.wait(10 * UNIT)
+    share = Samples((0.0, wall), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0),
+                    cpu_wait_s=(first["cpu_wait_s"], last["cpu_wait_s"])).cpu_wait_share
+    assert 0.25 < share <= 1.05, share  # half, give or take the machine's other load
+    no_column = Samples((0.0, 1.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0))  # a run from before it was sampled
+    assert math.isnan(no_column.cpu_wait_share) and sum_samples([no_column]).cpu_wait_s == ()
