@@ -197,15 +197,15 @@ class Cluster:
             pids["haproxy"] = self.haproxy.pid
         return pids
 
-    def describe(self) -> dict:
-        """The cluster as the run's manifest should record it."""
+    def describe(self, folder: Path) -> dict:
+        """The cluster as the run's manifest should record it (its files' paths relative to `folder`, the point's)."""
         return {
             "mode": self.mode,
             "balance": self.balance,
             "broker": self.broker,
             "transport": self.transport,
             "instances": [{"name": i.name, "url": i.url, "pid": i.pid} for i in self.instances],
-            "haproxy": {"url": self.haproxy.url, "config": str(self.haproxy.config_path)} if self.haproxy else None,
+            "haproxy": {"url": self.haproxy.url, "config": str(self.haproxy.config_path.relative_to(folder))} if self.haproxy else None,
             "redis": {"url": self.redis.url} if self.redis else None,
             "events": self.events,
         }

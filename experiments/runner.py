@@ -255,9 +255,9 @@ def run_point(experiment: Experiment, point: Point, index: int, point_dir: Path,
         "health": health,
         "health_end": health_end,
         "window_mono_s": [window["before"], window["after"]],
-        "cluster": cluster.describe() if cluster is not None else None,
+        "cluster": cluster.describe(point_dir) if cluster is not None else None,
         "capture": capture.describe() if capture else None,
-        "proxy": describe_proxy(proxy, pinning),
+        "proxy": describe_proxy(proxy, pinning, point_dir),
     }
 
 
@@ -278,11 +278,11 @@ def proxy_client_args(proxy) -> list[str]:
     return ["--http", proxy.arm.client_http, *(["--tls-ca", repo_relative(proxy.ca_path)] if proxy.ca_path else [])]
 
 
-def describe_proxy(proxy, pinning: Pinning) -> dict | None:
+def describe_proxy(proxy, pinning: Pinning, point_dir: Path) -> dict | None:
     if proxy is None:
         return None
     return {"http": proxy.arm.name, "label": proxy.arm.label, "url": proxy.url, "cpus": pinning.server,
-            "config": repo_relative(proxy.config_path), "pid": proxy.pid}
+            "config": str(proxy.config_path.relative_to(point_dir)), "pid": proxy.pid}  # in the point's folder
 
 
 def http_preflight(experiment: Experiment) -> None:

@@ -59,7 +59,8 @@ def test_scaling_run_shows_naive_loss_and_a_lossless_drain(tmp_path):
     events = [e["event"] for p in manifest["points"] for e in p["cluster"]["events"]]
     assert events.count("drain") == 4
     for point in manifest["points"]:
-        assert (run / point["dir"] / "cluster" / "haproxy.cfg").is_file()
+        assert point["cluster"]["haproxy"]["config"] == "cluster/haproxy.cfg"  # in the point's folder
+        assert (run / point["dir"] / point["cluster"]["haproxy"]["config"]).is_file()
         assert list((run / point["dir"]).glob("metrics_after-server-*.txt"))
 
 

@@ -95,7 +95,6 @@ def test_a_short_run_through_the_proxy_reports_the_members_bytes_and_the_proxys_
         assert float(row["meter_bytes_per_delivered"]) > 0  # the server's HTTP/1.1 behind the proxy
         if point["capture"] and not point["capture"].get("why_not"):
             assert float(row["tcp_payload_in"]) > 0 and float(row["bytes_per_delivered"]) > 0
-        config = (ROOT / point["proxy"]["config"]) if not point["proxy"]["config"].startswith("/") \
-            else point["proxy"]["config"]
-        assert "alpn h2" in open(config).read()
+        assert point["proxy"]["config"] == "proxy/haproxy.cfg"  # in the point's folder: no machine path
+        assert "alpn h2" in (run / point["dir"] / point["proxy"]["config"]).read_text()
     assert not list(run.rglob("*.pem")) and not list(run.rglob("*.crt"))  # the certificate never lands in a run
