@@ -74,13 +74,13 @@ def probe(url: str, transport: str) -> dict:
     for i in range(1, SENT + 1):
         send(i)
     sent = set(range(1, SENT + 1))
-    wait_for(lambda: offered >= sent, 5.0)
+    wait_for(lambda: offered >= sent, 10.0)
     before = list(ids)
     member.rejoin()
     # Where a gap is the transport's loss, the held message is not asked for again.
-    wait_for(lambda: set(ids) >= (sent - held if old.expects_loss else sent), 5.0)
+    wait_for(lambda: set(ids) >= (sent - held if old.expects_loss else sent), 10.0)
     send(SENT + 1)
-    wait_for(lambda: SENT + 1 in ids, 5.0)
+    wait_for(lambda: SENT + 1 in ids, 10.0)
     gevent.sleep(0.3)  # anything resent twice would arrive by now
     member.client.close()
     sender.close()
