@@ -318,7 +318,26 @@ def finish_run(environment: Environment, **_kwargs) -> None:
     if csv_prefix:
         # Locust rewrites its CSVs once a second and not again at exit, so the last second would be
         # missing and the CSV's DELIVER count would fall short of the histogram's. Let it write once more.
-        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
+        wait_for_rewrite(f"{csv_prefix}_stats.csv", CSV_STATS_INTERVAL_SEC + 0.25)
+
+
+def wait_for_rewrite(path: str, timeout_s: float) -> None:
+    """Return once `path` has been written again, or after `timeout_s`. Locust's CSV writer is a greenlet that writes
+    a whole file between two switches: called once the stats are final and before this greenlet yields, whatever
+    writes the file next writes the final stats. (Its time is compared with the file's time before, not with the
+    clock: a file's time is the kernel's coarse clock, a few ms behind, and an overdue writer runs at our first yield.)"""
+    def written() -> int | None:
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+
+    before = written()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        gevent.sleep(0.02)
+        if written() != before:
+            return
 
 
 def wait_for_workers(runner: MasterRunner, run: Run) -> None:
