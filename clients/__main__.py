@@ -13,7 +13,7 @@ from pathlib import Path
 from experiments.supervisor import Process, ProcessError, start_server
 
 from servers import registry
-from servers.guard import raise_fd_limit
+from servers.fds import raise_fd_limit
 
 from . import HTTP_VERSIONS, locust_user_class
 from .profile import DEFAULT_PROFILE_PATH, Profile, ProfileError, load_profile

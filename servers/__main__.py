@@ -15,7 +15,7 @@ from . import registry
 from .app import start_server
 from .config import ServerConfig, config_from_settings, own_knobs, server_settings
 from .core import Unavailable
-from .guard import raise_fd_limit
+from .fds import raise_fd_limit
 from .settings import Knob
 
 

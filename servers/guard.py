@@ -4,11 +4,9 @@ rate limits, connection caps, and timeouts for requests that never finish (slowl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import math
-import resource
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
@@ -20,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .config import ServerConfig
 from .core import RateLimited
+from .fds import fd_budget
 from .http import error_response
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -215,28 +214,6 @@ def canned_response(status: int, reason: str, error: str, headers: dict[str, str
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode() + body
-
-
-FD_RESERVE = 128
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (each connection is a descriptor);
-    return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
-
-
-def fd_budget() -> int:
-    """Connections this process can hold: its open-file limit less FD_RESERVE."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return (1 << 30) if soft == resource.RLIM_INFINITY else max(1, soft - FD_RESERVE)
 
 
 class ConnectionGuard:

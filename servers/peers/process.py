@@ -92,7 +92,7 @@ def run(transport: str, host: str, port: int, ready_file: str | None, write_read
     """Serve the process peer `transport` until SIGTERM (its registry entry's `process`)."""
     # Its library's info lines (one per connection, for some) off, as every rtlab server runs with --no-access-log.
     logging.getLogger().setLevel(logging.WARNING)
-    from ..guard import raise_fd_limit
+    from ..fds import raise_fd_limit
 
     raise_fd_limit()  # as rtlab's servers do: thousands of members each hold a descriptor
     entry = registry.get(transport)
