@@ -1,6 +1,6 @@
-"""End to end: `experiments/peers.toml --quick`, rtlab's transports beside the peers under one load, nothing
-lost, every peer's figures as ratios to its rtlab transport, the peers' versions in the manifest, the peers
-notebook drawing them."""
+"""End to end: `experiments/peers.toml` on a short light load, rtlab's transports beside the peers, nothing lost,
+every peer's figures as ratios to its rtlab transport, the peers' versions in the manifest, the peers notebook
+drawing them."""
 
 from __future__ import annotations
 
@@ -18,13 +18,21 @@ from experiments.spec import load_experiment
 from servers import registry
 
 # The peers experiments/peers.toml runs (floor-sse is measured beside rtlab's SSE by benchmarks/fanout.py).
-IN_RUN = [t for t in load_experiment(ROOT / "experiments" / "peers.toml").transports
-          if t in registry.names(registry.PEER)]
+IN_FILE = [t for t in load_experiment(ROOT / "experiments" / "peers.toml").transports
+           if t in registry.names(registry.PEER)]
+# Run here: every peer that is a process of its own (its stack's server: no meter, its bytes only from the capture), one
+# peer in rtlab's server process (a meter, no payload count), and the rtlab transports they are compared with. The other
+# in-process peers go through the same runner path as floor-websocket; their clients are checked against their servers
+# in tests/clients/test_clients_transports.py.
+PEERS = [t for t in IN_FILE if registry.get(t).process] + ["floor-websocket"]
+IN_RUN = [*dict.fromkeys(registry.get(t).compare_with for t in PEERS), *PEERS]
 
 
-# peers.toml as it is, on a lighter and shorter load: twelve servers in turn in about two minutes, every one of them
-# (Channels' in-memory layer among them) well inside its capacity, so a message that never arrived is a fault.
-LIGHT = {"users": "60", "rooms": "6", "duration_s": "5", "warmup_s": "1.5"}
+# peers.toml as it is (changed with --set, as a user shortens a run), on a lighter and shorter load: seven servers in
+# turn, every one of them (Channels' in-memory layer among them) well inside its capacity, so a message that never
+# arrived is a fault.
+LIGHT = {"transports": json.dumps(IN_RUN, separators=(",", ":")), "profile.users": "60", "profile.rooms": "6",
+         "profile.duration_s": "5", "profile.warmup_s": "1.5"}
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +40,10 @@ def peers_run(tmp_path_factory):
     for name in IN_RUN:
         require_packages(name)
     out = tmp_path_factory.mktemp("results")
-    spec = out.parent / "peers.toml"
-    lines = (ROOT / "experiments" / "peers.toml").read_text().splitlines()
-    spec.write_text("\n".join(f"{line.split('=')[0].strip()} = {LIGHT[line.split('=')[0].strip()]}"
-                               if line.split("=")[0].strip() in LIGHT else line for line in lines) + "\n")
+    sets = [arg for key, value in LIGHT.items() for arg in ("--set", f"{key}={value}")]
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments", "run", str(spec), "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "experiments", "run", str(ROOT / "experiments" / "peers.toml"), *sets, "--out", str(out),
+         "--quiet"],
         capture_output=True, text=True, cwd=ROOT, timeout=400 * UNIT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -47,9 +53,16 @@ def peers_run(tmp_path_factory):
     return run, rows, proc.stdout
 
 
+def test_the_run_has_both_kinds_of_peer_and_what_they_are_compared_with():
+    assert set(IN_RUN) <= set(load_experiment(ROOT / "experiments" / "peers.toml").transports)
+    kinds = {bool(registry.get(t).process) for t in IN_RUN if t in IN_FILE}
+    assert kinds == {True, False}
+    assert {registry.get(t).compare_with for t in PEERS} <= set(IN_RUN) - set(PEERS)
+
+
 def test_every_peer_runs_beside_its_rtlab_transport_and_loses_nothing(peers_run):
     _, rows, _ = peers_run
-    assert set(rows) == {"websocket", "sse", "long-polling", *IN_RUN}
+    assert set(rows) == set(IN_RUN)
     for transport, row in rows.items():
         assert int(row["delivered"]) > 100, transport
         assert [float(row[k]) for k in ("lost", "duplicates", "never_arrived")] == [0, 0, 0], transport
@@ -73,8 +86,8 @@ def test_each_peers_figures_are_ratios_to_its_rtlab_transport(peers_run):
 def test_a_figure_a_peer_cannot_report_is_absent_not_estimated(peers_run):
     run, _, _ = peers_run
     points = analysis.load_run(run).points.set_index("transport")["payload_bytes_out_per_delivered_message"]
-    assert points["websocket"] > 0 and points["long-polling"] > 0  # rtlab's servers count the payload
-    for peer in IN_RUN:
+    assert points["websocket"] > 0 and points["sse"] > 0  # rtlab's servers count the payload
+    for peer in PEERS:
         assert math.isnan(points[peer]), peer
 
 
