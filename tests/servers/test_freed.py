@@ -35,11 +35,15 @@ async def test_a_member_that_leaves_is_freed_at_once_not_at_a_full_collection(ap
     gc.collect()
     gc.disable()  # what is not freed by reference counting stays in gc.get_objects()
     before = server_side_objects()
+    transports: list[weakref.ref] = []  # the server's asyncio transports of its connections
     try:
         for n in range(3):
             async with receiver(session, server.url, transport, "room") as member:
                 await post(session, server.url, "room", text=f"hello {n}")
                 await member.wait_for(1)
+                transports += [weakref.ref(getattr(o.transport, "_transport", o.transport))  # under the meter's
+                               for i, o in server_side_objects().items()
+                               if i not in before and isinstance(o, GuardedRequestHandler) and o.transport is not None]
         await session.close()  # the client's keep-alive connection too: its protocol is a server-side object
         connections = server.app[GUARD].connections
         async with asyncio.timeout(5 * UNIT):
@@ -47,6 +51,7 @@ async def test_a_member_that_leaves_is_freed_at_once_not_at_a_full_collection(ap
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # their handlers' last steps
         assert server_side_alive(before) == []
+        assert transports and [type(t()).__qualname__ for t in transports if t() is not None] == []
     finally:
         gc.enable()
 
