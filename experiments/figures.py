@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import json
@@ -49,6 +50,9 @@ class Samples:
     fds: tuple[float, ...] = ()
     threads: tuple[float, ...] = ()
     cpu_wait_s: tuple[float, ...] = ()  # cumulative seconds waiting for a CPU; () in runs from before it was sampled
+    # When each row's fds and tcp_connections were counted (monotonic s; NaN: not yet): the sampler counts about once
+    # a second and repeats the last count in between. () in runs from before it was recorded.
+    counted_at_s: tuple[float, ...] = ()
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, object]]) -> Samples:
@@ -67,6 +71,7 @@ class Samples:
             fds=column("fds"),
             threads=column("threads"),
             cpu_wait_s=column("cpu_wait_s") if rows and rows[0].get("cpu_wait_s") not in (None, "") else (),
+            counted_at_s=column("counted_at_s") if rows and rows[0].get("counted_at_s") not in (None, "") else (),
         )
 
     def window(self, start_s: float, end_s: float) -> Samples:
@@ -79,6 +84,7 @@ class Samples:
         return Samples(
             pick(self.t_s), pick(self.cpu_user_s), pick(self.cpu_system_s), pick(self.rss_bytes),
             pick(self.tcp_connections), pick(self.fds), pick(self.threads), pick(self.cpu_wait_s),
+            pick(self.counted_at_s),
         )
 
     @property
@@ -129,7 +135,14 @@ def sum_samples(series: Iterable[Samples]) -> Samples:
                     totals[c][i] += values[j]
     if not all(s.cpu_wait_s for s in series):  # a process sampled without it: no total either
         totals["cpu_wait_s"] = []
-    return Samples(base.t_s, *(tuple(totals[c]) for c in columns))
+    counted_at = tuple(_oldest_count(series, t) for t in base.t_s) if all(s.counted_at_s for s in series) else ()
+    return Samples(base.t_s, *(tuple(totals[c]) for c in columns), counted_at_s=counted_at)
+
+
+def _oldest_count(series: list[Samples], t: float) -> float:
+    """When the oldest of the counts that a total at `t` adds up was taken (NaN if one was not counted yet)."""
+    taken = [s.counted_at_s[j] for s in series if (j := bisect.bisect_right(s.t_s, t + 0.1) - 1) >= 0]
+    return math.nan if not taken or any(math.isnan(at) for at in taken) else min(taken)
 
 
 # Rows of the sampler's CSV that are not the server under test (a cluster's server is every other label).
@@ -722,17 +735,20 @@ def rss_slope_kb_per_min(run: RunData) -> float:
     return slope(run.server.t_s, run.server.rss_bytes) * 60 / 1000
 
 
-# The sampler counts descriptors about once a second (experiments/sampler.py, DEFAULT_CONN_HZ) and repeats the last
-# count in between: a count this far into the window was taken inside it.
+# The sampler counts descriptors about once a second (experiments/sampler.py, DEFAULT_CONN_HZ; less often on a busy
+# machine, its cost budgeted) and repeats the last count in between. Runs from before it recorded when each count was
+# taken: a count this far into the window was taken inside it.
 FDS_COUNT_PERIOD_S = 1.0
 
 
-@_figure("count", "Open file descriptors of the server when the measured window opened: its first count inside the "
-                  "window (the sampler counts them about once a second).")
+@_figure("count", "Open file descriptors of the server when the measured window opened: its first count taken inside "
+                  "the window (the sampler counts them about once a second, less often on a busy machine).")
 def server_fds_start(run: RunData) -> float:
-    t, fds = run.server.t_s, run.server.fds
+    t, fds, counted_at = run.server.t_s, run.server.fds, run.server.counted_at_s
     if not fds:
         return math.nan
+    if counted_at:
+        return next((n for at, n in zip(counted_at, fds) if at >= t[0]), math.nan)
     return next((n for at, n in zip(t, fds) if at >= t[0] + FDS_COUNT_PERIOD_S), fds[-1])
 
 

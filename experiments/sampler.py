@@ -42,6 +42,9 @@ FIELDS = (
     # Cumulative seconds its main thread was ready to run but waited for a CPU (/proc/<pid>/schedstat's run delay):
     # other processes on its CPU. Time the process could not spend: a busy machine's mark on every other figure.
     "cpu_wait_s",
+    # When fds and tcp_connections were counted (t_mono_s of that count): counting reads every descriptor and is
+    # budgeted (DESCRIPTOR_BUDGET), so rows in between repeat the last count, seconds old on a busy machine.
+    "counted_at_s",
 )
 DEFAULT_HZ = 5.0
 DEFAULT_CONN_HZ = 1.0
@@ -67,6 +70,7 @@ class _Watched:
         self.count_tcp = count_tcp
         self.fds = 0  # the last counts
         self.tcp = 0
+        self.counted_at = math.nan  # and when they were taken
         self.descendants: list[psutil.Process] = []
         self.listed_at = -math.inf
         self.started_at = time.monotonic()
@@ -237,13 +241,15 @@ def run(
                 continue
             if reading["tcp_connections"] is None:
                 reading["fds"], reading["tcp_connections"] = w.fds, w.tcp
+            else:
+                w.counted_at = now
             w.fds, w.tcp = reading["fds"], reading["tcp_connections"]
             writer.writerow(
                 (
                     f"{now:.6f}", w.target.label, w.target.pid,
                     f"{reading['cpu_user_s']:.3f}", f"{reading['cpu_system_s']:.3f}",
                     reading["rss_bytes"], reading["fds"], reading["threads"], reading["tcp_connections"],
-                    f"{reading['cpu_wait_s']:.3f}",
+                    f"{reading['cpu_wait_s']:.3f}", f"{w.counted_at:.6f}",
                 )
             )
             rows += 1

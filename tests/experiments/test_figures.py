@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -9,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from experiments import figures
-from experiments.figures import FIGURES, RunData, Samples, compute, metric_total, parse_metrics
+from experiments.figures import FIGURES, RunData, Samples, compute, metric_total, parse_metrics, sum_samples
 
 # Four samples a second apart; RSS grows 50 bytes per connection from 1000.
 SERVER = Samples(
@@ -279,3 +280,18 @@ def test_what_a_leak_would_move():
     assert values["latency_p99_worst_5min_ms"] == values["latency_p99_last_5min_ms"]
     assert [span["deliveries"] for span in figures.latency_by_span(run)] == [2, 2]
     assert math.isnan(figures.server_tasks_start(RUN)) and math.isnan(figures.latency_p99_worst_5min_ms(RUN))
+
+
+def test_the_descriptors_at_the_start_are_a_count_taken_inside_the_window():
+    # On a busy machine the sampler counts seconds apart and repeats its last count: here the first rows of the window
+    # still carry the count taken before the members joined (7: the server's own), and the first count inside is 40.
+    server = Samples(t_s=(10.0, 11.0, 12.0, 13.0, 14.0), cpu_user_s=(0.0,) * 5, cpu_system_s=(0.0,) * 5,
+                     rss_bytes=(1e6,) * 5, tcp_connections=(0.0, 0.0, 0.0, 33.0, 33.0), fds=(7.0, 7.0, 7.0, 40.0, 40.0),
+                     counted_at_s=(9.2, 9.2, 9.2, 13.0, 13.0))
+    assert figures.server_fds_start(RunData.from_scrapes("", "", server=server)) == 40.0
+    never = dataclasses.replace(server, counted_at_s=(9.2,) * 5)  # no count inside the window: not known
+    assert math.isnan(figures.server_fds_start(RunData.from_scrapes("", "", server=never)))
+    # A cluster's total is as old as its oldest part.
+    other = dataclasses.replace(server, counted_at_s=(9.0, 11.0, 11.0, 11.0, 14.0))
+    assert sum_samples([server, other]).counted_at_s == (9.0, 9.2, 9.2, 11.0, 13.0)
+    assert sum_samples([server, dataclasses.replace(other, counted_at_s=())]).counted_at_s == ()

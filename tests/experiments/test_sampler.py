@@ -56,6 +56,9 @@ def test_sampler_reads_the_cpu_a_process_burned_and_stops_when_it_exits(tmp_path
     assert {row["label"] for row in rows} == {"burner"} and {row["pid"] for row in rows} == {str(burner.pid)}
     times = [float(row["t_mono_s"]) for row in rows]
     assert times == sorted(times) and len(set(times)) == len(times)
+    # Each row says when its descriptors were counted: in that row's tick, or an earlier one it repeats.
+    counted = [float(row["counted_at_s"]) for row in rows]
+    assert all(at in times[:i + 1] for i, at in enumerate(counted)) and counted[0] == times[0]
     last = rows[-1]
     sampled_cpu_s = float(last["cpu_user_s"]) + float(last["cpu_system_s"])
     # The kernel reports user and system time in clock ticks (10 ms each), each rounded down.
