@@ -771,8 +771,11 @@ def latency_by_span(run: RunData, span_s: float = SOAK_SPAN_S) -> list[dict[str,
     """The measured deliveries per `span_s` of the window (its intervals added up): start_s (from the window's
     opening), deliveries, p50_ms, p99_ms and max_ms, oldest first; [] where the run recorded no intervals."""
     spans: dict[int, HdrHistogram] = {}
+    # The clients' last interval can start as the window closes (a 1 799.5 s window, an interval at 1 800 s with a
+    # delivery or two): a span of a few seconds at most counts in the one before it, not as "the last five minutes".
+    last = max(0, math.ceil(run.measured_s / span_s - 0.05) - 1) if run.measured_s else None
     for start_s, histogram in run.latency_intervals or ():
-        index = int(start_s // span_s)
+        index = int(start_s // span_s) if last is None else min(int(start_s // span_s), last)
         if index not in spans:
             spans[index] = HdrHistogram(histogram.lowest_trackable_value, histogram.highest_trackable_value,
                                         histogram.significant_figures)

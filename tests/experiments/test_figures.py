@@ -263,12 +263,14 @@ def test_what_a_leak_would_move():
                      rss_bytes=(1e6, 1e6 + 500, 1e6 + 1000, 1e6 + 61_000, 1e6 + 121_000), tcp_connections=(0.0,) * 5,
                      fds=(7.0, 7.0, 40.0, 41.0, 42.0))
     intervals = []
-    for start_s, latency_us in ((0.0, 1000), (10.0, 2000), (300.0, 5000), (590.0, 3000)):
+    # The last interval starts as the 599.5 s window closes, with one delivery: it counts in the last five minutes.
+    for start_s, latency_us in ((0.0, 1000), (10.0, 2000), (300.0, 5000), (590.0, 3000), (600.0, 1000)):
         histogram = new_latency_histogram()
         histogram.record_value(latency_us)
         intervals.append((start_s, histogram))
     page = "# TYPE rtlab_asyncio_tasks gauge\nrtlab_asyncio_tasks{{transport=\"websocket\"}} {}\n"
-    run = RunData.from_scrapes(page.format(12), page.format(15), server=server, latency_intervals=tuple(intervals))
+    run = RunData.from_scrapes(page.format(12), page.format(15), server=server, latency_intervals=tuple(intervals),
+                               measured_s=599.5)
     values = compute(run, ["rss_slope_kb_per_min", "server_fds_start", "server_fds_end", "server_tasks_start",
                            "server_tasks_end", "latency_p99_first_5min_ms", "latency_p99_last_5min_ms",
                            "latency_p99_worst_5min_ms"])
@@ -276,9 +278,9 @@ def test_what_a_leak_would_move():
     assert (values["server_fds_start"], values["server_fds_end"]) == (40.0, 42.0)  # counted a second in, not before
     assert (values["server_tasks_start"], values["server_tasks_end"]) == (12.0, 15.0)
     assert values["latency_p99_first_5min_ms"] == pytest.approx(2.0, rel=0.01)  # 0-5 min: 1 and 2 ms
-    assert values["latency_p99_last_5min_ms"] == pytest.approx(5.0, rel=0.01)  # 5-10 min: 5 and 3 ms
+    assert values["latency_p99_last_5min_ms"] == pytest.approx(5.0, rel=0.01)  # 5-10 min: 5, 3 and 1 ms
     assert values["latency_p99_worst_5min_ms"] == values["latency_p99_last_5min_ms"]
-    assert [span["deliveries"] for span in figures.latency_by_span(run)] == [2, 2]
+    assert [span["deliveries"] for span in figures.latency_by_span(run)] == [2, 3]
     assert math.isnan(figures.server_tasks_start(RUN)) and math.isnan(figures.latency_p99_worst_5min_ms(RUN))
 
 
