@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml
 
 # Two pytest workers (pytest-xdist): most tests wait on sockets and timers, not on a CPU. --dist loadscope keeps each
 # module on one worker, so a module's end-to-end fixture (a run, a cluster, a peers run) is set up once, not once per
-# worker its tests landed on.
+# worker its tests landed on; --no-loadscope-reorder hands the modules out in collection order, where
+# tests/conftest.py puts the longest first (LONGEST_FIRST) so that short ones, not a long one, end the run.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(PY) -m servers --transport $(TRANSPORT) --host $(HOST) --port $(PORT)

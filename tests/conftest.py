@@ -60,6 +60,40 @@ def require_cgroups():
         pytest.skip(str(error))
 
 
+# `make test` runs two workers, each module on one (--dist loadscope), handed out in collection order
+# (--no-loadscope-reorder; xdist's own order is by number of tests, which put the long end-to-end modules of a few tests
+# last): the modules that take longest go first, longest first, so that the many short ones fill both workers' ends
+# instead of one long module running alone while the other worker has nothing left. The seconds: each module alone in
+# one process (-p no:xdist) on the 2-CPU machine of README's "Tests and CI", busy with a soak (2026-12-05); a new module
+# that takes longer than the last one here goes in at its place.
+LONGEST_FIRST = (
+    "tests/clients/test_clients_transports.py",  # 155
+    "tests/experiments/test_experiment_run.py",  # 140-155
+    "tests/experiments/test_cost_experiments.py",  # 141
+    "tests/experiments/test_peers_run.py",  # 124-148
+    "tests/experiments/test_cluster.py",  # 115
+    "tests/experiments/test_experiment_scaling.py",  # 114
+    "tests/experiments/test_soak.py",  # 80
+    "tests/experiments/test_network.py",  # 74
+    "tests/servers/test_demo_browser.py",  # 70
+    "tests/experiments/test_demo_cluster.py",  # 57-71
+    "tests/experiments/test_http2_run.py",  # 65
+    "tests/experiments/test_notebooks.py",  # 57
+    "tests/experiments/test_capture_run.py",  # 42
+    "tests/clients/test_locust_runs.py",  # 35-43
+    "tests/benchmarks/test_fanout_smoke.py",  # ~36 (its --durations in a whole-suite run)
+    "tests/benchmarks/test_held_smoke.py",  # ~32
+    "tests/test_plugin_transport.py",  # ~32
+    "tests/clients/test_webrtc_client.py",  # ~30
+    "tests/servers/test_demo_tls_browser.py",  # ~21
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture
 async def session():
     """An aiohttp client session for the test, closed after it."""
