@@ -11,6 +11,7 @@ import pytest
 from conftest import TRANSPORTS, UNIT, require_packages, spawn_server
 from helpers.processes import HELPERS, dropping_server
 
+from experiments.supervisor import Group
 from servers import registry
 
 MESSAGES = 5  # per member; two members
@@ -43,8 +44,7 @@ def first_probe(tmp_path_factory):
         return started[transport], seen[transport]
 
     yield get
-    for server in started.values():
-        server.stop()
+    Group([server.process for server in started.values()]).stop_all()  # all at once: each takes ~0.3 s to exit
 
 
 @pytest.mark.parametrize("transport", WITH_PEERS)
