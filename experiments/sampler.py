@@ -9,9 +9,9 @@ pins it to the generator's CPUs, off the server's), it stops by itself once ever
 Counting file descriptors and TCP connections is the costly part (psutil's net_connections parses every socket
 of the machine for each process): the sampler reads the socket table once per count for all targets, counts
 at most `--conn-hz` times a second (default 1) and less often when counting would take more than 0.5 % of a
-CPU (tens of thousands of descriptors), except during its first 15 s, when members connect: every tick then; rows in
-between repeat the last count. Descendants are listed again
-every 5 s; CPU, RSS and threads come from one read of /proc/<pid>/stat per process and tick.
+CPU (tens of thousands of descriptors); rows in between repeat the last count, and say when it was taken
+(`counted_at_s`: a figure that wants a count from inside a window takes the first taken there). Descendants are
+listed again every 5 s; CPU, RSS and threads come from one read of /proc/<pid>/stat per process and tick.
 """
 
 from __future__ import annotations
@@ -229,9 +229,7 @@ def run(
         now = time.monotonic()
         if max_duration_s is not None and now - start > max_duration_s:
             break
-        # While the run sets up (the first YOUNG_S), every tick counts, whatever it costs: members connect then, and
-        # a count a few seconds stale could miss them all at a short run's window (its first count, figures).
-        counting = conn_hz > 0 and (now - start < YOUNG_S or now >= next_count - period / 2)
+        counting = conn_hz > 0 and now >= next_count - period / 2
         cpu_before = time.thread_time()
         inodes = open_tcp_inodes() if counting else None
         for w in [*watched, *([me] if me else [])]:
